@@ -1,0 +1,112 @@
+"""What an engine reports after a run: a typed RunRecord the provenance stage turns into a crate."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+__all__ = [
+    "ContainerRecord",
+    "FileRecord",
+    "LogRecord",
+    "ParameterValue",
+    "RunRecord",
+    "RunStatus",
+    "StepRecord",
+]
+
+
+class RunStatus(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def action_status(self) -> str:
+        if self is RunStatus.COMPLETED:
+            return "http://schema.org/CompletedActionStatus"
+        return "http://schema.org/FailedActionStatus"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file (or folder) a run read or wrote, as a path on disk.
+
+    ``parameter`` names the workflow or step parameter it was bound to.
+    """
+
+    path: Path
+    parameter: str | None = None
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class ParameterValue:
+    """A non-file value a run read or wrote (int, string, boolean...)."""
+
+    parameter: str
+    value: object
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """The container a step ran in, as the sandbox saw it."""
+
+    image: str
+    image_id: str | None = None
+    container_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A log file and what it is a log of (``about`` is a step id or ``None`` for the run)."""
+
+    path: Path
+    name: str
+    about: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One execution of one tool: a CWL job, a Snakemake job, a Nextflow task.
+
+    ``step`` names the workflow step (the CWL step id, the rule, the process);
+    ``name`` names this execution (``step_2`` for a scatter, ``rule[wildcards]``);
+    ``tool`` names the tool the step ran (a CWL file, the rule, the process).
+    """
+
+    step: str
+    name: str
+    tool: str
+    status: RunStatus
+    start_time: datetime | None
+    end_time: datetime | None
+    exit_code: int | None
+    container: ContainerRecord | None
+    inputs: tuple[FileRecord | ParameterValue, ...] = ()
+    outputs: tuple[FileRecord | ParameterValue, ...] = ()
+    logs: tuple[LogRecord, ...] = ()
+    command: tuple[str, ...] = ()
+    native_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The whole run, engine-neutral.
+
+    ``outputs`` are the workflow's outputs, already copied under the run
+    folder's ``outputs/``; ``error`` is set when ``status`` is FAILED.
+    """
+
+    engine: str
+    engine_version: str | None
+    status: RunStatus
+    start_time: datetime
+    end_time: datetime
+    outputs: tuple[FileRecord | ParameterValue, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    logs: tuple[LogRecord, ...] = ()
+    error: str | None = None
+    command: tuple[str, ...] = ()
+    extra_workflow_files: tuple[Path, ...] = field(default=())
