@@ -93,7 +93,9 @@ class RunContext:
 
     ``work_dir`` is the engine's scratch, ``outputs_dir`` is where the
     workflow's outputs must end up, ``logs_dir`` where engine logs go. The
-    engine must write nowhere else.
+    engine must write nowhere else. ``env`` is the only part of the caller's
+    environment the engine may pass on (the operator's allow-list);
+    ``settings`` are the operator's ``[engines.<name>]`` table.
     """
 
     run_id: str
@@ -104,6 +106,7 @@ class RunContext:
     sandbox: Sandbox
     settings: Mapping[str, object] = field(default_factory=dict)
     timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
     progress: Callable[[ProgressEvent], None] = lambda event: None
 
 

@@ -1,0 +1,170 @@
+"""The ``cwltool`` engine: CWL on one machine, every step in the cratebridge sandbox."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.sandbox import image_id
+from cratebridge.engines.interface import (
+    Capabilities,
+    Engine,
+    EngineInfo,
+    EnginePlan,
+    ImageUse,
+    ProgressEvent,
+    RunContext,
+)
+from cratebridge.engines.process import run_engine
+from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
+from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate
+from cratebridge.intake.request import Language, RunRequest
+from cratebridge_cwl.records import read_events, step_records, values_to_records
+from cratebridge_cwl.workflow import bind_inputs, load_workflow
+
+__all__ = ["CwltoolEngine"]
+
+JOB_FILE = "job.json"
+
+
+class CwltoolEngine(Engine):
+    """Runs CWL with cwltool; steps run through the sandbox's ``docker``."""
+
+    name: ClassVar[str] = "cwltool"
+    language: ClassVar[Language] = Language.CWL
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        step_provenance=True, containers=("docker",), schedulers=("local",), offline=True)
+
+    def info(self) -> EngineInfo:
+        try:
+            version = importlib.metadata.version("cwltool")
+        except importlib.metadata.PackageNotFoundError:
+            raise EngineUnavailable("cwltool is not installed in cratebridge's environment; "
+                                    "pip install cratebridge-cwl", where="engine cwltool") from None
+        return EngineInfo(program="cwltool", version=version, path=sys.executable)
+
+    def engine_args(self, context: RunContext) -> list[str]:
+        """cwltool flags: offline, local images only, everything inside the run folder."""
+        work = context.work_dir
+        args = [
+            "--disable-pull", "--skip-schemas", "--disable-color", "--timestamps",
+            "--outdir", str(context.outputs_dir),
+            "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
+            "--cachedir", f"{work}/cache/" if context.settings.get("cache") else "",
+            "--strict-memory-limit" if context.settings.get("strict_limits") else "",
+        ]
+        default = context.settings.get("default_container")
+        if default:
+            args += ["--default-container", str(default)]
+        if context.settings.get("parallel"):
+            args.append("--parallel")
+        return [a for a in args if a]
+
+    def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
+        workflow = load_workflow(request.workflow.main_file)
+        job = bind_inputs(request, workflow)
+        images = self._images(workflow, context)
+        job_path = context.work_dir / JOB_FILE
+        files = {JOB_FILE: json.dumps(job, indent=2)}
+        env = self._env(context)
+        command = (sys.executable, "-m", "cratebridge_cwl.driver",
+                   "--events", str(context.work_dir / "events.jsonl"),
+                   "--keep", str(context.work_dir / "kept"), "--",
+                   *self.engine_args(context), str(request.workflow.main_file), str(job_path))
+        notes = [f"language: {request.workflow.language_source}",
+                 f"CWL {workflow.cwl_version} {workflow.cls}"]
+        return EnginePlan(engine=self.name, language=Language.CWL,
+                          workflow=request.workflow.main_file, command=command, env=env,
+                          images=images, parameters=job, files=files, notes=tuple(notes),
+                          steps=tuple(s.name for s in workflow.steps))
+
+    def _env(self, context: RunContext) -> dict[str, str]:
+        shim_env = context.sandbox.install(context.run_dir / "sandbox")
+        home = context.work_dir / "home"
+        return {**context.env, **shim_env, "HOME": str(home), "TMPDIR": str(context.work_dir),
+                "LANG": context.env.get("LANG", "C.UTF-8")}
+
+    def _images(self, workflow: Any, context: RunContext) -> tuple[ImageUse, ...]:
+        by_image: dict[str, list[str]] = {}
+        default = context.settings.get("default_container")
+        for step in workflow.steps:
+            if step.image_source in ("dockerLoad", "dockerFile", "dockerImport"):
+                raise UnsupportedCrate(
+                    f"step {step.name} builds or loads its image ({step.image_source}); "
+                    "cratebridge runs only images already approved and present",
+                    where=step.tool)
+            image = step.image or (str(default) if default else None)
+            if image is None:
+                raise PolicyRefused(
+                    f"step {step.name} has no DockerRequirement and every step must run in "
+                    "a container; add one, or set [engines.cwltool] default_container",
+                    rule="containers.required", where=step.tool)
+            by_image.setdefault(image, []).append(step.name)
+        docker = context.sandbox.docker
+        uses = []
+        for image, steps in sorted(by_image.items()):
+            found = image_id(docker, image)
+            uses.append(ImageUse(image, tuple(steps), found is not None, found))
+        return tuple(uses)
+
+    def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
+        for name, content in plan.files.items():
+            (context.work_dir / name).write_text(content)
+        Path(plan.env["HOME"]).mkdir(parents=True, exist_ok=True)
+        events_path = context.work_dir / "events.jsonl"
+        stdout = context.logs_dir / "cwltool.stdout.json"
+        stderr = context.logs_dir / "cwltool.stderr.log"
+        seen: set[str] = set()
+
+        def progress() -> None:
+            for event in read_events(events_path):
+                key = f"{event['event']}:{event['token']}"
+                if key in seen:
+                    continue
+                seen.add(key)
+                kind = event["event"] if event.get("status", "success") == "success" \
+                    else "failed"
+                context.progress(ProgressEvent(kind, event["name"]))
+
+        started = datetime.now(UTC)
+        ended = run_engine(plan.command, env=plan.env, cwd=context.work_dir, stdout=stdout,
+                           stderr=stderr, timeout=context.timeout, on_tick=progress)
+        finished = datetime.now(UTC)
+        steps = step_records(read_events(events_path), read_ledger(context.sandbox.ledger))
+        outputs = _outputs(stdout)
+        status = RunStatus.COMPLETED if ended.exit_code == 0 and not ended.reason \
+            else RunStatus.FAILED
+        error = None
+        if status is RunStatus.FAILED:
+            error = ended.reason or _error_summary(stderr, steps, ended.exit_code)
+        return RunRecord(
+            engine=self.name, engine_version=self.info().version, status=status,
+            start_time=started, end_time=finished, outputs=outputs, steps=steps,
+            logs=(LogRecord(stderr, "cwltool log"), LogRecord(stdout, "cwltool output object")),
+            error=error, command=tuple(plan.command),
+        )
+
+
+def _outputs(stdout: Path) -> tuple[Any, ...]:
+    try:
+        data = json.loads(stdout.read_text() or "{}")
+    except json.JSONDecodeError:
+        return ()
+    return values_to_records(data if isinstance(data, dict) else {})
+
+
+def _error_summary(stderr: Path, steps: tuple[Any, ...], code: int) -> str:
+    failed = [s for s in steps if s.status is RunStatus.FAILED]
+    if failed:
+        names = ", ".join(f"{s.name} (exit {s.exit_code})" for s in failed)
+        return f"cwltool exited {code}: step(s) failed: {names}"
+    tail = [line for line in stderr.read_text(errors="replace").splitlines()
+            if "ERROR" in line or "error" in line.lower()][-3:]
+    return f"cwltool exited {code}" + (": " + " | ".join(tail) if tail else "")
+
+

@@ -1,0 +1,194 @@
+"""Reading a CWL workflow offline: its inputs, steps and images, and binding a request to it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cratebridge.errors import MetadataError, UnsupportedCrate
+from cratebridge.intake.request import InputBinding, InputKind, RunRequest
+
+__all__ = ["CwlStep", "CwlWorkflow", "bind_inputs", "load_workflow"]
+
+
+@dataclass(frozen=True)
+class CwlStep:
+    """A CommandLineTool reached from the workflow, with the image it asks for."""
+
+    name: str
+    tool: str
+    image: str | None
+    image_source: str | None
+
+
+@dataclass(frozen=True)
+class CwlWorkflow:
+    path: Path
+    cls: str
+    cwl_version: str
+    inputs: tuple[dict[str, Any], ...]
+    steps: tuple[CwlStep, ...]
+
+
+def _short(identifier: str) -> str:
+    return identifier.split("#")[-1].split("/")[-1]
+
+
+def load_workflow(path: Path) -> CwlWorkflow:
+    """Load and validate a CWL document with cwltool, never touching the network."""
+    from cwltool.context import LoadingContext
+    from cwltool.load_tool import load_tool
+    from schema_salad.exceptions import ValidationException
+
+    from cratebridge_cwl.offline import OfflineFetcher
+
+    loading = LoadingContext({"fetcher_constructor": OfflineFetcher, "skip_schemas": True,
+                              "disable_js_validation": True})
+    try:
+        tool = load_tool(str(path), loading)
+    except ValidationException as exc:
+        raise UnsupportedCrate(f"the CWL workflow does not validate: {exc}",
+                               where=str(path)) from None
+    except Exception as exc:  # cwltool raises many kinds for a bad document
+        raise UnsupportedCrate(f"cannot load the CWL workflow: {type(exc).__name__}: {exc}",
+                               where=str(path)) from None
+    return CwlWorkflow(
+        path=path,
+        cls=str(tool.tool.get("class")),
+        cwl_version=str(tool.metadata.get("cwlVersion", "")),
+        inputs=tuple(dict(i) for i in tool.tool.get("inputs", [])),
+        steps=tuple(_steps(tool, prefix="")),
+    )
+
+
+def _docker(process: Any) -> tuple[str | None, str | None]:
+    req, _ = process.get_requirement("DockerRequirement")
+    if not req:
+        return None, None
+    for key in ("dockerImageId", "dockerPull"):
+        if key in req:
+            return str(req[key]), key
+    for key in ("dockerLoad", "dockerFile", "dockerImport"):
+        if key in req:
+            return None, key
+    return None, None
+
+
+def _steps(process: Any, prefix: str) -> Iterator[CwlStep]:
+    if process.tool.get("class") != "Workflow":
+        image, source = _docker(process)
+        if process.tool.get("class") == "CommandLineTool":
+            yield CwlStep(prefix or _short(process.tool["id"]), str(process.tool["id"]),
+                          image, source)
+        return
+    for step in process.steps:
+        name = f"{prefix}/{_short(step.id)}" if prefix else _short(step.id)
+        inner = step.embedded_tool
+        if inner.tool.get("class") == "Workflow":
+            yield from _steps(inner, name)
+        elif inner.tool.get("class") == "CommandLineTool":
+            image, source = _docker(inner)
+            yield CwlStep(name, str(inner.tool["id"]), image, source)
+
+
+def _optional(cwl_type: Any) -> tuple[bool, Any]:
+    if isinstance(cwl_type, list):
+        rest = [t for t in cwl_type if t != "null"]
+        return len(rest) < len(cwl_type), rest[0] if len(rest) == 1 else rest
+    if isinstance(cwl_type, str) and cwl_type.endswith("?"):
+        return True, cwl_type[:-1]
+    return False, cwl_type
+
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def convert(value: Any, cwl_type: Any, where: str) -> Any:
+    """A PropertyValue's raw value as the CWL type asks (``"3"`` -> 3 for an int)."""
+    _, cwl_type = _optional(cwl_type)
+    if value is None:
+        return None
+    try:
+        if cwl_type in ("int", "long"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(str(value).strip()) if not isinstance(value, float) else int(value)
+        if cwl_type in ("float", "double"):
+            return float(value)
+        if cwl_type == "boolean":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if cwl_type == "string":
+            return value if isinstance(value, str) else json.dumps(value)
+        if isinstance(cwl_type, Mapping):
+            kind = cwl_type.get("type")
+            if kind == "array":
+                items = json.loads(value) if isinstance(value, str) else value
+                if not isinstance(items, list):
+                    raise ValueError
+                return [convert(v, cwl_type["items"], where) for v in items]
+            if kind == "enum":
+                symbols = [_short(s) for s in cwl_type.get("symbols", [])]
+                if str(value) not in symbols:
+                    raise MetadataError(f"{value!r} is not one of {symbols}", where=where)
+                return str(value)
+            if kind == "record":
+                return json.loads(value) if isinstance(value, str) else value
+        if isinstance(cwl_type, list):  # a union: keep the value as given
+            return value
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise MetadataError(f"value {value!r} is not a valid {_type_name(cwl_type)}",
+                            where=where) from None
+    return value
+
+
+def _type_name(cwl_type: Any) -> str:
+    if isinstance(cwl_type, Mapping):
+        return f"{cwl_type.get('type')}"
+    return str(cwl_type)
+
+
+def _file_value(binding: InputBinding) -> dict[str, Any]:
+    assert binding.path is not None
+    cls = "Directory" if binding.kind is InputKind.DIRECTORY else "File"
+    return {"class": cls, "location": binding.path.resolve().as_uri()}
+
+
+def bind_inputs(request: RunRequest, workflow: CwlWorkflow) -> dict[str, Any]:
+    """The CWL job order for a request: every input bound by FormalParameter name."""
+    declared = {_short(i["id"]): i for i in workflow.inputs}
+    job: dict[str, Any] = {}
+    for binding in request.inputs:
+        where = f"input {binding.entity_id} (parameter {binding.parameter!r})"
+        if binding.parameter not in declared:
+            raise MetadataError(
+                f"the workflow has no input named {binding.parameter!r}; its inputs are: "
+                f"{', '.join(sorted(declared)) or 'none'}", where=where)
+        cwl_type = declared[binding.parameter].get("type")
+        _, base = _optional(cwl_type)
+        if binding.kind in (InputKind.FILE, InputKind.DIRECTORY):
+            if base not in ("File", "Directory") and not isinstance(base, (list, Mapping)):
+                raise MetadataError(f"a {binding.kind.value} was given but the workflow "
+                                    f"expects {_type_name(base)}", where=where)
+            job[binding.parameter] = _file_value(binding)
+        else:
+            if base in ("File", "Directory"):
+                raise MetadataError(f"a value was given but the workflow expects a {base}",
+                                    where=where)
+            job[binding.parameter] = convert(binding.value, cwl_type, where)
+    missing = [name for name, spec in declared.items()
+               if name not in job and "default" not in spec and not _optional(spec.get("type"))[0]]
+    if missing:
+        raise MetadataError(
+            f"the workflow needs input(s) {', '.join(missing)} that the crate does not give "
+            "(add them to the CreateAction's object with exampleOfWork -> FormalParameter)",
+            where=str(workflow.path))
+    return job

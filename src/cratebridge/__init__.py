@@ -1,0 +1,25 @@
+"""cratebridge: run workflows from Five Safes RO-Crates inside a Trusted Research Environment.
+
+The public API: :func:`run`, :func:`plan`, :func:`validate`, :func:`engines`.
+They return typed outcomes and raise :mod:`cratebridge.errors` exceptions.
+Nothing heavy is imported until one of them is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["__version__", "cleanup", "engines", "plan", "run", "validate"]
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from cratebridge.api import cleanup, engines, plan, run, validate
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "plan", "validate", "engines", "cleanup"):
+        from cratebridge import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cratebridge' has no attribute {name!r}")

@@ -1,0 +1,217 @@
+"""The library surface behind the CLI: run, plan, validate, engines, cleanup."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cratebridge.config import Config, load_config
+from cratebridge.containers.sandbox import RUN_LABEL, find_docker
+from cratebridge.engines.record import FileRecord, ParameterValue
+from cratebridge.engines.registry import Registry
+from cratebridge.errors import CrateRejected, CratebridgeError
+from cratebridge.pipeline import PlanOutcome, RunOutcome, plan, run
+
+__all__ = ["ValidationReport", "cleanup", "describe_plan", "describe_run", "engines", "plan",
+           "run", "validate"]
+
+
+def describe_run(outcome: RunOutcome) -> dict[str, Any]:
+    """The JSON document ``cratebridge run --json`` prints."""
+    record = outcome.record
+    return {
+        "run_id": outcome.run_id,
+        "status": record.status.value,
+        "exit_code": outcome.exit_code,
+        "result": str(outcome.result),
+        "run_dir": str(outcome.run_dir),
+        "engine": record.engine,
+        "engine_version": record.engine_version,
+        "start_time": record.start_time.isoformat(),
+        "end_time": record.end_time.isoformat(),
+        "error": record.error,
+        "outputs": [_item(o) for o in record.outputs],
+        "steps": [{"name": s.name, "step": s.step, "status": s.status.value,
+                   "exit_code": s.exit_code,
+                   "image": s.container.image if s.container else None,
+                   "image_id": s.container.image_id if s.container else None}
+                  for s in record.steps],
+    }
+
+
+def _item(item: FileRecord | ParameterValue) -> dict[str, Any]:
+    if isinstance(item, FileRecord):
+        return {"parameter": item.parameter, "path": str(item.path)}
+    return {"parameter": item.parameter, "value": item.value}
+
+
+def describe_plan(outcome: PlanOutcome) -> dict[str, Any]:
+    """The JSON document ``cratebridge plan --json`` prints."""
+    p = outcome.plan
+    request = outcome.request
+    return {
+        "engine": p.engine,
+        "engine_version": outcome.engine_version,
+        "language": p.language.value,
+        "language_source": request.workflow.language_source,
+        "workflow": {"id": request.workflow.id, "name": request.workflow.name,
+                     "main_file": str(p.workflow.relative_to(request.crate_dir))
+                     if p.workflow.is_relative_to(request.crate_dir) else str(p.workflow)},
+        "crate_kind": request.kind.value,
+        "inputs": dict(p.parameters),
+        "images": [{"image": i.image, "present": i.present, "image_id": i.image_id,
+                    "steps": list(i.steps)} for i in p.images],
+        "steps": list(p.steps),
+        "command": list(p.command),
+        "env": dict(p.env),
+        "files": dict(p.files),
+        "notes": list(p.notes),
+        "agent": request.agent.id if request.agent else None,
+        "project": request.project.id if request.project else None,
+    }
+
+
+def engines(config: Config | Path | None = None) -> list[dict[str, Any]]:
+    """Every installed engine plugin: what it runs and whether its engine is here."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    registry = Registry.from_entry_points(cfg.allowed_engines)
+    rows = []
+    for spec in registry.specs():
+        row: dict[str, Any] = {"name": spec.name, "distribution": spec.distribution,
+                               "version": spec.version, "entry_point": spec.value,
+                               "language": None, "available": False, "program": None,
+                               "program_version": None, "capabilities": None,
+                               "problem": None}
+        try:
+            cls = registry.load_class(spec.name)
+            row["language"] = cls.language.short
+            caps = cls.capabilities
+            row["capabilities"] = {"step_provenance": caps.step_provenance,
+                                   "containers": list(caps.containers),
+                                   "schedulers": list(caps.schedulers),
+                                   "offline": caps.offline}
+            info = cls().info()
+            row.update(available=True, program=info.program, program_version=info.version)
+        except CratebridgeError as err:
+            row["problem"] = str(err)
+        rows.append(row)
+    return rows
+
+
+def cleanup() -> list[str]:
+    """Remove every container any cratebridge run left behind (after a SIGKILL)."""
+    docker = find_docker()
+    if docker is None:
+        return []
+    found = subprocess.run([docker, "ps", "-aq", "--filter", f"label={RUN_LABEL}"],
+                           capture_output=True, text=True, check=False).stdout.split()
+    if found:
+        subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False)
+    return found
+
+
+@dataclass
+class ValidationReport:
+    """Every problem found in a crate (empty: valid)."""
+
+    kind: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "valid": self.ok, "problems": self.problems}
+
+
+def validate(crate: Path) -> ValidationReport:
+    """Check a request or result crate: safe to open, bag intact, metadata complete."""
+    from cratebridge.intake import IntakeLimits, open_crate, parse_request, verify_bag
+
+    scratch = Path(tempfile.mkdtemp(prefix="cratebridge-validate-"))
+    report = ValidationReport(kind="unknown")
+    try:
+        opened = open_crate(Path(crate), scratch / "crate", IntakeLimits())
+        if opened.bag_dir is not None:
+            try:
+                verify_bag(opened.bag_dir)
+            except CrateRejected as err:
+                report.problems.append(str(err))
+        metadata = json.loads((opened.root / "ro-crate-metadata.json").read_text())
+        if _is_result(metadata):
+            report.kind = "result"
+            report.problems.extend(_result_problems(opened.root, metadata))
+        else:
+            report.kind = "request"
+            try:
+                parse_request(opened.root)
+            except CrateRejected as err:
+                report.problems.append(str(err))
+    except CrateRejected as err:
+        report.problems.append(str(err))
+    except (OSError, json.JSONDecodeError) as err:
+        report.problems.append(f"cannot read the crate: {err}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+_DONE = ("http://schema.org/CompletedActionStatus", "http://schema.org/FailedActionStatus")
+
+
+def _graph(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["@id"]: e for e in metadata.get("@graph", []) if isinstance(e, dict) and "@id" in e}
+
+
+def _ids(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value] if value else []
+    return [i["@id"] for i in items if isinstance(i, dict) and "@id" in i]
+
+
+def _is_result(metadata: dict[str, Any]) -> bool:
+    return any(_status(e) in _DONE for e in _graph(metadata).values()
+               if "CreateAction" in _types(e))
+
+
+def _types(entity: dict[str, Any]) -> list[str]:
+    t = entity.get("@type", [])
+    return t if isinstance(t, list) else [t]
+
+
+def _status(entity: dict[str, Any]) -> str | None:
+    s = entity.get("actionStatus")
+    return s.get("@id") if isinstance(s, dict) else s
+
+
+def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
+    import hashlib
+
+    graph = _graph(metadata)
+    problems = []
+    for eid, entity in graph.items():
+        if "CreateAction" not in _types(entity) or _status(entity) not in _DONE:
+            continue
+        for key in ("startTime", "endTime"):
+            if key not in entity:
+                problems.append(f"{eid}: finished CreateAction has no {key}")
+        if _status(entity) == _DONE[1] and "error" not in entity:
+            problems.append(f"{eid}: failed CreateAction has no error")
+        for rid in _ids(entity.get("result")):
+            target = root / rid
+            if rid.startswith(("http:", "https:", "#", "_:")):
+                continue
+            if not target.exists():
+                problems.append(f"{eid}: result {rid} is not in the crate")
+                continue
+            want = graph.get(rid, {}).get("sha512")
+            if want and target.is_file():
+                got = hashlib.sha512(target.read_bytes()).hexdigest()
+                if got != want:
+                    problems.append(f"{rid}: sha512 does not match the metadata")
+    return problems

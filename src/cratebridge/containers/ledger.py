@@ -1,0 +1,59 @@
+"""Reading the sandbox ledger: one JSON line per container the shim started or refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cratebridge.engines.record import ContainerRecord
+
+__all__ = ["LedgerEntry", "read_ledger"]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    token: str
+    container: ContainerRecord
+    start: datetime
+    end: datetime
+    exit_code: int
+    stderr: Path | None
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Ledger:
+    entries: tuple[LedgerEntry, ...]
+    refusals: tuple[str, ...]
+
+    def by_token(self) -> dict[str, LedgerEntry]:
+        return {e.token: e for e in self.entries}
+
+
+def read_ledger(path: Path) -> Ledger:
+    """Every container of a run, in the order they finished; refusals apart."""
+    entries: list[LedgerEntry] = []
+    refusals: list[str] = []
+    if not path.exists():
+        return Ledger((), ())
+    for line in path.read_text().splitlines():
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if "refused" in data:
+            refusals.append(str(data["refused"]))
+            continue
+        entries.append(LedgerEntry(
+            token=data["token"],
+            container=ContainerRecord(image=data["image"], image_id=data.get("image_id"),
+                                      container_id=data.get("container_id")),
+            start=datetime.fromisoformat(data["start"]),
+            end=datetime.fromisoformat(data["end"]),
+            exit_code=int(data["exit_code"]),
+            stderr=Path(data["stderr"]) if data.get("stderr") else None,
+            labels=dict(data.get("labels", {})),
+        ))
+    return Ledger(tuple(entries), tuple(refusals))

@@ -1,0 +1,155 @@
+"""The sandbox every engine's steps run in: hardened ``docker run`` through the shim.
+
+Engines do not call Docker themselves with their own flags. The core writes a
+:class:`Sandbox` to the run folder and puts a ``docker`` on the engine's PATH
+that is :mod:`cratebridge.containers.shim`: it refuses pulls, checks each image
+against the operator's policy, forces the hardening flags and records every
+container it starts in the run's ledger. So the same rules hold for cwltool,
+Toil, Snakemake and Nextflow, whatever docker flags each engine chooses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "LEDGER_ENV",
+    "RUN_LABEL",
+    "SANDBOX_ENV",
+    "STEP_LABEL",
+    "Limits",
+    "Sandbox",
+    "find_docker",
+    "image_id",
+]
+
+SANDBOX_ENV = "CRATEBRIDGE_SANDBOX"
+LEDGER_ENV = "CRATEBRIDGE_LEDGER"
+RUN_LABEL = "org.cratebridge.run"
+STEP_LABEL = "org.cratebridge.step"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-container resource limits (the operator's ``[limits]``)."""
+
+    memory: str = "2g"
+    cpus: float = 1.0
+    pids: int = 256
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Everything the shim needs to run one run's containers safely.
+
+    ``writable`` are the only host folders a container may mount read-write
+    (the engine's work folders inside the run folder); every other mount is
+    made read-only. ``approved_images`` are fnmatch patterns, optionally
+    ``pattern@sha256:digest`` pins; an empty tuple means any image already
+    present locally.
+    """
+
+    run_id: str
+    docker: str
+    ledger: Path
+    writable: tuple[Path, ...]
+    user: str = "1000:1000"
+    limits: Limits = field(default_factory=Limits)
+    approved_images: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["ledger"] = str(self.ledger)
+        data["writable"] = [str(p) for p in self.writable]
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Sandbox:
+        data = json.loads(text)
+        return cls(
+            run_id=data["run_id"],
+            docker=data["docker"],
+            ledger=Path(data["ledger"]),
+            writable=tuple(Path(p) for p in data["writable"]),
+            user=data["user"],
+            limits=Limits(**data["limits"]),
+            approved_images=tuple(data["approved_images"]),
+        )
+
+    def install(self, folder: Path) -> dict[str, str]:
+        """Write the sandbox file and a ``docker`` shim into ``folder``.
+
+        Returns the environment variables an engine process needs so that its
+        ``docker`` is the shim: ``PATH`` (the shim first) and the sandbox file.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        settings = folder / "sandbox.json"
+        settings.write_text(self.to_json())
+        shim = folder / "docker"
+        bin_dir = Path(sys.executable).parent
+        shim_target = str(bin_dir / "cratebridge-docker")
+        if not Path(shim_target).exists():
+            shim_target = shutil.which("cratebridge-docker") or shim_target
+        if shim.is_symlink() or shim.exists():
+            shim.unlink()
+        shim.symlink_to(shim_target)
+        path = os.pathsep.join(
+            [str(folder), str(bin_dir), os.environ.get("PATH", "/usr/bin:/bin")]
+        )
+        return {"PATH": path, SANDBOX_ENV: str(settings)}
+
+    def docker_args(self) -> list[str]:
+        """The hardening flags the shim adds to every ``docker run``."""
+        return [
+            "--network=none",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            f"--user={self.user}",
+            f"--memory={self.limits.memory}",
+            f"--memory-swap={self.limits.memory}",
+            f"--cpus={self.limits.cpus}",
+            f"--pids-limit={self.limits.pids}",
+            f"--label={RUN_LABEL}={self.run_id}",
+        ]
+
+    def containers(self) -> list[str]:
+        """Ids of containers of this run still present (running or not)."""
+        out = subprocess.run(
+            [self.docker, "ps", "-aq", "--filter", f"label={RUN_LABEL}={self.run_id}"],
+            capture_output=True, text=True, check=False,
+        )
+        return out.stdout.split()
+
+    def stop_all(self) -> list[str]:
+        """Kill and remove every container of this run; returns their ids."""
+        ids = self.containers()
+        if ids:
+            subprocess.run([self.docker, "rm", "-f", *ids], capture_output=True, check=False)
+        return ids
+
+
+def find_docker() -> str | None:
+    """The real docker client, never our own shim."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / "docker"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            if candidate.resolve().name != "cratebridge-docker":
+                return str(candidate)
+    return None
+
+
+def image_id(docker: str, image: str) -> str | None:
+    """The local image id (``sha256:...``) of ``image``, or None when it is not here."""
+    out = subprocess.run(
+        [docker, "image", "inspect", "--format", "{{.Id}}", image],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
