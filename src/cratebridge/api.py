@@ -51,9 +51,21 @@ def _item(item: FileRecord | ParameterValue) -> dict[str, Any]:
 
 
 def describe_plan(outcome: PlanOutcome) -> dict[str, Any]:
-    """The JSON document ``cratebridge plan --json`` prints."""
+    """The JSON document ``cratebridge plan --json`` prints.
+
+    A dry run unpacks the crate into a scratch folder that is gone afterwards;
+    paths inside it are shown under ``$RUN_DIR``, the run folder a real run
+    gets (``[run] runs_dir``/RUN_ID).
+    """
     p = outcome.plan
     request = outcome.request
+    doc = _plan_doc(outcome, p, request)
+    text = json.dumps(doc).replace(str(outcome.run_dir), "$RUN_DIR")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def _plan_doc(outcome: PlanOutcome, p: Any, request: Any) -> dict[str, Any]:
     return {
         "engine": p.engine,
         "engine_version": outcome.engine_version,

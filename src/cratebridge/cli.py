@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,16 +101,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     doc = api.describe_plan(outcome)
 
     def human() -> str:
-        p = outcome.plan
-        lines = [f"engine: {p.engine} ({outcome.engine_version})",
-                 f"language: {p.language.short}", f"workflow: {p.workflow}",
-                 *(f"note: {n}" for n in p.notes),
-                 "inputs:", *(f"  {k} = {json.dumps(v)}" for k, v in p.parameters.items()),
-                 "images:", *(f"  {i.image} [{'present' if i.present else 'MISSING'}] "
-                              f"{i.image_id or ''} steps: {', '.join(i.steps)}"
-                              for i in p.images),
-                 "steps: " + ", ".join(p.steps),
-                 "command:", "  " + " ".join(p.command)]
+        d = doc
+        lines = [f"engine: {d['engine']} ({d['engine_version']})",
+                 f"language: {d['language']}", f"workflow: {d['workflow']['main_file']}",
+                 *(f"note: {n}" for n in d["notes"]),
+                 "inputs:", *(f"  {k} = {json.dumps(v)}" for k, v in d["inputs"].items()),
+                 "images:", *(f"  {i['image']} [{'present' if i['present'] else 'MISSING'}] "
+                              f"{i['image_id'] or ''} steps: {', '.join(i['steps'])}"
+                              for i in d["images"]),
+                 "steps: " + ", ".join(d["steps"]),
+                 "command:", "  " + shlex.join(d["command"]),
+                 "environment:", *(f"  {k}={v}" for k, v in d["env"].items())]
         return "\n".join(lines)
 
     _emit(doc, args.json, human)

@@ -42,6 +42,7 @@ class PlanOutcome:
     request: RunRequest
     plan: EnginePlan
     engine_version: str | None
+    run_dir: Path
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def plan(crate: Path, *, engine: str | None = None, config: Config | Path | None
         prepared = _prepare(Path(crate), scratch, "plan", cfg, reg, engine, lambda e: None)
         plan_ = prepared.engine.plan(prepared.request, prepared.context)
         _check_images(plan_, cfg)
-        return PlanOutcome(prepared.request, plan_, prepared.engine.info().version)
+        return PlanOutcome(prepared.request, plan_, prepared.engine.info().version, scratch)
     finally:
         _discard(scratch)
 

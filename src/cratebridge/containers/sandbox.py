@@ -33,6 +33,7 @@ SANDBOX_ENV = "CRATEBRIDGE_SANDBOX"
 LEDGER_ENV = "CRATEBRIDGE_LEDGER"
 RUN_LABEL = "org.cratebridge.run"
 STEP_LABEL = "org.cratebridge.step"
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,10 @@ class Sandbox:
         if shim.is_symlink() or shim.exists():
             shim.unlink()
         shim.symlink_to(shim_target)
-        path = os.pathsep.join(
-            [str(folder), str(bin_dir), os.environ.get("PATH", "/usr/bin:/bin")]
-        )
+        # A fixed PATH, not the caller's: the shim first, then our own programs,
+        # the real docker's folder and the system's.
+        dirs = [str(folder), str(bin_dir), str(Path(self.docker).parent), *SYSTEM_PATH]
+        path = os.pathsep.join(dict.fromkeys(dirs))
         return {"PATH": path, SANDBOX_ENV: str(settings)}
 
     def docker_args(self) -> list[str]:

@@ -55,15 +55,15 @@ class CwltoolEngine(Engine):
             "--disable-pull", "--skip-schemas", "--disable-color", "--timestamps",
             "--outdir", str(context.outputs_dir),
             "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
-            "--cachedir", f"{work}/cache/" if context.settings.get("cache") else "",
-            "--strict-memory-limit" if context.settings.get("strict_limits") else "",
         ]
+        if context.settings.get("cache"):
+            args += ["--cachedir", f"{work}/cache/"]
         default = context.settings.get("default_container")
         if default:
             args += ["--default-container", str(default)]
         if context.settings.get("parallel"):
             args.append("--parallel")
-        return [a for a in args if a]
+        return args
 
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
         workflow = load_workflow(request.workflow.main_file)

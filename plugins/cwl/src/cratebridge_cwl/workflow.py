@@ -33,20 +33,28 @@ class CwlWorkflow:
     steps: tuple[CwlStep, ...]
 
 
+ORIGINAL_VERSION = "http://commonwl.org/cwltool#original_cwlVersion"
+
+
 def _short(identifier: str) -> str:
     return identifier.split("#")[-1].split("/")[-1]
 
 
 def load_workflow(path: Path) -> CwlWorkflow:
     """Load and validate a CWL document with cwltool, never touching the network."""
+    import logging
+
     from cwltool.context import LoadingContext
     from cwltool.load_tool import load_tool
+    from cwltool.workflow import default_make_tool
     from schema_salad.exceptions import ValidationException
 
     from cratebridge_cwl.offline import OfflineFetcher
 
+    logging.getLogger("cwltool").setLevel(logging.WARNING)
     loading = LoadingContext({"fetcher_constructor": OfflineFetcher, "skip_schemas": True,
-                              "disable_js_validation": True})
+                              "disable_js_validation": True,
+                              "construct_tool_object": default_make_tool})
     try:
         tool = load_tool(str(path), loading)
     except ValidationException as exc:
@@ -58,7 +66,7 @@ def load_workflow(path: Path) -> CwlWorkflow:
     return CwlWorkflow(
         path=path,
         cls=str(tool.tool.get("class")),
-        cwl_version=str(tool.metadata.get("cwlVersion", "")),
+        cwl_version=str(tool.metadata.get(ORIGINAL_VERSION, tool.metadata.get("cwlVersion", ""))),
         inputs=tuple(dict(i) for i in tool.tool.get("inputs", [])),
         steps=tuple(_steps(tool, prefix="")),
     )
