@@ -91,8 +91,9 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
     if opened.bag_dir is not None:
         bag_info = verify_bag(opened.bag_dir)
     request = parse_request(opened.root, workflow_mirror=config.workflow_mirror,
-                            dataset_map=config.datasets, bagit=opened.bag_dir is not None,
-                            bag_info=bag_info)
+                            workflow_dest=run_dir / "workflow", dataset_map=config.datasets,
+                            bagit=opened.bag_dir is not None, bag_info=bag_info,
+                            limits=_limits(config))
     config.check_sign_off({r.additional_type: r.status for r in request.reviews})
     name = registry.choose(request.workflow.language, engine_name, config.engines)
     engine = registry.load(name)

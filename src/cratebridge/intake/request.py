@@ -52,6 +52,8 @@ class InputBinding:
     ``path`` is set for files and directories (absolute, inside the unpacked
     crate or an operator-mapped dataset); ``value`` holds the raw JSON value of a
     PropertyValue, converted to the declared type at plan time by the engine.
+    ``parameter_source`` says how ``parameter`` was found (the FormalParameter
+    named by ``exampleOfWork``, or a fallback such as the entity's own ``name``).
     """
 
     parameter: str
@@ -60,6 +62,7 @@ class InputBinding:
     path: Path | None = None
     value: object = None
     formal_parameter_id: str | None = None
+    parameter_source: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,43 @@
+"""Intake: safe unpacking, BagIt verification, and parsing a request crate into a RunRequest.
+
+Typical use::
+
+    opened = open_crate(source, run_dir / "request", limits)
+    request = parse_request(opened.root, bagit=opened.bagit, bag_info=opened.bag_info)
+"""
+
+from __future__ import annotations
+
+from cratebridge.intake.bag import verify_bag
+from cratebridge.intake.parse import parse_request
+from cratebridge.intake.request import (
+    Agent,
+    CrateKind,
+    InputBinding,
+    InputKind,
+    Language,
+    Project,
+    ReviewAction,
+    RunRequest,
+    WorkflowRef,
+)
+from cratebridge.intake.resolve import resolve_workflow
+from cratebridge.intake.unpack import IntakeLimits, OpenedCrate, open_crate
+
+__all__ = [
+    "Agent",
+    "CrateKind",
+    "InputBinding",
+    "InputKind",
+    "IntakeLimits",
+    "Language",
+    "OpenedCrate",
+    "Project",
+    "ReviewAction",
+    "RunRequest",
+    "WorkflowRef",
+    "open_crate",
+    "parse_request",
+    "resolve_workflow",
+    "verify_bag",
+]
