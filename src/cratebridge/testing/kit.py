@@ -1,0 +1,265 @@
+"""The conformance kit: the request crates every engine plugin must pass.
+
+A plugin's test suite subclasses :class:`EngineConformance`, names its engine,
+the folder holding its fixture workflows and the workflow's main file name,
+and pytest runs every check against the real engine, real containers and the
+real external validator::
+
+    class TestCwltool(EngineConformance):
+        __test__ = True
+        engine = "cwltool"
+        workflows = REPO / "fixtures" / "workflows" / "cwl"
+        main_file = "workflow.cwl"
+
+The fixture folder holds one Workflow RO-Crate folder per case
+(``three-step``, ``step-fails``, ``scalar-inputs``), written in the engine's
+language, whose outputs must be exactly those in :data:`CASES`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from cratebridge.config import load_config
+from cratebridge.engines.record import RunStatus
+from cratebridge.intake import IntakeLimits, open_crate
+from cratebridge.pipeline import RunOutcome, plan, run
+from cratebridge.testing.crates import (
+    FileInput,
+    Input,
+    RequestSpec,
+    ReviewAction,
+    ReviewKind,
+    ValueInput,
+    ZipLayout,
+    write_request_zip,
+)
+from cratebridge.testing.validator import ExternalValidator
+
+__all__ = ["CASES", "EngineConformance", "KitCase", "KitResult"]
+
+THREE_STEP_INPUT = "alpha beta gamma\ndelta epsilon\nzeta\neta theta iota kappa\n"
+FAILURE_MARK = "CRATEBRIDGE_FIXTURE_FAILURE"
+PROVENANCE_PROFILE = "provenance-run-crate-0.5"
+FIVE_SAFES_PROFILE = "five-safes-crate"
+
+
+@dataclass(frozen=True)
+class KitCase:
+    """One request crate of the kit and what every engine must make of it.
+
+    ``files`` are input files the kit writes (name -> content); ``values`` the
+    PropertyValue inputs; ``outputs`` the workflow outputs (file name -> exact
+    content); ``steps`` the number of step executions the record must hold.
+    """
+
+    name: str
+    files: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, object] = field(default_factory=dict)
+    status: RunStatus = RunStatus.COMPLETED
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    steps: int = 1
+
+
+CASES: Mapping[str, KitCase] = {
+    "three-step": KitCase(
+        "three-step", files={"data": THREE_STEP_INPUT}, values={"repeat": 2},
+        outputs={"report.txt": "lines: 4\nwords: 10\nfirst lines:\nalpha beta gamma\n"
+                               "delta epsilon\n"},
+        steps=3,
+    ),
+    "step-fails": KitCase(
+        "step-fails", files={"data": THREE_STEP_INPUT}, values={"repeat": 2},
+        status=RunStatus.FAILED,
+    ),
+    "scalar-inputs": KitCase(
+        "scalar-inputs",
+        values={"text": "hello crate", "count": 42, "flag": True, "ratio": 0.25},
+        outputs={"values.txt": "text=hello crate\ncount=42\nflag=true\nratio=0.25\n"},
+        steps=1,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class KitResult:
+    """A run of one kit case: the outcome and the unpacked result crate."""
+
+    outcome: RunOutcome
+    crate: Path
+    metadata: dict[str, Any]
+
+    def entities(self, type_name: str, metadata: dict[str, Any] | None = None) -> list[
+            dict[str, Any]]:
+        graph = (metadata or self.metadata)["@graph"]
+        return [e for e in graph if type_name in _types(e)]
+
+    def provenance(self) -> tuple[Path, dict[str, Any]]:
+        """The crate holding the run's provenance: nested for Five Safes, else the crate."""
+        for entity in self.metadata["@graph"]:
+            candidate = self.crate / str(entity.get("@id", ""))
+            if entity.get("@id", "").endswith("/") and \
+                    (candidate / "ro-crate-metadata.json").is_file() and \
+                    "Dataset" in _types(entity) and candidate != self.crate and \
+                    _is_run_crate(candidate):
+                return candidate, json.loads((candidate / "ro-crate-metadata.json").read_text())
+        return self.crate, self.metadata
+
+
+def _types(entity: Mapping[str, Any]) -> list[str]:
+    value = entity.get("@type", [])
+    return value if isinstance(value, list) else [value]
+
+
+def _is_run_crate(folder: Path) -> bool:
+    text = (folder / "ro-crate-metadata.json").read_text()
+    return "https://w3id.org/ro/wfrun/" in text
+
+
+class EngineConformance:
+    """Abstract checks every engine must pass; subclass with ``__test__ = True``."""
+
+    __test__ = False
+    engine: ClassVar[str]
+    workflows: ClassVar[Path]
+    main_file: ClassVar[str]
+    #: extra operator configuration (TOML) for this engine, e.g. an [engines.x] table
+    config_toml: ClassVar[str] = ""
+
+    # -- helpers -----------------------------------------------------------------
+
+    def request(self, case: KitCase, tmp: Path) -> Path:
+        inputs: list[Input] = []
+        for parameter, content in case.files.items():
+            source = tmp / "inputs" / f"{parameter}.txt"
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_text(content)
+            inputs.append(FileInput(parameter, source))
+        inputs.extend(ValueInput(p, v) for p, v in case.values.items())  # type: ignore[arg-type]
+        spec = RequestSpec(
+            workflow_dir=self.workflows / case.name, main_workflow=self.main_file,
+            inputs=tuple(inputs), name=f"Conformance kit: {case.name} on {self.engine}",
+            reviews=(ReviewAction(ReviewKind.CHECK_VALUE),
+                     ReviewAction(ReviewKind.VALIDATION_CHECK),
+                     ReviewAction(ReviewKind.SIGN_OFF)),
+        )
+        return write_request_zip(spec, tmp / f"{case.name}-request.zip", ZipLayout.FOLDER)
+
+    def config(self, tmp: Path) -> Path:
+        path = tmp / "cratebridge.toml"
+        path.write_text(f'[run]\nruns_dir = "{tmp / "runs"}"\ntimeout = "15m"\n\n'
+                        + self.config_toml)
+        return path
+
+    def run_case(self, name: str, tmp: Path) -> KitResult:
+        case = CASES[name]
+        crate = self.request(case, tmp)
+        out = tmp / "result.zip"
+        outcome = run(crate, out, engine=self.engine, config=load_config(self.config(tmp)))
+        opened = open_crate(out, tmp / "unpacked", IntakeLimits())
+        metadata = json.loads((opened.root / "ro-crate-metadata.json").read_text())
+        return KitResult(outcome, opened.root, metadata)
+
+    @pytest.fixture(scope="class")
+    def validator(self) -> ExternalValidator:
+        found = ExternalValidator.find()
+        if found is None:
+            pytest.skip("rocrate-validator or the shared validator profiles are missing")
+        return found
+
+    @pytest.fixture(scope="class")
+    def three_step(self, tmp_path_factory: pytest.TempPathFactory) -> KitResult:
+        return self.run_case("three-step", tmp_path_factory.mktemp("three-step"))
+
+    @pytest.fixture(scope="class")
+    def step_fails(self, tmp_path_factory: pytest.TempPathFactory) -> KitResult:
+        return self.run_case("step-fails", tmp_path_factory.mktemp("step-fails"))
+
+    # -- checks --------------------------------------------------------------------
+
+    def test_three_step_completes_with_right_outputs(self, three_step: KitResult) -> None:
+        case = CASES["three-step"]
+        assert three_step.outcome.status is RunStatus.COMPLETED, three_step.outcome.record.error
+        assert three_step.outcome.exit_code == 0
+        for name, content in case.outputs.items():
+            assert (three_step.crate / "outputs" / name).read_text() == content
+
+    def test_every_step_recorded_with_its_container(self, three_step: KitResult) -> None:
+        steps = three_step.outcome.record.steps
+        assert len(steps) == CASES["three-step"].steps
+        for step in steps:
+            assert step.container is not None, step.name
+            assert step.container.image_id and step.container.image_id.startswith("sha256:")
+            assert step.exit_code == 0
+            assert step.start_time and step.end_time and step.start_time <= step.end_time
+
+    def test_request_action_completed_in_result(self, three_step: KitResult) -> None:
+        mentioned = [e for e in three_step.entities("CreateAction")]
+        assert len(mentioned) == 1
+        action = mentioned[0]
+        assert action["actionStatus"] in ("http://schema.org/CompletedActionStatus",
+                                          {"@id": "http://schema.org/CompletedActionStatus"})
+        assert action["startTime"] and action["endTime"] and action["result"]
+
+    def test_one_create_action_per_step_with_container_image(
+            self, three_step: KitResult) -> None:
+        _, metadata = three_step.provenance()
+        root = next(e for e in metadata["@graph"] if e["@id"] == "./")
+        conforms = json.dumps(root.get("conformsTo"))
+        assert "https://w3id.org/ro/wfrun/provenance/0.5" in conforms
+        actions = three_step.entities("CreateAction", metadata)
+        with_image = [a for a in actions if "containerImage" in a]
+        assert len(with_image) == CASES["three-step"].steps
+
+    def test_result_crates_pass_the_validator(self, three_step: KitResult,
+                                              validator: ExternalValidator) -> None:
+        folder, _ = three_step.provenance()
+        checked = validator.validate(folder, PROVENANCE_PROFILE)
+        assert checked.ok, checked.output
+        outer = validator.validate(three_step.crate, FIVE_SAFES_PROFILE)
+        assert outer.ok, outer.output
+
+    def test_step_failure_gives_failed_result_with_step_log(self, step_fails: KitResult,
+                                                            validator: ExternalValidator) -> None:
+        outcome = step_fails.outcome
+        assert outcome.status is RunStatus.FAILED and outcome.exit_code == 1
+        assert outcome.record.error
+        action = step_fails.entities("CreateAction")[0]
+        assert "FailedActionStatus" in json.dumps(action["actionStatus"])
+        assert action.get("error")
+        logs = [p for p in step_fails.crate.rglob("*") if p.is_file()
+                and FAILURE_MARK in p.read_text(errors="replace")
+                and p.name != "ro-crate-metadata.json"]
+        assert logs, "the failing step's stderr is not inside the result crate"
+        folder, _ = step_fails.provenance()
+        checked = validator.validate(folder, PROVENANCE_PROFILE)
+        assert checked.ok, checked.output
+
+    def test_scalar_inputs_converted_and_bound(self, tmp_path: Path) -> None:
+        result = self.run_case("scalar-inputs", tmp_path)
+        assert result.outcome.status is RunStatus.COMPLETED, result.outcome.record.error
+        for name, content in CASES["scalar-inputs"].outputs.items():
+            assert (result.crate / "outputs" / name).read_text() == content
+
+    def test_plan_names_engine_images_and_command_and_runs_nothing(
+            self, tmp_path: Path) -> None:
+        crate = self.request(CASES["three-step"], tmp_path)
+        before = _containers()
+        outcome = plan(crate, engine=self.engine, config=load_config(self.config(tmp_path)))
+        assert outcome.plan.engine == self.engine
+        assert outcome.plan.command and outcome.plan.images
+        assert all(use.present for use in outcome.plan.images)
+        assert _containers() == before
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _containers() -> list[str]:
+    done = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True, check=False)
+    return sorted(done.stdout.split())
