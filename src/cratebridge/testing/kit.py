@@ -135,7 +135,8 @@ class EngineConformance:
 
     # -- helpers -----------------------------------------------------------------
 
-    def request(self, case: KitCase, tmp: Path) -> Path:
+    @classmethod
+    def request(cls, case: KitCase, tmp: Path) -> Path:
         inputs: list[Input] = []
         for parameter, content in case.files.items():
             source = tmp / "inputs" / f"{parameter}.txt"
@@ -144,43 +145,48 @@ class EngineConformance:
             inputs.append(FileInput(parameter, source))
         inputs.extend(ValueInput(p, v) for p, v in case.values.items())  # type: ignore[arg-type]
         spec = RequestSpec(
-            workflow_dir=self.workflows / case.name, main_workflow=self.main_file,
-            inputs=tuple(inputs), name=f"Conformance kit: {case.name} on {self.engine}",
+            workflow_dir=cls.workflows / case.name, main_workflow=cls.main_file,
+            inputs=tuple(inputs), name=f"Conformance kit: {case.name} on {cls.engine}",
             reviews=(ReviewAction(ReviewKind.CHECK_VALUE),
                      ReviewAction(ReviewKind.VALIDATION_CHECK),
                      ReviewAction(ReviewKind.SIGN_OFF)),
         )
         return write_request_zip(spec, tmp / f"{case.name}-request.zip", ZipLayout.FOLDER)
 
-    def config(self, tmp: Path) -> Path:
+    @classmethod
+    def config(cls, tmp: Path) -> Path:
         path = tmp / "cratebridge.toml"
         path.write_text(f'[run]\nruns_dir = "{tmp / "runs"}"\ntimeout = "15m"\n\n'
-                        + self.config_toml)
+                        + cls.config_toml)
         return path
 
-    def run_case(self, name: str, tmp: Path) -> KitResult:
+    @classmethod
+    def run_case(cls, name: str, tmp: Path) -> KitResult:
         case = CASES[name]
-        crate = self.request(case, tmp)
+        crate = cls.request(case, tmp)
         out = tmp / "result.zip"
-        outcome = run(crate, out, engine=self.engine, config=load_config(self.config(tmp)))
+        outcome = run(crate, out, engine=cls.engine, config=load_config(cls.config(tmp)))
         opened = open_crate(out, tmp / "unpacked", IntakeLimits())
         metadata = json.loads((opened.root / "ro-crate-metadata.json").read_text())
         return KitResult(outcome, opened.root, metadata)
 
     @pytest.fixture(scope="class")
-    def validator(self) -> ExternalValidator:
+    @classmethod
+    def validator(cls) -> ExternalValidator:
         found = ExternalValidator.find()
         if found is None:
             pytest.skip("rocrate-validator or the shared validator profiles are missing")
         return found
 
     @pytest.fixture(scope="class")
-    def three_step(self, tmp_path_factory: pytest.TempPathFactory) -> KitResult:
-        return self.run_case("three-step", tmp_path_factory.mktemp("three-step"))
+    @classmethod
+    def three_step(cls, tmp_path_factory: pytest.TempPathFactory) -> KitResult:
+        return cls.run_case("three-step", tmp_path_factory.mktemp("three-step"))
 
     @pytest.fixture(scope="class")
-    def step_fails(self, tmp_path_factory: pytest.TempPathFactory) -> KitResult:
-        return self.run_case("step-fails", tmp_path_factory.mktemp("step-fails"))
+    @classmethod
+    def step_fails(cls, tmp_path_factory: pytest.TempPathFactory) -> KitResult:
+        return cls.run_case("step-fails", tmp_path_factory.mktemp("step-fails"))
 
     # -- checks --------------------------------------------------------------------
 
