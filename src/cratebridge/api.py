@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cratebridge.config import Config, load_config
-from cratebridge.containers.sandbox import RUN_LABEL, find_docker
+from cratebridge.containers.sandbox import find_docker, remove_stale_containers
 from cratebridge.engines.record import FileRecord, ParameterValue
 from cratebridge.engines.registry import Registry
 from cratebridge.errors import CrateRejected, CratebridgeError
@@ -115,16 +115,15 @@ def engines(config: Config | Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def cleanup() -> list[str]:
-    """Remove every container any cratebridge run left behind (after a SIGKILL)."""
+def cleanup(everything: bool = False) -> list[str]:
+    """Remove containers left behind by runs whose process is gone (after a SIGKILL).
+
+    Containers of runs still in progress are left alone unless ``everything``.
+    """
     docker = find_docker()
     if docker is None:
         return []
-    found = subprocess.run([docker, "ps", "-aq", "--filter", f"label={RUN_LABEL}"],
-                           capture_output=True, text=True, check=False).stdout.split()
-    if found:
-        subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False)
-    return found
+    return remove_stale_containers(docker, everything)
 
 
 @dataclass

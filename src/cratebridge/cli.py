@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(engines, engine=False)
 
     cleanup = sub.add_parser("cleanup", help="remove containers left by killed runs")
+    cleanup.add_argument("--all", action="store_true",
+                         help="also remove containers of runs still in progress")
     _common(cleanup, engine=False)
     return parser
 
@@ -153,7 +155,7 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     from cratebridge import api
 
-    removed = api.cleanup()
+    removed = api.cleanup(everything=args.all)
     _emit({"removed": removed}, args.json,
           lambda: f"removed {len(removed)} container(s)" if removed else "nothing to remove")
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from cratebridge.config import Config, load_config
-from cratebridge.containers.sandbox import Sandbox, find_docker
+from cratebridge.containers.sandbox import Sandbox, find_docker, remove_stale_containers
 from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, RunContext
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.engines.registry import Registry
@@ -185,6 +185,7 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     out = Path(out).absolute()
     if out.exists() and out.is_dir() and any(out.iterdir()):
         raise UsageError("the result folder exists and is not empty", where=str(out))
+    _remove_stale_containers()
     run_id = _new_run_id()
     run_dir = cfg.runs_dir / run_id
     run_dir.mkdir(parents=True)
@@ -204,6 +205,13 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)
     return RunOutcome(run_id, run_dir, written, record.status, record, plan_)
+
+
+def _remove_stale_containers() -> None:
+    """A run killed with SIGKILL could not stop its containers: the next run does."""
+    docker = find_docker()
+    if docker is not None:
+        remove_stale_containers(docker)
 
 
 def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config) -> RunRecord:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 
 __all__ = [
     "LEDGER_ENV",
+    "OWNER_LABEL",
     "RUN_LABEL",
     "SANDBOX_ENV",
     "STEP_LABEL",
@@ -27,12 +29,17 @@ __all__ = [
     "Sandbox",
     "find_docker",
     "image_id",
+    "owner_alive",
+    "owner_id",
+    "remove_stale_containers",
+    "stale_containers",
 ]
 
 SANDBOX_ENV = "CRATEBRIDGE_SANDBOX"
 LEDGER_ENV = "CRATEBRIDGE_LEDGER"
 RUN_LABEL = "org.cratebridge.run"
 STEP_LABEL = "org.cratebridge.step"
+OWNER_LABEL = "org.cratebridge.owner"
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -63,6 +70,7 @@ class Sandbox:
     user: str = "1000:1000"
     limits: Limits = field(default_factory=Limits)
     approved_images: tuple[str, ...] = ()
+    owner: str = field(default_factory=lambda: owner_id())
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -81,6 +89,7 @@ class Sandbox:
             user=data["user"],
             limits=Limits(**data["limits"]),
             approved_images=tuple(data["approved_images"]),
+            owner=data.get("owner", ""),
         )
 
     def install(self, folder: Path) -> dict[str, str]:
@@ -118,6 +127,7 @@ class Sandbox:
             f"--cpus={self.limits.cpus}",
             f"--pids-limit={self.limits.pids}",
             f"--label={RUN_LABEL}={self.run_id}",
+            f"--label={OWNER_LABEL}={self.owner}",
         ]
 
     def containers(self) -> list[str]:
@@ -134,6 +144,48 @@ class Sandbox:
         if ids:
             subprocess.run([self.docker, "rm", "-f", *ids], capture_output=True, check=False)
         return ids
+
+
+def owner_id(pid: int | None = None) -> str:
+    """``host:pid`` of the cratebridge process that owns a run's containers."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the owning process still runs (an owner on another host counts as alive)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_containers(docker: str, everything: bool = False) -> list[str]:
+    """Containers of cratebridge runs whose owning process is gone (or all of them)."""
+    out = subprocess.run(
+        [docker, "ps", "-a", "--filter", f"label={RUN_LABEL}",
+         "--format", f'{{{{.ID}}}} {{{{.Label "{OWNER_LABEL}"}}}}'],
+        capture_output=True, text=True, check=False,
+    )
+    found = []
+    for line in out.stdout.splitlines():
+        cid, _, owner = line.partition(" ")
+        if everything or not owner_alive(owner.strip()):
+            found.append(cid)
+    return found
+
+
+def remove_stale_containers(docker: str, everything: bool = False) -> list[str]:
+    """Remove the containers :func:`stale_containers` finds; returns their ids."""
+    found = stale_containers(docker, everything)
+    if found:
+        subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False)
+    return found
 
 
 def find_docker() -> str | None:

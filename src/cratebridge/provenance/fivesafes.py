@@ -1,0 +1,226 @@
+"""The outer result crate of a Five Safes request: the request crate, updated."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from cratebridge.engines.record import FileRecord, LogRecord, ParameterValue, RunRecord, RunStatus
+from cratebridge.intake.request import RunRequest
+from cratebridge.provenance.entities import (
+    RO_CRATE_1_2,
+    RO_CRATE_1_2_CONTEXT,
+    WFRUN_CONTEXT,
+    data_entity,
+    json_value,
+    link,
+)
+from cratebridge.provenance.graph import Graph, Node, fragment, iso, ref
+from cratebridge.provenance.locations import Placed
+
+__all__ = ["FiveSafesResult", "request_graph", "request_license", "root_of"]
+
+_Output = tuple[FileRecord | ParameterValue, Placed | None]
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+UNSTATED_LICENSE: Node = {
+    "@id": "#license-unstated",
+    "@type": "CreativeWork",
+    "name": "License not stated",
+    "description": "The request crate stated no license; the TRE's data agreement applies.",
+}
+
+
+def request_graph(request: RunRequest) -> list[Node]:
+    """A deep copy of the request crate's ``@graph``."""
+    graph = request.metadata.get("@graph")
+    if not isinstance(graph, list):
+        raise ValueError(f"{request.crate_dir}: request metadata has no @graph")
+    return [node for node in copy.deepcopy(graph) if isinstance(node, dict) and "@id" in node]
+
+
+def root_of(graph: Graph) -> Node:
+    """The root data entity, found through the metadata descriptor."""
+    descriptor = graph.get("ro-crate-metadata.json")
+    about = descriptor.get("about") if descriptor else None
+    root_id = about.get("@id") if isinstance(about, dict) else "./"
+    root = graph.get(str(root_id))
+    if root is None:
+        raise ValueError("request metadata has no root data entity")
+    return root
+
+
+def request_license(request: RunRequest) -> Node:
+    """The request root's license entity (for the run crate too), or a plain 'not stated' one."""
+    graph = Graph(request_graph(request))
+    value = root_of(graph).get("license")
+    if isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, dict) and "@id" in value:
+        described = graph.get(str(value["@id"]))
+        return described or {"@id": value["@id"], "@type": "CreativeWork", "name": value["@id"]}
+    if isinstance(value, str) and value:
+        return {"@id": f"#license-{fragment(value)}", "@type": "CreativeWork", "name": value}
+    return dict(UNSTATED_LICENSE)
+
+
+class FiveSafesResult:
+    """Updates the request's graph into the result's: action status, results, logs, run crate."""
+
+    def __init__(self, request: RunRequest, record: RunRecord) -> None:
+        self.request = request
+        self.record = record
+        self.graph = Graph(request_graph(request))
+        self.root = root_of(self.graph)
+        self.action = self._find_action()
+        self._has_part: dict[str, None] = {
+            str(item["@id"]): None for item in _as_list(self.root.get("hasPart"))
+        }
+
+    def _find_action(self) -> Node:
+        candidates = [self.request.action_id] if self.request.action_id else []
+        candidates += [str(m.get("@id")) for m in _as_list(self.root.get("mentions"))]
+        for candidate in candidates:
+            node = self.graph.get(candidate) if candidate else None
+            if node is not None and "CreateAction" in _types(node):
+                return node
+        for node in self.graph:
+            if "CreateAction" in _types(node):
+                return node
+        raise ValueError(f"{self.request.crate_dir}: request crate has no CreateAction to update")
+
+    def context(self) -> list[Any]:
+        """The request's ``@context`` moved to RO-Crate 1.2, plus the workflow-run terms."""
+        declared = self.request.metadata.get("@context")
+        items = declared if isinstance(declared, list) else [declared]
+        result: list[Any] = []
+        for item in items:
+            if isinstance(item, str) and item.startswith("https://w3id.org/ro/crate/"):
+                item = RO_CRATE_1_2_CONTEXT
+            if item is not None and item not in result:
+                result.append(item)
+        if RO_CRATE_1_2_CONTEXT not in result:
+            result.insert(0, RO_CRATE_1_2_CONTEXT)
+        if WFRUN_CONTEXT not in result:
+            result.append(WFRUN_CONTEXT)
+        return result
+
+    def build(
+        self,
+        outputs: Iterable[_Output],
+        logs: Iterable[tuple[LogRecord, Placed]],
+        run_crate: str,
+    ) -> Graph:
+        """The updated graph; ``run_crate`` is the nested crate's folder (ends with ``/``)."""
+        self._descriptor_and_root()
+        self._update_action(outputs)
+        for log, placed in logs:
+            entity = self._put(data_entity(placed.location, placed, log.name))
+            entity.setdefault("encodingFormat", "text/plain")
+            link(entity, "about", str(self.action["@id"]))
+        self._nested_crate(run_crate)
+        self._sweep_data_entities()
+        self.root["hasPart"] = [ref(i) for i in self._has_part]
+        return self.graph
+
+    def _descriptor_and_root(self) -> None:
+        descriptor = self.graph.get("ro-crate-metadata.json")
+        assert descriptor is not None
+        descriptor["conformsTo"] = ref(RO_CRATE_1_2)
+        root = self.root
+        root.setdefault("name", self.request.action_name or "Five Safes RO-Crate result")
+        root.setdefault("description", "Result of a workflow run in a Trusted Research Environment")
+        root["datePublished"] = iso(datetime.now().astimezone())
+        if not root.get("license"):
+            self.graph.add(dict(UNSTATED_LICENSE))
+            root["license"] = ref(str(UNSTATED_LICENSE["@id"]))
+
+    def _update_action(self, outputs: Iterable[_Output]) -> None:
+        record, action = self.record, self.action
+        action["actionStatus"] = record.status.action_status
+        action["startTime"] = iso(record.start_time)
+        action["endTime"] = iso(record.end_time)
+        results: list[dict[str, str]] = []
+        for index, (value, placed) in enumerate(outputs):
+            if placed is None:
+                assert isinstance(value, ParameterValue)
+                node = self._put(
+                    {
+                        "@id": f"#output-{index}-{fragment(value.parameter)}",
+                        "@type": "PropertyValue",
+                        "name": value.parameter,
+                        "value": json_value(value.value),
+                    }
+                )
+            else:
+                node = self._part(data_entity(placed.location, placed))
+            results.append(ref(str(node["@id"])))
+        action["result"] = results
+        if record.status is RunStatus.FAILED:
+            action["error"] = record.error or "The workflow run failed"
+        else:
+            action.pop("error", None)
+
+    def _nested_crate(self, folder: str) -> None:
+        metadata = folder + "ro-crate-metadata.json"
+        self._part(
+            {
+                "@id": metadata,
+                "@type": "File",
+                "name": "Run crate metadata",
+                "encodingFormat": "application/ld+json",
+            }
+        )
+        self._part(
+            {
+                "@id": folder,
+                "@type": "Dataset",
+                "name": "Provenance of the workflow run",
+                "description": (
+                    "A Provenance Run Crate (an RO-Crate of its own) describing each step's "
+                    "execution, tools, containers and logs."
+                ),
+                "conformsTo": ref("https://w3id.org/ro/crate"),
+                "subjectOf": ref(metadata),
+                "about": ref(str(self.action["@id"])),
+            }
+        )
+        link(self.action, "subjectOf", folder)
+
+    def _sweep_data_entities(self) -> None:
+        """Every local File or Dataset goes into the root's ``hasPart``."""
+        root_id = self.root["@id"]
+        for node in self.graph:
+            entity_id = str(node["@id"])
+            if entity_id == root_id or not _is_local(entity_id):
+                continue
+            if {"File", "Dataset"} & set(_types(node)):
+                self._has_part.setdefault(entity_id, None)
+
+    def _put(self, node: Node) -> Node:
+        existing = self.graph.get(str(node["@id"]))
+        if existing is None:
+            return self.graph.add(node)
+        existing.update(node)
+        return existing
+
+    def _part(self, node: Node) -> Node:
+        added = self._put(node)
+        self._has_part.setdefault(str(added["@id"]), None)
+        return added
+
+
+def _as_list(value: object) -> list[dict[str, Any]]:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    return [item for item in items if isinstance(item, dict) and "@id" in item]
+
+
+def _types(node: Node) -> list[str]:
+    value = node.get("@type", [])
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _is_local(entity_id: str) -> bool:
+    return not (entity_id.startswith(("#", "_:")) or _SCHEME.match(entity_id))

@@ -1,0 +1,166 @@
+"""Where each file of a run ends up in the result crate, copied and hashed exactly once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cratebridge.provenance.digests import DigestCache
+from cratebridge.provenance.files import Digest, copy_hashed
+
+__all__ = ["Placed", "Placer"]
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A file or folder in the result crate: its POSIX path relative to the crate root.
+
+    Folder locations end with ``/``; ``digest`` is ``None`` for folders.
+    """
+
+    location: str
+    is_dir: bool
+    digest: Digest | None
+
+
+class Placer:
+    """Copies run files into ``dest``, de-duplicated by resolved source path.
+
+    Every source path must lie inside ``run_dir`` (after resolving links);
+    anything else is refused with :class:`ValueError`. Folders copied whole
+    (the request payload, the workflow, folder outputs) are remembered, so a
+    file recorded inside one of them maps to its copy instead of a new one.
+    """
+
+    def __init__(self, run_dir: Path, dest: Path, cache: DigestCache) -> None:
+        self.run_dir = run_dir.resolve()
+        self.dest = dest
+        self.cache = cache
+        self._by_source: dict[Path, Placed] = {}
+        self._folders: dict[Path, str] = {}
+        self._digests: dict[str, Digest] = {}
+        self._taken: set[str] = set()
+        self._made: set[Path] = set()
+        self._real_dirs: dict[Path, Path] = {}
+
+    def inside_run(self, path: Path) -> Path:
+        """``path`` resolved, or :class:`ValueError` when it lies outside the run folder."""
+        resolved = self._resolve(path)
+        if not resolved.is_relative_to(self.run_dir):
+            raise ValueError(f"{path}: outside the run folder {self.run_dir}; refusing to copy it")
+        return resolved
+
+    def _resolve(self, path: Path) -> Path:
+        """``path.resolve()``, resolving each parent folder only once (runs have many files)."""
+        absolute = Path(os.path.abspath(path))
+        if absolute.is_symlink():
+            return absolute.resolve()
+        parent = self._real_dirs.get(absolute.parent)
+        if parent is None:
+            parent = self._real_dirs[absolute.parent] = absolute.parent.resolve()
+        return parent / absolute.name
+
+    def relative_to_run(self, path: Path) -> str:
+        """The POSIX path of ``path`` (inside the run folder) relative to the run folder."""
+        return self.inside_run(path).relative_to(self.run_dir).as_posix()
+
+    def copy_folder(
+        self, src: Path, location: str, *, skip: frozenset[str] = frozenset(), trusted: bool = False
+    ) -> Placed:
+        """Copy the folder ``src`` to ``location`` (``""`` is the crate root), hashing each file.
+
+        ``skip`` names top-level entries not to copy. ``trusted`` folders (the
+        request payload, the workflow) need not lie inside the run folder.
+        """
+        resolved = src.resolve() if trusted else self.inside_run(src)
+        prefix = location if not location or location.endswith("/") else location + "/"
+        self._folders[resolved] = prefix
+        target = self.dest / prefix if prefix else self.dest
+        target.mkdir(parents=True, exist_ok=True)
+        for dirpath, dirnames, filenames in os.walk(resolved):
+            here = Path(dirpath)
+            rel_dir = here.relative_to(resolved)
+            if rel_dir == Path("."):
+                dirnames[:] = [d for d in dirnames if d not in skip]
+                filenames = [f for f in filenames if f not in skip]
+            dirnames.sort()
+            for dirname in dirnames:
+                (target / rel_dir / dirname).mkdir(exist_ok=True)
+            for filename in sorted(filenames):
+                rel = (rel_dir / filename).as_posix()
+                self._copy_file(self._readable(here / filename, trusted), prefix + rel)
+        placed = Placed(prefix or "./", True, None)
+        self._by_source[resolved] = placed
+        return placed
+
+    def place(self, path: Path, is_dir: bool, default: Callable[[Path], str]) -> Placed:
+        """The crate location of the run file ``path``, copying it on first sight.
+
+        ``default`` gives the wished location for a file not already copied
+        with a folder; a taken location gets a numbered suffix.
+        """
+        resolved = self.inside_run(path)
+        known = self._by_source.get(resolved) or self._covered(resolved, is_dir)
+        if known is not None:
+            return known
+        location = self._free(default(resolved).rstrip("/"))
+        if is_dir:
+            placed = self.copy_folder(resolved, location)
+        else:
+            self._mkdir((self.dest / location).parent)
+            placed = Placed(location, False, self._copy_file(resolved, location))
+        self._by_source[resolved] = placed
+        return placed
+
+    def lookup(self, path: Path) -> Placed | None:
+        """The location of ``path`` if it was already copied (alone or in a folder), else ``None``.
+
+        Unlike :meth:`place` this never copies and never refuses.
+        """
+        resolved = self._resolve(path)
+        return self._by_source.get(resolved) or self._covered(resolved, resolved.is_dir())
+
+    def digest_of(self, location: str) -> Digest | None:
+        """The digest of a file copied to ``location``."""
+        return self._digests.get(location)
+
+    def _covered(self, resolved: Path, is_dir: bool) -> Placed | None:
+        for parent in resolved.parents:
+            prefix = self._folders.get(parent)
+            if prefix is None:
+                continue
+            location = prefix + resolved.relative_to(parent).as_posix()
+            if is_dir and (self.dest / location).is_dir():
+                return Placed(location + "/", True, None)
+            digest = self._digests.get(location)
+            return Placed(location, False, digest) if digest else None
+        return None
+
+    def _free(self, location: str) -> str:
+        candidate, number = location, 1
+        path = PurePosixPath(location)
+        while candidate in self._taken or (self.dest / candidate).exists():
+            number += 1
+            candidate = str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+        self._taken.add(candidate)
+        return candidate
+
+    def _readable(self, path: Path, trusted: bool) -> Path:
+        # A link inside a copied folder may only point back into the run folder.
+        if path.is_symlink() or not trusted:
+            return self.inside_run(path)
+        return path
+
+    def _copy_file(self, src: Path, location: str) -> Digest:
+        digest, mtime_ns = copy_hashed(src, self.dest / location)
+        self._digests[location] = digest
+        self._taken.add(location)
+        self.cache.record(location, digest, mtime_ns)
+        return digest
+
+    def _mkdir(self, folder: Path) -> None:
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)

@@ -1,0 +1,564 @@
+"""The run's own crate: Provenance Run Crate 0.5 metadata built from a RunRecord.
+
+The crate lives at ``prefix`` inside the result folder (``""`` when the run
+crate is the result crate). Files outside that prefix (the request payload,
+the outputs) are referred to with relative ``../`` paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from cratebridge.engines.interface import EnginePlan
+from cratebridge.engines.record import (
+    ContainerRecord,
+    FileRecord,
+    LogRecord,
+    ParameterValue,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+)
+from cratebridge.intake.request import InputBinding, InputKind, RunRequest
+from cratebridge.provenance.entities import (
+    RO_CRATE_1_1,
+    RO_CRATE_1_2,
+    WFRUN,
+    data_entity,
+    json_value,
+    link,
+    value_type,
+)
+from cratebridge.provenance.graph import Graph, Node, fragment, iso, ref, refs
+from cratebridge.provenance.locations import Placed, Placer
+
+__all__ = ["RunCrateBuilder", "RunCrateSpec"]
+
+PROFILES = {
+    "https://w3id.org/ro/wfrun/process/0.5": "Process Run Crate",
+    "https://w3id.org/ro/wfrun/workflow/0.5": "Workflow Run Crate",
+    "https://w3id.org/ro/wfrun/provenance/0.5": "Provenance Run Crate",
+    "https://w3id.org/workflowhub/workflow-ro-crate/1.0": "Workflow RO-Crate",
+}
+LANGUAGE_NAMES = {
+    "cwl": ("Common Workflow Language", "https://www.commonwl.org/"),
+    "nextflow": ("Nextflow", "https://www.nextflow.io/"),
+    "snakemake": ("Snakemake", "https://snakemake.readthedocs.io"),
+}
+ENGINE_URLS = {
+    "cwltool": "https://github.com/common-workflow-language/cwltool",
+    "toil": "https://github.com/DataBiosphere/toil",
+    "nextflow": "https://www.nextflow.io/",
+    "snakemake": "https://snakemake.github.io/",
+}
+WORKFLOW_RO_CRATE = "https://w3id.org/workflowhub/workflow-ro-crate/1.0"
+WORKFLOW_RUN_ID = "#workflow-run"
+ORGANIZE_ID = "#engine-run"
+
+
+@dataclass(frozen=True)
+class RunCrateSpec:
+    """Where the run crate and its workflow sit in the result folder.
+
+    ``prefix`` is the run crate's folder (``""`` or ends with ``/``);
+    ``workflow_src`` the workflow folder on disk, already copied to
+    ``workflow_location``; ``main_location`` is the main workflow file's location.
+    """
+
+    prefix: str
+    workflow_src: Path
+    workflow_location: str
+    main_location: str
+    license: Node
+
+
+class RunCrateBuilder:
+    """Builds the run crate graph; copies step files (not outputs) as it goes."""
+
+    def __init__(
+        self,
+        request: RunRequest,
+        record: RunRecord,
+        placer: Placer,
+        spec: RunCrateSpec,
+        plan: EnginePlan | None = None,
+    ) -> None:
+        self.request = request
+        self.record = record
+        self.placer = placer
+        self.spec = spec
+        self.plan = plan
+        self.graph = Graph()
+        self._has_part: dict[str, None] = {}
+        self._mentions: dict[str, None] = {}
+        self._tools: dict[str, str] = {}
+        self._tool_params: dict[str, set[str]] = {}
+        self._steps: dict[str, str] = {}
+        self._images: dict[tuple[str, str | None], str] = {}
+        self._action_by_name: dict[str, str] = {}
+        self._values = 0
+        self._up = "../" * self.spec.prefix.count("/")
+        self.main_id = self.local_id(spec.main_location)
+
+    # -- identifiers ---------------------------------------------------------
+
+    def local_id(self, location: str) -> str:
+        """The ``@id`` in this crate of a location relative to the result folder."""
+        if location.startswith(self.spec.prefix):
+            return location[len(self.spec.prefix) :] or "./"
+        return self._up + location
+
+    # -- the whole crate -----------------------------------------------------
+
+    def build(self, run_logs: Iterable[tuple[LogRecord, Placed]] = ()) -> Graph:
+        """All entities of the run crate, root first."""
+        with_steps = bool(self.record.steps)
+        self._descriptor_and_root(with_steps)
+        self._workflow()
+        self._engine()
+        steps = enumerate(self.record.steps)
+        control_ids = [self._step_execution(index, step) for index, step in steps]
+        self._workflow_action()
+        if with_steps:
+            self._organize_action(control_ids)
+        for log, placed in run_logs:
+            self._log(log, placed, self._about(log.about))
+        self._finish_root()
+        return self.graph
+
+    def _descriptor_and_root(self, with_steps: bool) -> None:
+        profiles = [p for p in PROFILES if with_steps or "/provenance/" not in p]
+        self.graph.add(
+            {
+                "@id": "ro-crate-metadata.json",
+                "@type": "CreativeWork",
+                "about": ref("./"),
+                "conformsTo": refs([RO_CRATE_1_2, RO_CRATE_1_1, WORKFLOW_RO_CRATE]),
+            }
+        )
+        name = self.request.workflow.name or PurePosixPath(self.spec.main_location).name
+        self.graph.add(
+            {
+                "@id": "./",
+                "@type": "Dataset",
+                "name": f"Run of {name}",
+                "description": (
+                    f"Provenance of a run of the workflow {name} by {self.record.engine}: "
+                    "the workflow, each step's execution, containers, inputs, outputs and logs."
+                ),
+                "datePublished": iso(self.record.end_time),
+                "license": ref(str(self.spec.license["@id"])),
+                "conformsTo": refs(profiles),
+                "mainEntity": ref(self.main_id),
+            }
+        )
+        self.graph.add(dict(self.spec.license))
+        for profile in profiles:
+            version = profile.rsplit("/", 1)[1]
+            self.graph.add(
+                {
+                    "@id": profile,
+                    "@type": "CreativeWork",
+                    "name": f"{PROFILES[profile]} {version}",
+                    "version": version,
+                }
+            )
+
+    def _finish_root(self) -> None:
+        root = self.graph.get("./")
+        assert root is not None
+        root["hasPart"] = refs(self._has_part)
+        root["mentions"] = refs(self._mentions)
+
+    # -- workflow definition -------------------------------------------------
+
+    def _workflow(self) -> None:
+        folder_id = self.local_id(self.spec.workflow_location)
+        if folder_id != "./":
+            self._part({"@id": folder_id, "@type": "Dataset", "name": "Workflow definition"})
+        language = self.request.workflow.language
+        lang_name, lang_url = LANGUAGE_NAMES.get(language.short, (language.short, language.value))
+        self.graph.add(
+            {
+                "@id": language.value,
+                "@type": "ComputerLanguage",
+                "name": lang_name,
+                "identifier": ref(lang_url),
+                "url": ref(lang_url),
+            }
+        )
+        digest = self.placer.digest_of(self.spec.main_location)
+        main = data_entity(self.main_id, Placed(self.spec.main_location, False, digest))
+        main["@type"] = ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]
+        main["name"] = self.request.workflow.name or main["name"]
+        main["programmingLanguage"] = ref(language.value)
+        main["conformsTo"] = ref(
+            "https://bioschemas.org/profiles/ComputationalWorkflow/1.0-RELEASE"
+        )
+        self._part(main)
+
+    def _parameter(self, owner: str, direction: str, name: str, kind: str) -> str:
+        """The FormalParameter ``name`` of ``owner`` (a workflow or tool), added on first use."""
+        separator = "/" if "#" in owner else "#"
+        param_id = f"{owner}{separator}{direction}/{fragment(name)}"
+        if param_id not in self.graph:
+            self.graph.add(
+                {
+                    "@id": param_id,
+                    "@type": "FormalParameter",
+                    "name": name,
+                    "additionalType": kind,
+                    "conformsTo": ref(
+                        "https://bioschemas.org/profiles/FormalParameter/1.0-RELEASE"
+                    ),
+                }
+            )
+            owner_node = self.graph.get(owner)
+            assert owner_node is not None
+            owner_node.setdefault(direction, []).append(ref(param_id))
+        return param_id
+
+    # -- engine and steps ----------------------------------------------------
+
+    def _engine(self) -> None:
+        engine = self.record.engine
+        url = ENGINE_URLS.get(engine)
+        node: Node = {
+            "@id": url or f"#engine-{fragment(engine)}",
+            "@type": "SoftwareApplication",
+            "name": engine,
+        }
+        if url:
+            node["url"] = url
+        if self.record.engine_version:
+            node["softwareVersion"] = self.record.engine_version
+        self.engine_id = self.graph.add(node)["@id"]
+
+    def _step_execution(self, index: int, step: StepRecord) -> str:
+        """Add one step execution (CreateAction + ControlAction); return the ControlAction id."""
+        tool_id = self._tool(step.tool)
+        howto_id = self._howto(step.step, tool_id)
+        action_id = f"#step-run-{index}"
+        self._action_by_name.setdefault(step.name, action_id)
+        self._action_by_name.setdefault(step.step, action_id)
+        action = self._action(
+            action_id, f"Run of step {step.name}", step.status, step.start_time, step.end_time
+        )
+        action["instrument"] = ref(tool_id)
+        action["object"] = refs(self._values_of(step.inputs, tool_id, "input", step))
+        action["result"] = refs(self._values_of(step.outputs, tool_id, "output", step))
+        if step.container is not None:
+            action["containerImage"] = ref(self._image(step.container))
+        if step.exit_code is not None:
+            action["additionalProperty"] = ref(self._exit_code(action_id, step.exit_code))
+        if step.status is RunStatus.FAILED:
+            code = f" with exit code {step.exit_code}" if step.exit_code is not None else ""
+            action["error"] = f"Step {step.name} failed{code}"
+        for log in step.logs:
+            self._log(log, self._place_step_file(log.path, False), action_id)
+        control_id = f"#step-control-{index}"
+        control = self._action(
+            control_id,
+            f"Orchestration of step {step.name}",
+            step.status,
+            step.start_time,
+            step.end_time,
+            typ="ControlAction",
+        )
+        control["instrument"] = ref(howto_id)
+        control["object"] = ref(action_id)
+        if "error" in action:
+            control["error"] = action["error"]
+        return control_id
+
+    def _tool(self, tool: str) -> str:
+        known = self._tools.get(tool)
+        if known is not None:
+            return known
+        node = self._tool_file(tool) or {
+            "@id": f"#tool-{fragment(tool)}",
+            "@type": "SoftwareApplication",
+            "name": tool,
+        }
+        tool_id = str(node["@id"])
+        if node.get("@type") == ["File", "SoftwareSourceCode"]:
+            self._part(node)
+        else:
+            self.graph.add(node)
+        self._tools[tool] = tool_id
+        main = self.graph.get(self.main_id)
+        assert main is not None
+        main.setdefault("hasPart", []).append(ref(tool_id))
+        return tool_id
+
+    def _tool_file(self, tool: str) -> Node | None:
+        """The tool as a file of the workflow (``tool.cwl`` or ``tool.cwl#id``), if it is one."""
+        name, _, anchor = tool.partition("#")
+        if not name:
+            return None
+        src = self.spec.workflow_src.resolve()
+        candidate = (src / name).resolve()
+        if not candidate.is_relative_to(src) or not candidate.is_file():
+            return None
+        location = self.spec.workflow_location + candidate.relative_to(src).as_posix()
+        file_id = self.local_id(location)
+        if anchor:
+            return {
+                "@id": f"{file_id}#{fragment(anchor)}",
+                "@type": "SoftwareSourceCode",
+                "name": tool,
+            }
+        if file_id == self.main_id:
+            return None
+        node = data_entity(file_id, Placed(location, False, self.placer.digest_of(location)), tool)
+        node["@type"] = ["File", "SoftwareSourceCode"]
+        return node
+
+    def _howto(self, step_name: str, tool_id: str) -> str:
+        known = self._steps.get(step_name)
+        if known is not None:
+            return known
+        step_id = f"{self.main_id}#step/{fragment(step_name)}"
+        self.graph.add(
+            {
+                "@id": step_id,
+                "@type": "HowToStep",
+                "name": step_name,
+                "position": str(len(self._steps)),
+                "workExample": ref(tool_id),
+            }
+        )
+        self._steps[step_name] = step_id
+        main = self.graph.get(self.main_id)
+        assert main is not None
+        main.setdefault("step", []).append(ref(step_id))
+        return step_id
+
+    def _image(self, container: ContainerRecord) -> str:
+        key = (container.image, container.image_id)
+        known = self._images.get(key)
+        if known is not None:
+            return known
+        registry, name, tag, digest = _split_image(container.image)
+        sha256 = _sha256(container.image_id) or _sha256(digest)
+        image_id = f"#container-image-{len(self._images)}"
+        node: Node = {
+            "@id": image_id,
+            "@type": "ContainerImage",
+            "additionalType": ref(WFRUN + "DockerImage"),
+            "name": name,
+            "registry": registry,
+        }
+        if tag:
+            node["tag"] = tag
+        if sha256:
+            node["sha256"] = sha256
+        self.graph.add(node)
+        self._images[key] = image_id
+        return image_id
+
+    def _exit_code(self, action_id: str, code: int) -> str:
+        value_id = f"{action_id}-exit-code"
+        self.graph.add(
+            {
+                "@id": value_id,
+                "@type": "PropertyValue",
+                "name": "exit code",
+                "propertyID": "exitCode",
+                "value": code,
+            }
+        )
+        return value_id
+
+    # -- values: files and parameters ----------------------------------------
+
+    def _values_of(
+        self,
+        values: Iterable[FileRecord | ParameterValue],
+        owner: str,
+        direction: str,
+        step: StepRecord | None,
+    ) -> list[str]:
+        ids: list[str] = []
+        for value in values:
+            if isinstance(value, ParameterValue):
+                ids.append(self._property_value(value.parameter, value.value, owner, direction))
+                continue
+            if step is None:
+                placed = self._output(value)
+            else:
+                placed = self._place_step_file(value.path, value.is_dir)
+            entity = self._data(placed)
+            if value.parameter:
+                kind = "Dataset" if value.is_dir else "File"
+                param_id = self._parameter(owner, direction, value.parameter, kind)
+                link(entity, "exampleOfWork", param_id)
+            ids.append(str(entity["@id"]))
+        return ids
+
+    def _property_value(self, name: str, value: object, owner: str, direction: str) -> str:
+        param_id = self._parameter(owner, direction, name, value_type(value))
+        self._values += 1
+        value_id = f"#value-{self._values}-{fragment(name)}"
+        self.graph.add(
+            {
+                "@id": value_id,
+                "@type": "PropertyValue",
+                "name": name,
+                "value": json_value(value),
+                "exampleOfWork": ref(param_id),
+            }
+        )
+        return value_id
+
+    def _place_step_file(self, path: Path, is_dir: bool) -> Placed:
+        return self.placer.place(
+            path, is_dir, lambda resolved: self.spec.prefix + self.placer.relative_to_run(resolved)
+        )
+
+    def _output(self, value: FileRecord) -> Placed:
+        placed = self.placer.lookup(value.path)
+        if placed is None:
+            raise ValueError(f"{value.path}: workflow output was not copied into the result")
+        return placed
+
+    def _data(self, placed: Placed) -> Node:
+        entity_id = self.local_id(placed.location)
+        existing = self.graph.get(entity_id)
+        return existing if existing is not None else self._part(data_entity(entity_id, placed))
+
+    def _inputs(self) -> list[str]:
+        ids: list[str] = []
+        parameters = self.plan.parameters if self.plan else {}
+        for binding in self.request.inputs:
+            if binding.kind is InputKind.VALUE:
+                value = parameters.get(binding.parameter, binding.value)
+                ids.append(self._property_value(binding.parameter, value, self.main_id, "input"))
+            else:
+                ids.append(self._input_file(binding))
+        return ids
+
+    def _input_file(self, binding: InputBinding) -> str:
+        kind = "Dataset" if binding.kind is InputKind.DIRECTORY else "File"
+        param_id = self._parameter(self.main_id, "input", binding.parameter, kind)
+        placed = self.placer.lookup(binding.path) if binding.path else None
+        if placed is not None:
+            entity = self._data(placed)
+        else:
+            # Operator-mapped data stays in the TRE: described, never copied.
+            entity = self.graph.add(
+                {
+                    "@id": f"#input-{fragment(binding.parameter)}",
+                    "@type": "CreativeWork",
+                    "name": binding.parameter,
+                    "description": f"Input {binding.entity_id}: data mapped by the TRE, not copied",
+                }
+            )
+        link(entity, "exampleOfWork", param_id)
+        return str(entity["@id"])
+
+    # -- actions -------------------------------------------------------------
+
+    def _action(
+        self,
+        action_id: str,
+        name: str,
+        status: RunStatus,
+        start: datetime | None,
+        end: datetime | None,
+        typ: str = "CreateAction",
+    ) -> Node:
+        node: Node = {
+            "@id": action_id,
+            "@type": typ,
+            "name": name,
+            "description": f"{name} ({status.value})",
+            "actionStatus": status.action_status,
+        }
+        if start is not None:
+            node["startTime"] = iso(start)
+        if end is not None:
+            node["endTime"] = iso(end)
+        if self.request.agent is not None and typ == "CreateAction":
+            node["agent"] = ref(self._agent())
+        if typ == "CreateAction":
+            self._mentions[action_id] = None
+        return self.graph.add(node)
+
+    def _agent(self) -> str:
+        agent = self.request.agent
+        assert agent is not None
+        if agent.id not in self.graph:
+            self.graph.add({"@id": agent.id, "@type": "Person", "name": agent.name or agent.id})
+        return agent.id
+
+    def _workflow_action(self) -> None:
+        record = self.record
+        name = self.request.workflow.name or PurePosixPath(self.spec.main_location).name
+        action = self._action(
+            WORKFLOW_RUN_ID,
+            f"Run of workflow {name}",
+            record.status,
+            record.start_time,
+            record.end_time,
+        )
+        action["instrument"] = ref(self.main_id)
+        action["object"] = refs(self._inputs())
+        action["result"] = refs(self._values_of(record.outputs, self.main_id, "output", None))
+        if record.status is RunStatus.FAILED:
+            action["error"] = record.error or "The workflow run failed"
+
+    def _organize_action(self, control_ids: list[str]) -> None:
+        record = self.record
+        node = self._action(
+            ORGANIZE_ID,
+            f"Orchestration of the run by {record.engine}",
+            record.status,
+            record.start_time,
+            record.end_time,
+            typ="OrganizeAction",
+        )
+        node["instrument"] = ref(self.engine_id)
+        node["object"] = refs(control_ids)
+        node["result"] = ref(WORKFLOW_RUN_ID)
+        if record.status is RunStatus.FAILED:
+            node["error"] = record.error or "The workflow run failed"
+        self._mentions[ORGANIZE_ID] = None
+
+    def _about(self, about: str | None) -> str:
+        if about is None:
+            return WORKFLOW_RUN_ID
+        return self._action_by_name.get(about, WORKFLOW_RUN_ID)
+
+    def _log(self, log: LogRecord, placed: Placed, about: str) -> None:
+        entity = self._data(placed)
+        entity["name"] = log.name
+        entity.setdefault("encodingFormat", "text/plain")
+        link(entity, "about", about)
+
+    def _part(self, node: Node) -> Node:
+        added = self.graph.add(node)
+        self._has_part[str(added["@id"])] = None
+        return added
+
+
+def _split_image(image: str) -> tuple[str, str, str | None, str | None]:
+    """``(registry, name, tag, digest)`` of a Docker image reference."""
+    rest, _, digest = image.partition("@")
+    first, slash, remainder = rest.partition("/")
+    registry = "docker.io"
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        registry, rest = first, remainder
+    name, tag = rest, None
+    if ":" in rest.rsplit("/", 1)[-1]:
+        name, tag = rest.rsplit(":", 1)
+    return registry, name, tag, digest or None
+
+
+def _sha256(digest: str | None) -> str | None:
+    if digest and digest.startswith("sha256:"):
+        return digest.split(":", 1)[1]
+    return None
