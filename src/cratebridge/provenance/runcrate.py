@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 from cratebridge.engines.interface import EnginePlan
 from cratebridge.engines.record import (
@@ -297,10 +298,12 @@ class RunCrateBuilder:
     def _tool_file(self, tool: str) -> Node | None:
         """The tool as a file of the workflow (``tool.cwl`` or ``tool.cwl#id``), if it is one."""
         name, _, anchor = tool.partition("#")
+        if name.startswith("file://"):
+            name = unquote(urlsplit(name).path)
         if not name:
             return None
         src = self.spec.workflow_src.resolve()
-        candidate = (src / name).resolve()
+        candidate = (src / name).resolve()  # an absolute path stays as it is
         if not candidate.is_relative_to(src) or not candidate.is_file():
             return None
         location = self.spec.workflow_location + candidate.relative_to(src).as_posix()

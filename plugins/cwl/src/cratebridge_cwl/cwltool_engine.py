@@ -74,7 +74,7 @@ class CwltoolEngine(Engine):
         env = self._env(context)
         command = (sys.executable, "-m", "cratebridge_cwl.driver",
                    "--events", str(context.work_dir / "events.jsonl"),
-                   "--keep", str(context.work_dir / "kept"), "--",
+                   "--keep", str(context.work_dir / "steps"), "--",
                    *self.engine_args(context), str(request.workflow.main_file), str(job_path))
         notes = [f"language: {request.workflow.language_source}",
                  f"CWL {workflow.cwl_version} {workflow.cls}"]

@@ -49,25 +49,25 @@ class EventLog:
         with self.lock, self.events.open("a") as out:
             out.write(json.dumps(entry) + "\n")
 
-    def keep_outputs(self, token: str, value: Any) -> Any:
-        """Hard-link output files under keep/<token>/ and point the record there."""
+    def keep_outputs(self, job: str, value: Any) -> Any:
+        """Hard-link output files under keep/<job name>/ and point the record there."""
         if isinstance(value, list):
-            return [self.keep_outputs(token, v) for v in value]
+            return [self.keep_outputs(job, v) for v in value]
         if not isinstance(value, dict):
             return value
         if value.get("class") in ("File", "Directory"):
             path = _path_of(value)
             if path is None or not os.path.exists(path):
                 return value
-            target = self.keep / token / os.path.basename(path)
+            target = self.keep / job / os.path.basename(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             _link_tree(Path(path), target)
             self._remember(Path(path), target)
             out = {"class": value["class"], "path": str(target), "origin": path}
             if "secondaryFiles" in value:
-                out["secondaryFiles"] = self.keep_outputs(token, value["secondaryFiles"])
+                out["secondaryFiles"] = self.keep_outputs(job, value["secondaryFiles"])
             return out
-        return {k: self.keep_outputs(token, v) for k, v in value.items()}
+        return {k: self.keep_outputs(job, v) for k, v in value.items()}
 
     def _remember(self, source: Path, kept: Path) -> None:
         for src, dst in ((source, kept),) if source.is_file() else (
@@ -137,7 +137,7 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
             callback: Callable[..., None] = self.output_callback
 
             def record(outputs: Any, status: str) -> None:
-                kept = log.keep_outputs(self.cb_token, outputs or {})
+                kept = log.keep_outputs(self.name, outputs or {})
                 log.write({"event": "finished", "token": self.cb_token, "name": self.name,
                            "step": step, "tool": tool, "start": started, "end": _now(),
                            "status": status, "inputs": inputs, "outputs": kept,

@@ -1,0 +1,278 @@
+"""The ``toil`` engine: CWL on Toil, on one machine or a cluster, with step-level records.
+
+The operator picks the Toil batch system in ``[engines.toil]``
+(``batch_system = "single_machine"`` by default, ``"slurm"``, or any other
+Toil batch system). The job store and Toil's work folders live in the run's
+work folder, which every worker must see (a shared filesystem on a cluster).
+Images, input binding and offline loading are those of the cwltool engine.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.sandbox import SANDBOX_ENV
+from cratebridge.engines.interface import (
+    Capabilities,
+    Engine,
+    EngineInfo,
+    EnginePlan,
+    ProgressEvent,
+    RunContext,
+)
+from cratebridge.engines.process import EngineExit, run_engine
+from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, StepRecord
+from cratebridge.errors import EngineUnavailable, UsageError
+from cratebridge.intake.request import Language, RunRequest
+from cratebridge_cwl.cwltool_engine import CwltoolEngine
+from cratebridge_cwl.records import read_events, values_to_records
+from cratebridge_cwl.toil_records import read_job, toil_step_records
+from cratebridge_cwl.workflow import bind_inputs, load_workflow
+
+__all__ = ["ToilEngine", "ToilSettings"]
+
+JOB_FILE = "job.json"
+SLURM_COMMENT = "cratebridge-run:"
+
+
+@dataclass(frozen=True)
+class ToilSettings:
+    """The operator's ``[engines.toil]`` table, checked.
+
+    ``batch_system``: a Toil batch system (``single_machine``, ``slurm``, ...).
+    ``args``: extra toil-cwl-runner arguments, appended as given.
+    ``retry_count``: Toil retries of a failed job (0: a failing step fails the run at once).
+    ``slurm_partition``, ``slurm_time``, ``slurm_args``: passed to Toil's Slurm batch system.
+    ``default_memory``, ``max_cores``: Toil's per-job defaults and cap.
+    ``default_container``: image for steps without a DockerRequirement.
+    ``keep_job_store``: keep Toil's job store after a successful run.
+    """
+
+    batch_system: str = "single_machine"
+    args: tuple[str, ...] = ()
+    retry_count: int = 0
+    slurm_partition: str | None = None
+    slurm_time: str | None = None
+    slurm_args: str | None = None
+    default_memory: str | None = None
+    max_cores: int | None = None
+    default_container: str | None = None
+    keep_job_store: bool = False
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, object]) -> ToilSettings:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}", where="config [engines.toil]")
+        values: dict[str, Any] = dict(table)
+        args = values.get("args", ())
+        if isinstance(args, str) or not all(isinstance(a, str) for a in args):  # type: ignore[attr-defined]
+            raise UsageError("args must be a list of strings", where="config [engines.toil]")
+        values["args"] = tuple(args)  # type: ignore[arg-type]
+        for name in ("retry_count", "max_cores"):
+            if values.get(name) is not None and not isinstance(values[name], int):
+                raise UsageError(f"{name} must be a whole number",
+                                 where="config [engines.toil]")
+        return cls(**values)
+
+
+class ToilEngine(Engine):
+    """Runs CWL with toil-cwl-runner; every step runs through the sandbox's ``docker``."""
+
+    name: ClassVar[str] = "toil"
+    language: ClassVar[Language] = Language.CWL
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        step_provenance=True, containers=("docker",),
+        schedulers=("single_machine", "slurm", "grid_engine", "lsf", "torque", "htcondor",
+                    "kubernetes", "aws_batch"),
+        offline=True)
+
+    def __init__(self) -> None:
+        self._cwltool = CwltoolEngine()
+
+    def info(self) -> EngineInfo:
+        try:
+            version = importlib.metadata.version("toil")
+            importlib.metadata.version("cwltool")
+        except importlib.metadata.PackageNotFoundError:
+            raise EngineUnavailable("Toil is not installed in cratebridge's environment; "
+                                    "pip install cratebridge-cwl (it needs toil[cwl])",
+                                    where="engine toil") from None
+        return EngineInfo(program="toil-cwl-runner", version=version, path=sys.executable)
+
+    def toil_args(self, settings: ToilSettings, context: RunContext) -> list[str]:
+        """toil-cwl-runner flags: the batch system, everything inside the run folder, offline."""
+        work, logs = context.work_dir, context.logs_dir
+        args = [
+            "--batchSystem", settings.batch_system,
+            "--jobStore", f"file:{work / 'jobstore'}",
+            "--workDir", str(work / "toil-work"),
+            "--coordinationDir", str(work / "toil-coordination"),
+            "--outdir", str(context.outputs_dir),
+            "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
+            "--no-prepull", "--retryCount", str(settings.retry_count),
+            "--stats", "--clean", "never", "--disableProgress",
+            "--writeLogs", str(logs / "toil-jobs"), "--writeLogsFromAllJobs", "true",
+            # Workers (Slurm jobs too) must find the shim as their docker.
+            "--setEnv", "PATH", "--setEnv", SANDBOX_ENV, "--setEnv", "HOME",
+        ]
+        if settings.default_container:
+            args += ["--default-container", settings.default_container]
+        if settings.default_memory:
+            args += ["--defaultMemory", settings.default_memory]
+        if settings.max_cores:
+            args += ["--maxCores", str(settings.max_cores)]
+        if settings.batch_system == "slurm":
+            slurm_args = f"--comment={SLURM_COMMENT}{context.run_id}"
+            if settings.slurm_args:
+                slurm_args += " " + settings.slurm_args
+            args += ["--slurmArgs", slurm_args]
+            if settings.slurm_partition:
+                args += ["--slurmPartition", settings.slurm_partition]
+            if settings.slurm_time:
+                args += ["--slurmTime", settings.slurm_time]
+        return [*args, *settings.args]
+
+    def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
+        settings = ToilSettings.from_table(context.settings)
+        workflow = load_workflow(request.workflow.main_file)
+        job = bind_inputs(request, workflow)
+        images = self._cwltool._images(workflow, context)
+        env = self._cwltool._env(context)
+        work = context.work_dir
+        command = (sys.executable, "-m", "cratebridge_cwl.toil_driver",
+                   "--events", str(work / "events.jsonl"), "--keep", str(work / "kept"), "--",
+                   *self.toil_args(settings, context), str(request.workflow.main_file),
+                   str(work / JOB_FILE))
+        notes = [f"language: {request.workflow.language_source}",
+                 f"CWL {workflow.cwl_version} {workflow.cls}",
+                 f"Toil batch system: {settings.batch_system}"]
+        if settings.batch_system != "single_machine":
+            notes.append(f"the run folder {context.run_dir} must be on a filesystem every "
+                         "node of the cluster sees")
+        return EnginePlan(engine=self.name, language=Language.CWL,
+                          workflow=request.workflow.main_file, command=command, env=env,
+                          images=images, parameters=job,
+                          files={JOB_FILE: json.dumps(job, indent=2)}, notes=tuple(notes),
+                          steps=tuple(s.name for s in workflow.steps))
+
+    def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
+        settings = ToilSettings.from_table(context.settings)
+        work = context.work_dir
+        for name, content in plan.files.items():
+            (work / name).write_text(content)
+        for folder in (Path(plan.env["HOME"]), work / "toil-work", work / "toil-coordination"):
+            folder.mkdir(parents=True, exist_ok=True)
+        events_path = work / "events.jsonl"
+        stdout = context.logs_dir / "toil.stdout.json"
+        stderr = context.logs_dir / "toil.stderr.log"
+        progress = _Progress(events_path, context)
+        started = datetime.now(UTC)
+        try:
+            ended = run_engine(plan.command, env=plan.env, cwd=work, stdout=stdout,
+                               stderr=stderr, timeout=context.timeout, on_tick=progress)
+        finally:
+            if settings.batch_system == "slurm":
+                _cancel_slurm_jobs(context.run_id)
+        finished = datetime.now(UTC)
+        events = read_events(events_path)
+        steps = toil_step_records(events, read_ledger(context.sandbox.ledger),
+                                  read_job(work / JOB_FILE), context.logs_dir / "toil-jobs")
+        status = RunStatus.COMPLETED if ended.exit_code == 0 and not ended.reason \
+            else RunStatus.FAILED
+        logs = [LogRecord(stderr, "toil-cwl-runner log"),
+                LogRecord(stdout, "toil-cwl-runner output object")]
+        stats = _job_store_stats(work, context.logs_dir)
+        if stats is not None:
+            logs.append(LogRecord(stats, "Toil job statistics (toil stats --raw)"))
+        if status is RunStatus.COMPLETED and not settings.keep_job_store:
+            shutil.rmtree(work / "jobstore", ignore_errors=True)
+        return RunRecord(
+            engine=self.name, engine_version=self.info().version, status=status,
+            start_time=started, end_time=finished, outputs=_outputs(stdout), steps=steps,
+            logs=tuple(logs), command=tuple(plan.command),
+            error=_error(ended, stderr, steps) if status is RunStatus.FAILED else None,
+        )
+
+
+class _Progress:
+    """Turns new job events into progress events, once each."""
+
+    def __init__(self, events: Path, context: RunContext) -> None:
+        self.events = events
+        self.context = context
+        self.seen: set[str] = set()
+
+    def __call__(self) -> None:
+        for event in read_events(self.events):
+            key = f"{event['event']}:{event['token']}"
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            kind = event["event"] if event.get("status", "success") == "success" else "failed"
+            self.context.progress(ProgressEvent(kind, event["name"]))
+
+
+def _outputs(stdout: Path) -> tuple[Any, ...]:
+    try:
+        data = json.loads(stdout.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return ()
+    return values_to_records(data if isinstance(data, dict) else {})
+
+
+def _job_store_stats(work: Path, logs: Path) -> Path | None:
+    """Toil's own per-job-type statistics, kept with the logs."""
+    toil = Path(sys.executable).parent / "toil"
+    if not (work / "jobstore").is_dir() or not toil.exists():
+        return None
+    target = logs / "toil-stats.json"
+    try:
+        done = subprocess.run([str(toil), "stats", "--raw", f"file:{work / 'jobstore'}"],
+                              capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    target.write_text(done.stdout)
+    return target
+
+
+def _cancel_slurm_jobs(run_id: str) -> None:
+    """Cancel this run's Slurm jobs still queued or running (after a stop or a failure)."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return
+    listed = subprocess.run([squeue, "-h", "-o", "%i|%k"], capture_output=True, text=True,
+                            check=False)
+    mine = [line.split("|", 1)[0] for line in listed.stdout.splitlines()
+            if line.split("|", 1)[-1] == f"{SLURM_COMMENT}{run_id}"]
+    if mine:
+        subprocess.run(["scancel", *mine], capture_output=True, check=False)
+
+
+def _error(ended: EngineExit, stderr: Path, steps: tuple[StepRecord, ...]) -> str:
+    if ended.reason:
+        return ended.reason
+    failed = [s for s in steps if s.status is RunStatus.FAILED]
+    if failed:
+        names = ", ".join(f"{s.name} (exit {s.exit_code})" for s in failed)
+        return f"toil-cwl-runner exited {ended.exit_code}: step(s) failed: {names}"
+    try:
+        lines = stderr.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    tail = [line for line in lines if "[E]" in line or "ERROR" in line][-3:]
+    return f"toil-cwl-runner exited {ended.exit_code}" + (": " + " | ".join(tail) if tail else "")

@@ -1,0 +1,138 @@
+"""Step records for a Toil run: the driver's job events, the sandbox ledger and Toil's own logs.
+
+The events come from the Toil workers (see :mod:`cratebridge_cwl.toil_driver`).
+A worker sees its input files as copies staged from Toil's job store, so an
+input is linked back to the file it is: the kept output of an earlier step,
+or the workflow's own input, matched by checksum (and name when several match).
+Toil's per-job worker log (``--writeLogs``) is attached to its step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from cratebridge.containers.ledger import Ledger
+from cratebridge.engines.record import LogRecord, StepRecord
+from cratebridge_cwl.records import step_records
+
+__all__ = ["read_job", "slurm_jobs", "toil_step_records"]
+
+
+def _sha1(path: Path) -> str | None:
+    digest = hashlib.sha1()
+    try:
+        with path.open("rb") as data:
+            for chunk in iter(lambda: data.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return f"sha1${digest.hexdigest()}"
+
+
+def _files(value: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _files(item)
+    elif isinstance(value, dict):
+        if value.get("class") == "File":
+            yield value
+            yield from _files(value.get("secondaryFiles", []))
+        else:
+            for item in value.values():
+                yield from _files(item)
+
+
+def _job_order_files(job: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The workflow's input files by checksum (paths from ``file:`` locations)."""
+    known: dict[str, list[str]] = {}
+    for entry in _files(dict(job)):
+        location = str(entry.get("location") or entry.get("path") or "")
+        path = unquote(urlsplit(location).path) if location.startswith("file:") else location
+        checksum = _sha1(Path(path)) if path.startswith("/") else None
+        if checksum:
+            known.setdefault(checksum, []).append(path)
+    return known
+
+
+def _relink(value: Any, sources: dict[str, list[str]]) -> Any:
+    """Point each input file at the kept output or workflow input it is a copy of."""
+    if isinstance(value, list):
+        return [_relink(v, sources) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if value.get("class") == "File":
+        out = dict(value)
+        candidates = sources.get(str(value.get("checksum")), [])
+        if candidates:
+            name = os.path.basename(str(value.get("path") or value.get("location") or ""))
+            same_name = [c for c in candidates if os.path.basename(c) == name]
+            out["path"] = (same_name or candidates)[0]
+        if "secondaryFiles" in value:
+            out["secondaryFiles"] = _relink(value["secondaryFiles"], sources)
+        return out
+    return {k: _relink(v, sources) for k, v in value.items()}
+
+
+def _relinked(events: list[dict[str, Any]], job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    sources = _job_order_files(job)
+    finished = sorted((e for e in events if e.get("event") == "finished"),
+                      key=lambda e: str(e.get("end")))
+    for event in finished:
+        for entry in _files(event.get("outputs", {})):
+            if entry.get("checksum") and entry.get("path"):
+                sources.setdefault(str(entry["checksum"]), []).append(str(entry["path"]))
+    return [{**e, "inputs": _relink(e["inputs"], sources)} if e.get("event") == "finished"
+            else e for e in events]
+
+
+def _worker_logs(logs_dir: Path | None) -> dict[str, Path]:
+    """Toil's ``--writeLogs`` files by job name (``[failed_]CWLJob_<name>_000.log``); the last try wins."""
+    if logs_dir is None or not logs_dir.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(logs_dir.glob("*.log")):
+        stem = path.stem.removeprefix("failed_")
+        kind, _, rest = stem.partition("_")
+        name, _, _try = rest.rpartition("_")
+        if kind == "CWLJob" and name:
+            found[name] = path
+    return found
+
+
+def toil_step_records(events: list[dict[str, Any]], ledger: Ledger, job: Mapping[str, Any],
+                      worker_logs: Path | None = None) -> tuple[StepRecord, ...]:
+    """One record per CWL job Toil ran, as :func:`~cratebridge_cwl.records.step_records` gives."""
+    records = step_records(_relinked(events, job), ledger)
+    by_token = {e["token"]: e for e in events if e.get("event") == "started"}
+    logs = _worker_logs(worker_logs)
+    out = []
+    for record in records:
+        started = by_token.get(record.native_id or "", {})
+        log = logs.get(str(started.get("toil_job")))
+        if log is not None:
+            where = f" (Slurm job {started['slurm_job']})" if started.get("slurm_job") else ""
+            record = replace(record, logs=(*record.logs, LogRecord(
+                log, f"{record.name} Toil worker log{where}", about=record.native_id)))
+        out.append(record)
+    return tuple(out)
+
+
+def slurm_jobs(events: list[dict[str, Any]]) -> dict[str, str]:
+    """Slurm job id per step token, for steps that ran as Slurm jobs."""
+    return {e["token"]: str(e["slurm_job"]) for e in events
+            if e.get("event") == "started" and e.get("slurm_job")}
+
+
+def read_job(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

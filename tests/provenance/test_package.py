@@ -1,0 +1,105 @@
+"""Packaging a result folder: folder or ZIP, BagIt or not, written atomically."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import bagit
+import pytest
+
+from cratebridge.provenance import build_result_crate, write_result
+from cratebridge.provenance import package as package_module
+
+from .conftest import Run
+
+EXTERNAL_ID = "urn:uuid:1b6b5b4e-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def result(five_safes_run: Run, tmp_path: Path) -> Path:
+    return build_result_crate(
+        five_safes_run.request,
+        five_safes_run.record,
+        run_dir=five_safes_run.run_dir,
+        dest=tmp_path / "result",
+    )
+
+
+def test_bagit_folder_validates(result: Path, tmp_path: Path) -> None:
+    out = write_result(
+        result, tmp_path / "bag", bagit=True, bag_info={"External-Identifier": EXTERNAL_ID}
+    )
+    bag = bagit.Bag(str(out))
+    bag.validate()
+    assert bag.info["External-Identifier"] == EXTERNAL_ID
+    assert "sha512" in bag.algorithms
+    assert (out / "data" / "ro-crate-metadata.json").is_file()
+    assert (out / "data" / "provenance" / "ro-crate-metadata.json").is_file()
+
+
+def test_bagit_zip_has_one_top_folder_and_validates(result: Path, tmp_path: Path) -> None:
+    out = write_result(result, tmp_path / "result.zip", bagit=True)
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        assert {name.split("/", 1)[0] for name in names} == {"result"}
+        assert "result/data/ro-crate-metadata.json" in names
+        zf.extractall(tmp_path / "unzipped")
+    bagit.Bag(str(tmp_path / "unzipped" / "result")).validate()
+
+
+def test_plain_zip_and_folder(result: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(write_result(result, tmp_path / "plain.zip", bagit=False)) as zf:
+        assert "ro-crate-metadata.json" in zf.namelist()
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    out = write_result(result, folder, bagit=False)
+    assert (out / "provenance" / "ro-crate-metadata.json").is_file()
+
+
+def test_non_empty_folder_is_refused(result: Path, tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        write_result(result, out, bagit=True)
+
+
+def test_digest_cache_is_reused(
+    result: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_hashing(path: Path) -> object:
+        raise AssertionError(f"hashed again: {path}")
+
+    monkeypatch.setattr("cratebridge.provenance.digests.hash_file", no_hashing)
+    bagit.Bag(str(write_result(result, tmp_path / "bag", bagit=True))).validate()
+
+
+@pytest.mark.parametrize("name", ["out", "out.zip"])
+def test_failure_midway_leaves_nothing(
+    result: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    calls = {"n": 0}
+    real_copy = package_module.shutil.copyfile
+
+    real_write = zipfile.ZipFile.write
+
+    def tick() -> None:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError("disk full")
+
+    def flaky_copy(src: Path, dst: Path) -> object:
+        tick()
+        return real_copy(src, dst)
+
+    def flaky_write(self: zipfile.ZipFile, *args: object, **kwargs: object) -> None:
+        tick()
+        real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(package_module.shutil, "copyfile", flaky_copy)
+    monkeypatch.setattr(zipfile.ZipFile, "write", flaky_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_result(result, tmp_path / name, bagit=True)
+    assert not (tmp_path / name).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.tmp-")]
