@@ -1,4 +1,4 @@
-"""The CLI contract TRE agents script against: exit codes, one JSON document, nothing left behind."""
+"""The CLI contract TRE agents script against: exit codes, one JSON document, no leftovers."""
 
 from __future__ import annotations
 

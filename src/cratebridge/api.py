@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from cratebridge.config import Config, load_config
 from cratebridge.containers.sandbox import find_docker, remove_stale_containers
 from cratebridge.engines.record import FileRecord, ParameterValue
 from cratebridge.engines.registry import Registry
-from cratebridge.errors import CrateRejected, CratebridgeError
+from cratebridge.errors import CratebridgeError, CrateRejected
 from cratebridge.pipeline import PlanOutcome, RunOutcome, plan, run
 
 __all__ = ["ValidationReport", "cleanup", "describe_plan", "describe_run", "engines", "plan",

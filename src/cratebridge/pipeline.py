@@ -28,7 +28,7 @@ from cratebridge.errors import EngineUnavailable, PolicyRefused, UsageError
 from cratebridge.intake import IntakeLimits, open_crate, parse_request, verify_bag
 from cratebridge.intake.request import RunRequest
 
-__all__ = ["PlanOutcome", "RunOutcome", "Interrupted", "plan", "run"]
+__all__ = ["Interrupted", "PlanOutcome", "RunOutcome", "plan", "run"]
 
 
 class Interrupted(BaseException):

@@ -26,7 +26,7 @@ from typing import Any
 
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
-from cwltool.workflow import Workflow, default_make_tool
+from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
 from cratebridge.containers.sandbox import STEP_LABEL
