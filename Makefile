@@ -1,0 +1,83 @@
+# cratebridge developer entry points. `make setup` is idempotent and fast when
+# everything is already in place; `demo` and `test` run it first.
+#
+#   make setup           system packages, dockerd, .venv, local images, validator cache
+#   make images          build the local fixture images (nothing is pulled)
+#   make fixture-crates  rebuild the committed request crates in fixtures/crates/
+#   make demo            run the demo request through the cratebridge CLI
+#   make test            pytest, then lint
+#   make lint            ruff and mypy
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+# shared/ sits beside the repository, here and in CI.
+SHARED := $(CURDIR)/../shared
+APT_PACKAGES := docker.io busybox-static debootstrap nodejs
+# The venv is reinstalled when a pyproject changes.
+PYPROJECTS := pyproject.toml plugins/cwl/pyproject.toml
+VENV_STAMP := $(VENV)/.cratebridge-setup-stamp
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup system-packages dockerd venv images validator-cache fixture-crates demo test lint
+
+setup:
+	@$(MAKE) --no-print-directory system-packages
+	@$(MAKE) --no-print-directory dockerd
+	@$(MAKE) --no-print-directory venv
+	@$(MAKE) --no-print-directory images
+	@$(MAKE) --no-print-directory validator-cache
+
+system-packages:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+		dpkg -s "$$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
+	fi
+
+dockerd:
+	@scripts/start-dockerd
+
+venv: $(VENV_STAMP)
+	@:
+
+$(VENV_STAMP): $(PYPROJECTS)
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q -e . -e plugins/cwl
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+images: dockerd
+	@fixtures/images/busybox/build
+	@fixtures/images/python/build
+
+validator-cache: venv
+	@test -d $(SHARED) || { echo "error: $(SHARED) not found; shared/ must sit beside the repository" >&2; exit 1; }
+	@$(PY) $(SHARED)/tools/seed-validator-cache >/dev/null
+	@echo "validator cache seeded from $(SHARED)/rocrate-contexts"
+
+fixture-crates: venv
+	$(PY) scripts/make-fixture-crates
+
+demo: setup
+	@rm -rf demo-result.zip
+	$(VENV)/bin/cratebridge run fixtures/crates/demo-request.zip --out demo-result.zip
+	@echo "result crate: $(CURDIR)/demo-result.zip"
+
+test: setup
+	$(VENV)/bin/pytest -q
+	@$(MAKE) --no-print-directory lint
+
+# Runs both tools even when the first fails, then fails if either did.
+lint: venv
+	@status=0; \
+	echo "ruff check src plugins tests"; $(VENV)/bin/ruff check src plugins tests || status=1; \
+	echo "mypy (strict, src/cratebridge)"; $(VENV)/bin/mypy || status=1; \
+	exit $$status

@@ -1,0 +1,105 @@
+"""Shared fixtures: where the repo and shared/ are, Docker, and the external validator."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+SEED_TOOL = SHARED_DIR / "tools" / "seed-validator-cache"
+FIVE_SAFES_PROFILES = SHARED_DIR / "validator-profiles"
+
+# (ok, output) for one validator run.
+Validator = Callable[..., tuple[bool, str]]
+
+
+def _venv_tool(name: str) -> str | None:
+    """A console script next to the running Python (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def _docker_up() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        done = subprocess.run([docker, "info"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's root folder."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``<repo>/../shared``: reference crates, contexts, validator profiles. Skips if absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared folder not found at {SHARED_DIR} (it must sit beside the repo)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def docker_available() -> bool:
+    """Skip the test unless a Docker daemon answers ``docker info``."""
+    if not _docker_up():
+        pytest.skip("no Docker daemon: run `make setup` (starts dockerd via scripts/start-dockerd)")
+    return True
+
+
+@pytest.fixture(scope="session")
+def validator(shared_dir: Path) -> Validator:
+    """A function running ``rocrate-validator`` offline on a crate folder.
+
+    Call it as ``validator(folder, profile="five-safes-crate", severity="REQUIRED")``;
+    it returns ``(ok, output)``. The shared Five Safes profile is always
+    added as an extra profile. The validator's HTTP cache is seeded once per
+    session with the JSON-LD contexts in shared/ so ``--offline`` works.
+    """
+    executable = _venv_tool("rocrate-validator")
+    if executable is None:
+        pytest.skip("rocrate-validator is not installed (pip install -e '.[test]')")
+    seeded = subprocess.run(
+        [sys.executable, str(SHARED_DIR / "tools" / "seed-validator-cache")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if seeded.returncode != 0:
+        pytest.fail(f"seed-validator-cache failed:\n{seeded.stdout}{seeded.stderr}")
+
+    def run(
+        crate_dir: Path, profile: str = "five-safes-crate", severity: str = "REQUIRED"
+    ) -> tuple[bool, str]:
+        command = [
+            str(executable),
+            "-y",
+            "validate",
+            "--offline",
+            "--no-paging",
+            "--verbose",
+            "--output-line-width",
+            "200",
+            "-p",
+            profile,
+            "--extra-profiles-path",
+            str(shared_dir / "validator-profiles"),
+            "--requirement-severity",
+            severity,
+            str(crate_dir),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        return done.returncode == 0, done.stdout + done.stderr
+
+    return run
