@@ -106,7 +106,7 @@ def engines(config: Config | Path | None = None) -> list[dict[str, Any]]:
                                    "containers": list(caps.containers),
                                    "schedulers": list(caps.schedulers),
                                    "offline": caps.offline}
-            info = cls().info()
+            info = cls(cfg.engine_settings.get(spec.name, {})).info()
             row.update(available=True, program=info.program, program_version=info.version)
         except CratebridgeError as err:
             row["problem"] = str(err)

@@ -14,7 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -96,7 +96,7 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
                             limits=_limits(config))
     config.check_sign_off({r.additional_type: r.status for r in request.reviews})
     name = registry.choose(request.workflow.language, engine_name, config.engines)
-    engine = registry.load(name)
+    engine = registry.load(name, config.engine_settings.get(name, {}))
     docker = find_docker()
     if docker is None:
         raise EngineUnavailable("no docker client on PATH; every step runs in Docker",
@@ -127,6 +127,15 @@ def _check_images(plan_: EnginePlan, config: Config) -> None:
         config.images.check(use.image, use.image_id)
 
 
+def _shown(plan_: EnginePlan, cfg: Config) -> EnginePlan:
+    """The plan as it may be shown or returned: secret values replaced by their names."""
+    if not cfg.secrets:
+        return plan_
+    return replace(plan_, env={k: cfg.redact(v) for k, v in plan_.env.items()},
+                   command=tuple(cfg.redact(c) for c in plan_.command),
+                   files={k: cfg.redact(v) for k, v in plan_.files.items()})
+
+
 def _discard(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -141,7 +150,8 @@ def plan(crate: Path, *, engine: str | None = None, config: Config | Path | None
         prepared = _prepare(Path(crate), scratch, "plan", cfg, reg, engine, lambda e: None)
         plan_ = prepared.engine.plan(prepared.request, prepared.context)
         _check_images(plan_, cfg)
-        return PlanOutcome(prepared.request, plan_, prepared.engine.info().version, scratch)
+        return PlanOutcome(prepared.request, _shown(plan_, cfg),
+                           prepared.engine.info().version, scratch)
     finally:
         _discard(scratch)
 
@@ -204,7 +214,7 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     written = write_result(result_dir, out, bagit=prepared.bagit, bag_info=prepared.bag_info)
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)
-    return RunOutcome(run_id, run_dir, written, record.status, record, plan_)
+    return RunOutcome(run_id, run_dir, written, record.status, record, _shown(plan_, cfg))
 
 
 def _remove_stale_containers() -> None:
@@ -246,7 +256,6 @@ def _failed(prepared: _Prepared, started: datetime, error: str) -> RunRecord:
 
 
 def _replace_error(record: RunRecord, note: str) -> RunRecord:
-    from dataclasses import replace
     return replace(record, error=(record.error + "; " if record.error else "") + note)
 
 
@@ -263,7 +272,6 @@ def _redacted(record: RunRecord, cfg: Config) -> RunRecord:
         clean = cfg.redact(text)
         if clean != text:
             log.path.write_text(clean)
-    from dataclasses import replace
     return replace(record, error=cfg.redact(record.error) if record.error else None)
 
 

@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cratebridge-docker: refused: {refused}", file=sys.stderr)
         _ledger(sandbox, {"refused": str(refused), "argv": args, "time": _now()})
         return 125
-    return subprocess.call([sandbox.docker, *args])
+    # Become the real client: an engine that kills "docker stats" or "docker wait"
+    # must kill the process that holds its pipes, not a parent of it.
+    os.execv(sandbox.docker, [sandbox.docker, *args])
 
 
 if __name__ == "__main__":

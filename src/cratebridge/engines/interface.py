@@ -121,6 +121,10 @@ class Engine(abc.ABC):
     language: ClassVar[Language]
     capabilities: ClassVar[Capabilities] = Capabilities()
 
+    def __init__(self, settings: Mapping[str, object] | None = None) -> None:
+        """``settings`` is the operator's ``[engines.<name>]`` table (also in RunContext)."""
+        self.settings: Mapping[str, object] = dict(settings or {})
+
     @abc.abstractmethod
     def info(self) -> EngineInfo:
         """Find the engine program and its version.

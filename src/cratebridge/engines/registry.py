@@ -121,9 +121,9 @@ class Registry:
         self._classes[name] = loaded
         return loaded
 
-    def load(self, name: str) -> Engine:
-        """Import one plugin and return a fresh engine instance."""
-        return self.load_class(name)()
+    def load(self, name: str, settings: Mapping[str, object] | None = None) -> Engine:
+        """Import one plugin and return a fresh engine with the operator's settings."""
+        return self.load_class(name)(settings)
 
     def choose(self, language: Language, requested: str | None,
                configured: Mapping[str, str]) -> str:
