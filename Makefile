@@ -7,6 +7,7 @@
 #   make demo            run the demo request through the cratebridge CLI
 #   make test            pytest, then lint
 #   make lint            ruff and mypy
+#   make bench           the benchmarks (BENCH_ARGS=--skip-intake leaves out the 1 GiB one)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -18,11 +19,12 @@ PY := $(VENV)/bin/python
 SHARED := $(CURDIR)/../shared
 APT_PACKAGES := docker.io busybox-static debootstrap nodejs
 # The venv is reinstalled when a pyproject changes.
-PYPROJECTS := pyproject.toml plugins/cwl/pyproject.toml
+PYPROJECTS := pyproject.toml $(wildcard plugins/*/pyproject.toml)
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 VENV_STAMP := $(VENV)/.cratebridge-setup-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup system-packages dockerd venv images validator-cache fixture-crates demo test lint
+.PHONY: setup system-packages dockerd venv images validator-cache fixture-crates demo test lint bench
 
 setup:
 	@$(MAKE) --no-print-directory system-packages
@@ -50,8 +52,7 @@ venv: $(VENV_STAMP)
 
 $(VENV_STAMP): $(PYPROJECTS)
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q -e . -e plugins/cwl
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	@touch $@
 
 images: dockerd
@@ -81,3 +82,7 @@ lint: venv
 	echo "ruff check src plugins tests"; $(VENV)/bin/ruff check src plugins tests || status=1; \
 	echo "mypy (strict, src/cratebridge)"; $(VENV)/bin/mypy || status=1; \
 	exit $$status
+
+BENCH_ARGS ?=
+bench: setup
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -136,3 +136,15 @@ def test_validate_accepts_a_result_and_spots_a_tampered_output(tmp_path: Path,
     bad = cli("validate", str(out), "--json")
     assert bad.returncode == 3
     assert any("report.txt" in p for p in json.loads(bad.stdout)["problems"])
+
+
+@pytest.mark.docker
+def test_run_on_a_terminal_shows_steps_starting_and_finishing(tmp_path: Path,
+                                                               docker_available: bool) -> None:
+    command = " ".join([sys.executable, "-m", "cratebridge.cli", "run", str(crate(tmp_path)),
+                        "--out", str(tmp_path / "o.zip"), "--config", str(config(tmp_path))])
+    done = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout
+    for step in ("count", "head", "combine"):
+        assert f"{step} started" in done.stdout and f"{step} finished" in done.stdout
