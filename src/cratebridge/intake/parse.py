@@ -374,6 +374,7 @@ def _binding(
         value=entity.get("value") if kind is InputKind.VALUE else None,
         formal_parameter_id=formal_id,
         parameter_source=source,
+        encoding=text(entity, "encodingFormat") if kind is InputKind.VALUE else None,
     )
 
 

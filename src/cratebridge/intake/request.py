@@ -54,6 +54,8 @@ class InputBinding:
     PropertyValue, converted to the declared type at plan time by the engine.
     ``parameter_source`` says how ``parameter`` was found (the FormalParameter
     named by ``exampleOfWork``, or a fallback such as the entity's own ``name``).
+    ``encoding`` is a PropertyValue's ``encodingFormat``: ``application/json``
+    says ``value`` is JSON text holding a structured value (an engine decodes it).
     """
 
     parameter: str
@@ -63,6 +65,7 @@ class InputBinding:
     value: object = None
     formal_parameter_id: str | None = None
     parameter_source: str = ""
+    encoding: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the outputs) are referred to with relative ``../`` paths.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,6 +97,7 @@ class RunCrateBuilder:
         self._has_part: dict[str, None] = {}
         self._mentions: dict[str, None] = {}
         self._tools: dict[str, str] = {}
+        self._mapped: dict[Path, str] = {}
         self._tool_params: dict[str, set[str]] = {}
         self._steps: dict[str, str] = {}
         self._images: dict[tuple[str, str | None], str] = {}
@@ -117,6 +119,11 @@ class RunCrateBuilder:
     def build(self, run_logs: Iterable[tuple[LogRecord, Placed]] = ()) -> Graph:
         """All entities of the run crate, root first."""
         with_steps = bool(self.record.steps)
+        self._mapped = {
+            b.path.resolve(): f"#input-{fragment(b.parameter)}"
+            for b in self.request.inputs
+            if b.path is not None and not b.path.resolve().is_relative_to(self.placer.run_dir)
+        }
         self._descriptor_and_root(with_steps)
         self._workflow()
         self._engine()
@@ -390,17 +397,30 @@ class RunCrateBuilder:
             if isinstance(value, ParameterValue):
                 ids.append(self._property_value(value.parameter, value.value, owner, direction))
                 continue
+            mapped = self._mapped_id(value.path) if step is not None else None
+            if mapped is not None:
+                ids.append(mapped)
+                continue
             if step is None:
-                placed = self._output(value)
+                entity = self._data(self._output(value))
             else:
-                placed = self._place_step_file(value.path, value.is_dir)
-            entity = self._data(placed)
+                entity = self._data(self._place_step_file(value.path, value.is_dir))
             if value.parameter:
                 kind = "Dataset" if value.is_dir else "File"
                 param_id = self._parameter(owner, direction, value.parameter, kind)
                 link(entity, "exampleOfWork", param_id)
             ids.append(str(entity["@id"]))
         return ids
+
+    def _mapped_id(self, path: Path) -> str | None:
+        """The entity id of operator-mapped data a step read (the data, or a file in it)."""
+        if not self._mapped:
+            return None
+        resolved = path.resolve()
+        for candidate in (resolved, *resolved.parents):
+            if candidate in self._mapped:
+                return self._mapped[candidate]
+        return None
 
     def _property_value(self, name: str, value: object, owner: str, direction: str) -> str:
         param_id = self._parameter(owner, direction, name, value_type(value))
@@ -439,6 +459,9 @@ class RunCrateBuilder:
         for binding in self.request.inputs:
             if binding.kind is InputKind.VALUE:
                 value = parameters.get(binding.parameter, binding.value)
+                if binding.encoding == "application/json" and isinstance(binding.value, str):
+                    # as the crate gives it: file locations relative to the crate, not the host
+                    value = json.loads(binding.value)
                 ids.append(self._property_value(binding.parameter, value, self.main_id, "input"))
             else:
                 ids.append(self._input_file(binding))
@@ -460,6 +483,7 @@ class RunCrateBuilder:
                     "description": f"Input {binding.entity_id}: data mapped by the TRE, not copied",
                 }
             )
+
         link(entity, "exampleOfWork", param_id)
         return str(entity["@id"])
 
