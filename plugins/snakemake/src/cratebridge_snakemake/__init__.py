@@ -1,0 +1,1 @@
+"""cratebridge-snakemake: Snakemake workflows with every rule in the cratebridge sandbox."""

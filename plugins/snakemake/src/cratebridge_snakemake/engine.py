@@ -1,0 +1,272 @@
+"""The ``snakemake`` engine: Snakefiles with every job in the cratebridge sandbox, here or on Slurm.
+
+Snakemake schedules; our executor plugin (``cratebridge``, or
+``cratebridge-slurm`` when the operator sets ``[engines.snakemake] executor =
+"slurm"``) runs each job's shell command in its rule's image through the
+sandbox's ``docker`` and writes one event per job. See docs/snakemake.md.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.sandbox import image_id
+from cratebridge.engines.interface import (
+    Capabilities,
+    Engine,
+    EngineInfo,
+    EnginePlan,
+    ImageUse,
+    ProgressEvent,
+    RunContext,
+)
+from cratebridge.engines.process import run_engine
+from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus, StepRecord
+from cratebridge.errors import EngineUnavailable, UsageError
+from cratebridge.intake.request import Language, RunRequest
+from cratebridge_snakemake.jobs import image_of
+from cratebridge_snakemake.records import Events, read_events, step_records
+from cratebridge_snakemake.workflow import (
+    SnakeWorkflow,
+    bind_config,
+    check_rules,
+    load_workflow,
+)
+
+__all__ = ["SnakemakeEngine"]
+
+CONFIG_FILE = "config.json"
+EVENTS_FILE = "events.jsonl"
+SNAKEMAKE_DIR = "snakemake"  # Snakemake's --directory; the only folder containers may write
+EXECUTORS = {"local": "cratebridge", "slurm": "cratebridge-slurm"}
+
+
+class SnakemakeEngine(Engine):
+    """Runs Snakemake workflows; each job runs through the sandbox's ``docker``."""
+
+    name: ClassVar[str] = "snakemake"
+    language: ClassVar[Language] = Language.SNAKEMAKE
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        step_provenance=True, containers=("docker",), schedulers=("local", "slurm"),
+        offline=True)
+
+    def info(self) -> EngineInfo:
+        try:
+            version = importlib.metadata.version("snakemake")
+        except importlib.metadata.PackageNotFoundError:
+            raise EngineUnavailable("snakemake is not installed in cratebridge's environment; "
+                                    "pip install cratebridge-snakemake",
+                                    where="engine snakemake") from None
+        return EngineInfo(program="snakemake", version=version, path=sys.executable)
+
+    # -- plan -----------------------------------------------------------------
+
+    def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
+        settings = _Settings.read(context.settings)
+        snakefile = request.workflow.main_file
+        config = bind_config(request)
+        config_path = context.work_dir / CONFIG_FILE
+        config_text = json.dumps(config, indent=2)
+        context.work_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(config_text)
+        env = self._env(context)
+        workflow = load_workflow(snakefile, context.work_dir / SNAKEMAKE_DIR, config_path,
+                                 {**env, "HOME": str(_home(context))})
+        check_rules(workflow, settings.default_container, cluster=settings.executor != "local")
+        command = self._command(snakefile, context, settings)
+        notes = [f"language: {request.workflow.language_source}",
+                 f"Snakemake {workflow.snakemake_version}, executor {settings.executor} "
+                 f"(snakemake --executor {EXECUTORS[settings.executor]})",
+                 f"config keys: {', '.join(sorted(config)) or 'none'}"]
+        notes += _image_notes(workflow, settings.default_container)
+        return EnginePlan(
+            engine=self.name, language=Language.SNAKEMAKE, workflow=snakefile,
+            command=command, env=env, images=self._images(workflow, settings, context),
+            parameters=config, files={CONFIG_FILE: config_text}, notes=tuple(notes),
+            steps=tuple(_job_label(j.rule, j.wildcards) for j in workflow.jobs
+                        if workflow.rule(j.rule).kind != "norun"),
+        )
+
+    def _command(self, snakefile: Path, context: RunContext,
+                 settings: _Settings) -> tuple[str, ...]:
+        executor = EXECUTORS[settings.executor]
+        work = context.work_dir
+        args = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
+                "--directory", str(work / SNAKEMAKE_DIR), "--configfile", str(work / CONFIG_FILE),
+                "--cores", str(settings.cores), "--executor", executor,
+                f"--{executor}-events", str(work / EVENTS_FILE),
+                # no --software-deployment-method: no conda, no apptainer; our executor
+                # runs the containers
+                "--nocolor", "--show-failed-logs", "--printshellcmds"]
+        if settings.default_container:
+            args += [f"--{executor}-default-image", settings.default_container]
+        if settings.executor == "slurm":
+            args += ["--jobs", str(settings.jobs)]
+            if settings.status_interval is not None:
+                args += [f"--{executor}-init-seconds-before-status-checks",
+                         str(settings.status_interval)]
+            if settings.default_resources:
+                args += ["--default-resources", *settings.default_resources]
+        return tuple(args)
+
+    def _env(self, context: RunContext) -> dict[str, str]:
+        shim_env = context.sandbox.install(context.run_dir / "sandbox")
+        home = _home(context)
+        return {**context.env, **shim_env, "HOME": str(home), "TMPDIR": str(context.work_dir),
+                "XDG_CACHE_HOME": str(home / ".cache"),
+                "LANG": context.env.get("LANG", "C.UTF-8")}
+
+    def _images(self, workflow: SnakeWorkflow, settings: _Settings,
+                context: RunContext) -> tuple[ImageUse, ...]:
+        by_image: dict[str, list[str]] = {}
+        for rule in workflow.used_rules():
+            if rule.kind == "norun":
+                continue
+            image = image_of(rule.image) or settings.default_container
+            if image:
+                by_image.setdefault(image, []).append(rule.name)
+        uses = []
+        for image, rules in sorted(by_image.items()):
+            found = image_id(context.sandbox.docker, image)
+            uses.append(ImageUse(image, tuple(rules), found is not None, found))
+        return tuple(uses)
+
+    # -- run ------------------------------------------------------------------
+
+    def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
+        for name, content in plan.files.items():
+            (context.work_dir / name).write_text(content)
+        Path(plan.env["HOME"]).mkdir(parents=True, exist_ok=True)
+        (context.work_dir / SNAKEMAKE_DIR).mkdir(parents=True, exist_ok=True)
+        events_path = context.work_dir / EVENTS_FILE
+        stdout = context.logs_dir / "snakemake.stdout.log"
+        stderr = context.logs_dir / "snakemake.stderr.log"
+        seen: set[str] = set()
+
+        def progress() -> None:
+            events = read_events(events_path)
+            for event in events.started:
+                done = events.finished.get(event["token"])
+                for kind, happened in (("started", True), ("finished", done is not None)):
+                    key = f"{kind}:{event['token']}"
+                    if not happened or key in seen:
+                        continue
+                    seen.add(key)
+                    if kind == "finished" and done and done.get("status") != "success":
+                        kind = "failed"
+                    context.progress(ProgressEvent(kind, event["name"]))
+
+        started = datetime.now(UTC)
+        ended = run_engine(plan.command, env=plan.env, cwd=context.work_dir, stdout=stdout,
+                           stderr=stderr, timeout=context.timeout, on_tick=progress)
+        finished = datetime.now(UTC)
+        events = read_events(events_path)
+        steps = step_records(events, read_ledger(context.sandbox.ledger))
+        ok = ended.exit_code == 0 and not ended.reason
+        outputs = _copy_outputs(events, context.outputs_dir) if ok else ()
+        error = None
+        if not ok:
+            error = ended.reason or _error_summary(stderr, steps, ended.exit_code)
+        logs = [LogRecord(stderr, "snakemake log"), LogRecord(stdout, "snakemake output")]
+        logs += [LogRecord(p, f"snakemake run log {p.name}") for p in
+                 sorted((context.work_dir / SNAKEMAKE_DIR / ".snakemake" / "log").glob("*.log"))]
+        return RunRecord(
+            engine=self.name, engine_version=self.info().version,
+            status=RunStatus.COMPLETED if ok else RunStatus.FAILED,
+            start_time=started, end_time=finished, outputs=outputs, steps=steps,
+            logs=tuple(logs), error=error, command=tuple(plan.command),
+        )
+
+
+class _Settings:
+    """The operator's ``[engines.snakemake]`` table, checked."""
+
+    def __init__(self, executor: str, default_container: str | None, cores: int, jobs: int,
+                 default_resources: tuple[str, ...], status_interval: int | None) -> None:
+        self.executor = executor
+        self.status_interval = status_interval
+        self.default_container = default_container
+        self.cores = cores
+        self.jobs = jobs
+        self.default_resources = default_resources
+
+    @classmethod
+    def read(cls, settings: Mapping[str, object]) -> _Settings:
+        where = "[engines.snakemake]"
+        executor = str(settings.get("executor", "local"))
+        if executor not in EXECUTORS:
+            raise UsageError(f"executor must be one of {', '.join(EXECUTORS)}, not "
+                             f"{executor!r}", where=where)
+        default = settings.get("default_container")
+        raw = settings.get("default_resources", ())
+        resources = (raw,) if isinstance(raw, str) else \
+            tuple(raw) if isinstance(raw, (list, tuple)) else ()
+        try:
+            cores = int(str(settings.get("cores", os.cpu_count() or 1)))
+            jobs = int(str(settings.get("jobs", 4)))
+            interval = settings.get("status_interval")
+            status_interval = None if interval is None else max(int(str(interval)), 1)
+        except ValueError:
+            raise UsageError("cores, jobs and status_interval must be whole numbers",
+                             where=where) from None
+        return cls(executor, str(default) if default else None, max(cores, 1), max(jobs, 1),
+                   tuple(str(r) for r in resources),
+                   status_interval)
+
+
+def _home(context: RunContext) -> Path:
+    return context.work_dir / "home"
+
+
+def _job_label(rule: str, wildcards: Mapping[str, str]) -> str:
+    if not wildcards:
+        return rule
+    return f"{rule}[{','.join(f'{k}={v}' for k, v in wildcards.items())}]"
+
+
+def _image_notes(workflow: SnakeWorkflow, default: str | None) -> list[str]:
+    notes = []
+    for rule in workflow.used_rules():
+        if rule.kind != "norun" and rule.image is None and default:
+            notes.append(f"rule {rule.name} has no container: and runs in the operator's "
+                         f"default image {default}")
+    return notes
+
+
+def _copy_outputs(events: Events, outputs_dir: Path) -> tuple[FileRecord, ...]:
+    """Copy the workflow's final targets under outputs/, keeping paths relative to its workdir."""
+    records = []
+    for target in events.targets:
+        if not target.exists():
+            continue
+        relative = Path(target.name)
+        if events.workdir is not None and target.is_relative_to(events.workdir):
+            relative = target.relative_to(events.workdir)
+        dest = outputs_dir / relative
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            shutil.copytree(target, dest, dirs_exist_ok=True)
+        else:
+            shutil.copy2(target, dest)
+        records.append(FileRecord(dest, relative.as_posix(), target.is_dir()))
+    return tuple(records)
+
+
+def _error_summary(stderr: Path, steps: tuple[StepRecord, ...], code: int) -> str:
+    failed = [s for s in steps if s.status is RunStatus.FAILED]
+    if failed:
+        names = ", ".join(f"{s.name} (exit {s.exit_code})" for s in failed)
+        return f"snakemake exited {code}: rule(s) failed: {names}"
+    text = stderr.read_text(errors="replace") if stderr.exists() else ""
+    tail = [line.strip() for line in text.splitlines()
+            if "Error" in line or "error" in line.lower()][-3:]
+    return f"snakemake exited {code}" + (": " + " | ".join(tail) if tail else "")

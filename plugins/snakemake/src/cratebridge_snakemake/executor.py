@@ -1,0 +1,165 @@
+"""The ``cratebridge`` Snakemake executor: every job's shell command in a Docker container.
+
+Registered with Snakemake as the executor plugin ``cratebridge`` (the
+top-level package :mod:`snakemake_executor_plugin_cratebridge`, found by
+Snakemake's package-name discovery). It runs jobs on this machine, at most
+``--cores`` at a time, each as ``docker run <the rule's image> sh -c <the
+job's shell command>`` through the cratebridge sandbox shim, and writes one
+``started`` and one ``finished`` JSON line per job to ``--cratebridge-events``
+from the executor API (rule, wildcards, inputs, outputs, image, times, exit).
+Rules that do nothing (``rule all``) are reported done at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.real import RealExecutor
+from snakemake_interface_executor_plugins.settings import (
+    CommonSettings,
+    ExecMode,
+    ExecutorSettingsBase,
+)
+
+from cratebridge_snakemake.jobs import EventLog, JobSpec, now, spec_for
+
+__all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_targets"]
+
+common_settings = CommonSettings(
+    non_local_exec=False,
+    implies_no_shared_fs=False,
+    job_deploy_sources=False,
+    pass_envvar_declarations_to_cmd=True,
+    auto_deploy_default_storage_provider=False,
+)
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
+    """``--cratebridge-events`` and ``--cratebridge-default-image``."""
+
+    events: str | None = field(default=None, metadata={
+        "help": "JSON-lines file the executor appends one event per job to", "type": str,
+        "env_var": False,
+        "required": False})
+    default_image: str | None = field(default=None, metadata={
+        "help": "image for rules without a container: directive (operator setting)",
+        "type": str,
+        "env_var": False, "required": False})
+
+
+class JobFailed(Exception):
+    """A job's container exited non-zero, or the job could not be started."""
+
+
+def events_of(workflow: Any) -> EventLog:
+    settings = workflow.executor_settings
+    path = getattr(settings, "events", None) or ".snakemake/cratebridge-events.jsonl"
+    return EventLog(Path(path).absolute())
+
+
+def record_targets(workflow: Any, events: EventLog) -> None:
+    """The workflow's final files: inputs of a target rule that runs nothing, else outputs."""
+    workdir = str(workflow.workdir_init)
+    files: list[str] = []
+    for job in sorted(workflow.dag.targetjobs, key=lambda j: j.jobid):
+        chosen = job.input if job.rule.norun else job.output
+        files += [os.path.normpath(os.path.join(workdir, str(f))) for f in chosen]
+    events.write("workflow", targets=files, workdir=workdir,
+                 default_target=getattr(workflow, "default_target", None))
+
+
+class Executor(RealExecutor):  # type: ignore[misc]
+    """Runs each job's container from a thread pool; Snakemake schedules the jobs."""
+
+    def __post_init__(self) -> None:
+        cores = self.workflow.resource_settings.cores or 1
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=int(cores) + 2)
+        self.events = events_of(self.workflow)
+        self.default_image = getattr(self.workflow.executor_settings, "default_image", None)
+        self.docker = shutil.which("docker") or "docker"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        record_targets(self.workflow, self.events)
+
+    def get_exec_mode(self) -> ExecMode:
+        return ExecMode.SUBPROCESS
+
+    def get_python_executable(self) -> str:
+        import sys
+
+        return sys.executable
+
+    @property
+    def cores(self) -> Any:
+        return self.workflow.resource_settings.cores
+
+    def run_job(self, job: Any) -> None:
+        job_info = SubmittedJobInfo(job=job)
+        if job.is_group():
+            self.report_job_submission(job_info)
+            self.report_job_error(job_info, msg="group jobs (pipe:, service:) are not supported "
+                                  "by cratebridge; every job runs in its own container")
+            return
+        if job.is_norun:
+            self.events.write("norun", jobid=job.jobid, rule=job.rule.name)
+            self.report_job_submission(job_info)
+            self.report_job_success(job_info)
+            return
+        future = self.pool.submit(self._run, job)
+        future.add_done_callback(partial(self._done, job_info))
+        self.report_job_submission(job_info)
+
+    def _run(self, job: Any) -> None:
+        self.workflow.async_run(job.prepare())
+        try:
+            spec = spec_for(job, str(self.workflow.workdir_init), self.default_image)
+        except ValueError as exc:
+            raise JobFailed(str(exc)) from None
+        start = now()
+        self.events.started(spec, start=start)
+        code = self._container(spec)
+        self.events.finished(spec, start=start, exit_code=code)
+        if code != 0:
+            raise JobFailed(f"rule {spec.rule}: container {spec.image} exited with status "
+                            f"{code}")
+
+    def _container(self, spec: JobSpec) -> int:
+        out_dir = self.events.path.parent / "jobs"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        argv = [self.docker, *spec.argv[1:]]
+        with (out_dir / f"{spec.token}.stdout.log").open("wb") as stdout:
+            proc = subprocess.Popen(argv, stdout=stdout, stdin=subprocess.DEVNULL)
+            self.processes[spec.token] = proc
+            try:
+                return proc.wait()
+            finally:
+                self.processes.pop(spec.token, None)
+
+    def _done(self, job_info: SubmittedJobInfo, future: concurrent.futures.Future[None]) -> None:
+        error = future.exception()
+        if error is None:
+            self.report_job_success(job_info)
+        else:
+            self.report_job_error(job_info, msg=str(error))
+
+    def handle_job_success(self, job: Any) -> None:
+        pass
+
+    def handle_job_error(self, job: Any) -> None:
+        pass
+
+    def cancel(self) -> None:
+        for proc in list(self.processes.values()):
+            proc.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown()

@@ -1,0 +1,80 @@
+"""The ``cratebridge-slurm`` Snakemake executor: Slurm submits, the sandbox runs the container.
+
+A subclass of ``snakemake-executor-plugin-slurm``'s executor: sbatch
+submission, ``sacct`` status checks, cancellation and logs are the Slurm
+plugin's own. Only what a Slurm job runs changes: instead of a nested
+Snakemake, each job runs :mod:`cratebridge_snakemake.jobstep` on a job spec
+written here, which starts the job's container through the sandbox shim and
+records the job's event. Registered as the top-level package
+:mod:`snakemake_executor_plugin_cratebridge_slurm`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
+from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmSettings
+from snakemake_executor_plugin_slurm import common_settings
+from snakemake_interface_common.exceptions import WorkflowError
+
+from cratebridge.containers.sandbox import SANDBOX_ENV
+from cratebridge_snakemake.executor import events_of, record_targets
+from cratebridge_snakemake.jobs import now, spec_for
+
+__all__ = ["Executor", "ExecutorSettings", "common_settings"]
+
+
+@dataclass
+class ExecutorSettings(SlurmSettings):  # type: ignore[misc]
+    """The Slurm plugin's settings plus ``events`` and ``default_image``."""
+
+    events: str | None = field(default=None, metadata={
+        "help": "JSON-lines file the executor appends one event per job to", "type": str,
+        "env_var": False, "required": False})
+    default_image: str | None = field(default=None, metadata={
+        "help": "image for rules without a container: directive (operator setting)",
+        "type": str, "env_var": False, "required": False})
+
+
+class Executor(SlurmExecutor):  # type: ignore[misc]
+    """Submits each job to Slurm as a container run through the cratebridge sandbox."""
+
+    def __post_init__(self, test_mode: bool = False) -> None:
+        super().__post_init__(test_mode)
+        self.cb_events = events_of(self.workflow)
+        self.cb_default_image = getattr(self.workflow.executor_settings, "default_image", None)
+        self.cb_docker = shutil.which("docker") or "docker"
+        sandbox = os.environ.get(SANDBOX_ENV)
+        if not sandbox:
+            raise WorkflowError("cratebridge-slurm runs only inside a cratebridge run "
+                                f"({SANDBOX_ENV} is not set)")
+        self.cb_sandbox = sandbox
+        record_targets(self.workflow, self.cb_events)
+
+    def format_job_exec(self, job: Any) -> str:
+        if job.is_group():
+            raise WorkflowError("group jobs are not supported by cratebridge")
+        self.workflow.async_run(job.prepare())
+        try:
+            spec = spec_for(job, str(self.workflow.workdir_init), self.cb_default_image)
+        except ValueError as exc:
+            raise WorkflowError(str(exc)) from None
+        jobs_dir = self.cb_events.path.parent / "jobs"
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = jobs_dir / f"{spec.token}.json"
+        spec_path.write_text(json.dumps({
+            "token": spec.token, "jobid": spec.jobid, "rule": spec.rule, "argv": spec.argv,
+            "docker": self.cb_docker, "shim_dir": os.path.dirname(self.cb_docker),
+            "sandbox": self.cb_sandbox, "events": str(self.cb_events.path),
+            "workdir": spec.workdir, "stdout": str(jobs_dir / f"{spec.token}.stdout.log"),
+        }, indent=2))
+        self.cb_events.started(spec, start=now(), scheduler="slurm")
+        return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
+               f"{shlex.quote(str(spec_path))}"
