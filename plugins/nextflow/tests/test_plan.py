@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 from conftest import WORKFLOWS
-from cratebridge_nextflow.engine import _VERSION, run_name
-from cratebridge_nextflow.params import convert
-from cratebridge_nextflow.scan import scan_workflow
-from cratebridge_nextflow.settings import NextflowSettings, generated_config
-from cratebridge_nextflow.trace import read_trace
 
 from cratebridge import pipeline
 from cratebridge.config import Config
 from cratebridge.errors import MetadataError, UnsupportedCrate, UsageError
 from cratebridge.testing import FileInput, RequestSpec, ValueInput, write_request_zip
+from cratebridge_nextflow.engine import _VERSION, run_name
+from cratebridge_nextflow.params import convert
+from cratebridge_nextflow.scan import scan_workflow
+from cratebridge_nextflow.settings import NextflowSettings, generated_config
+from cratebridge_nextflow.trace import read_trace
 
 URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
