@@ -200,7 +200,7 @@ def _status(entity: dict[str, Any]) -> str | None:
 
 
 def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
-    import hashlib
+    from cratebridge.provenance.files import hash_file
 
     graph = _graph(metadata)
     problems = []
@@ -221,7 +221,6 @@ def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
                 continue
             want = graph.get(rid, {}).get("sha512")
             if want and target.is_file():
-                got = hashlib.sha512(target.read_bytes()).hexdigest()
-                if got != want:
+                if hash_file(target).sha512 != want:
                     problems.append(f"{rid}: sha512 does not match the metadata")
     return problems

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -162,20 +163,15 @@ def _signals_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
-    if threading_main():
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-    else:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (the API used from a worker thread)
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
         yield
-
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def run(crate: Path, out: Path, *, engine: str | None = None,
