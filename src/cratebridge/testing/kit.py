@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import pytest
 
 from cratebridge.config import load_config
+from cratebridge.containers.sandbox import OWNER_LABEL, owner_id
 from cratebridge.engines.record import RunStatus
 from cratebridge.intake import IntakeLimits, open_crate
 from cratebridge.pipeline import RunOutcome, plan, run
@@ -267,5 +268,8 @@ class EngineConformance:
 
 
 def _containers() -> list[str]:
-    done = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True, check=False)
+    """Containers started on behalf of this process (other runs may share the machine)."""
+    done = subprocess.run(["docker", "ps", "-aq", "--filter",
+                           f"label={OWNER_LABEL}={owner_id()}"],
+                          capture_output=True, text=True, check=False)
     return sorted(done.stdout.split())
