@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mimetypes
 import os
@@ -33,11 +34,29 @@ class Digest:
 
 
 def copy_hashed(src: Path, dst: Path) -> tuple[Digest, int]:
-    """Copy ``src`` to a new file ``dst``, hashing the bytes as they pass.
+    """Put ``src`` at the new path ``dst``, hashing its bytes once.
 
-    Returns the digest and the new file's modification time (ns). Raw file
-    descriptors keep the per-file cost low when a run has many small files.
+    On the same filesystem ``dst`` is a hard link to ``src``: creating and
+    filling a new file is what a run with many small outputs mostly pays for.
+    Across filesystems, or where linking is refused, the bytes are copied.
+    Returns the digest and the modification time (ns) of ``dst``.
     """
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in _LINK_REFUSED:
+            raise
+        return _copy_hashed(src, dst)
+    return hash_file(dst), os.stat(dst).st_mtime_ns
+
+
+# Copy instead: another filesystem, links refused (protected_hardlinks), too many links.
+_LINK_REFUSED = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
+                           errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def _copy_hashed(src: Path, dst: Path) -> tuple[Digest, int]:
+    """Copy ``src`` to a new file ``dst``, hashing the bytes as they pass."""
     sha = hashlib.sha512()
     size = 0
     reader = os.open(src, os.O_RDONLY)

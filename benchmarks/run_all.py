@@ -1,0 +1,53 @@
+"""Runs every benchmark in turn and summarises TARGET MET / MISSED.
+
+``--skip-intake`` leaves out the 1 GiB intake benchmark (it needs ~3.5 GiB of
+/tmp and a few minutes); ``--quick`` runs each with fewer rounds.
+Exits non-zero only when a benchmark could not measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-intake", action="store_true", help="leave out the 1 GiB intake")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (figures are rougher)")
+    args = parser.parse_args()
+    quick = {
+        "startup.py": ["--rounds", "5"],
+        "overhead.py": ["--pairs", "3"],
+        "provenance_scale.py": ["--repeats", "1"],
+        "intake.py": ["--rounds", "1"],
+    }
+    scripts = ["startup.py", "overhead.py", "provenance_scale.py", "intake.py"]
+    if args.skip_intake:
+        scripts.remove("intake.py")
+    verdicts, failed = [], []
+    for script in scripts:
+        print(f"== {script}", flush=True)
+        extra = quick[script] if args.quick else []
+        done = subprocess.run([sys.executable, str(HERE / script), *extra],
+                              stdout=subprocess.PIPE, text=True, check=False)
+        sys.stdout.write(done.stdout)
+        if done.returncode != 0:
+            failed.append(script)
+        verdicts += [f"{script}: {line}" for line in done.stdout.splitlines()
+                     if line.startswith("TARGET ")]
+        print(flush=True)
+    print("== summary")
+    for line in verdicts:
+        print(line)
+    for script in failed:
+        print(f"{script}: CANNOT MEASURE (see its error above)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
