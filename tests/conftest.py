@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cratebridge.testing.validator import ExternalValidator
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
 SEED_TOOL = SHARED_DIR / "tools" / "seed-validator-cache"
@@ -63,43 +65,18 @@ def validator(shared_dir: Path) -> Validator:
     """A function running ``rocrate-validator`` offline on a crate folder.
 
     Call it as ``validator(folder, profile="five-safes-crate", severity="REQUIRED")``;
-    it returns ``(ok, output)``. The shared Five Safes profile is always
-    added as an extra profile. The validator's HTTP cache is seeded once per
-    session with the JSON-LD contexts in shared/ so ``--offline`` works.
+    it returns ``(ok, output)``. The shared Five Safes profile is always added
+    as an extra profile; the validator's cache is seeded once so ``--offline``
+    works (see :class:`cratebridge.testing.validator.ExternalValidator`).
     """
-    executable = _venv_tool("rocrate-validator")
-    if executable is None:
+    found = ExternalValidator.find()
+    if found is None:
         pytest.skip("rocrate-validator is not installed (pip install -e '.[test]')")
-    seeded = subprocess.run(
-        [sys.executable, str(SHARED_DIR / "tools" / "seed-validator-cache")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if seeded.returncode != 0:
-        pytest.fail(f"seed-validator-cache failed:\n{seeded.stdout}{seeded.stderr}")
 
     def run(
         crate_dir: Path, profile: str = "five-safes-crate", severity: str = "REQUIRED"
     ) -> tuple[bool, str]:
-        command = [
-            str(executable),
-            "-y",
-            "validate",
-            "--offline",
-            "--no-paging",
-            "--verbose",
-            "--output-line-width",
-            "200",
-            "-p",
-            profile,
-            "--extra-profiles-path",
-            str(shared_dir / "validator-profiles"),
-            "--requirement-severity",
-            severity,
-            str(crate_dir),
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        return done.returncode == 0, done.stdout + done.stderr
+        result = found.validate(crate_dir, profile, severity)
+        return result.ok, result.output
 
     return run
