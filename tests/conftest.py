@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,17 +13,9 @@ from cratebridge.testing.validator import ExternalValidator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
-SEED_TOOL = SHARED_DIR / "tools" / "seed-validator-cache"
-FIVE_SAFES_PROFILES = SHARED_DIR / "validator-profiles"
 
 # (ok, output) for one validator run.
 Validator = Callable[..., tuple[bool, str]]
-
-
-def _venv_tool(name: str) -> str | None:
-    """A console script next to the running Python (the venv), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
 
 
 def _docker_up() -> bool:
