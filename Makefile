@@ -5,7 +5,8 @@
 #   make images          build the local fixture images (nothing is pulled)
 #   make fixture-crates  rebuild the committed request crates in fixtures/crates/
 #   make demo            run the demo request through the cratebridge CLI
-#   make test            pytest, then lint
+#   make slurm           install and start a one-node Slurm cluster on localhost
+#   make test            setup + slurm, then pytest, then lint
 #   make lint            ruff and mypy
 #   make bench           the benchmarks (BENCH_ARGS=--skip-intake leaves out the 1 GiB one)
 
@@ -24,7 +25,7 @@ PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 VENV_STAMP := $(VENV)/.cratebridge-setup-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup system-packages dockerd venv images validator-cache fixture-crates demo test lint bench
+.PHONY: setup system-packages dockerd slurm venv images validator-cache fixture-crates demo test lint bench
 
 setup:
 	@$(MAKE) --no-print-directory system-packages
@@ -72,7 +73,12 @@ demo: setup
 	$(VENV)/bin/cratebridge run fixtures/crates/demo-request.zip --out demo-result.zip
 	@echo "result crate: $(CURDIR)/demo-result.zip"
 
-test: setup
+# The scale-out tests (Toil and Snakemake on Slurm) run on a real one-node cluster.
+slurm:
+	@scripts/setup-slurm
+	@scripts/start-slurm
+
+test: setup slurm
 	$(VENV)/bin/pytest -q
 	@$(MAKE) --no-print-directory lint
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 import uuid
@@ -29,7 +30,7 @@ from cwltool.job import JobBase
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
-from cratebridge.containers.sandbox import STEP_LABEL
+from cratebridge.containers.sandbox import SANDBOX_ENV, STEP_LABEL, Sandbox
 from cratebridge_cwl.driver import EventLog, _now
 from cratebridge_cwl.offline import OfflineFetcher
 
@@ -96,8 +97,7 @@ def _with_checksums(kept: Any) -> Any:
     return {k: _with_checksums(v) for k, v in kept.items()}
 
 
-def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
-                   scatter_index: Callable[[str], int | None]) -> type[JobBase]:
+def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> type[JobBase]:
     """A subclass of Toil's job class that labels its container and reports itself."""
 
     class ToilRecordingJob(base):  # type: ignore[valid-type,misc]
@@ -107,11 +107,19 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
             runtime.append(f"--label={STEP_LABEL}={self.cb_token}")
             return runtime, cidfile
 
+        def docker_monitor(self, cidfile: str, tmpdir_prefix: str, cleanup_cidfile: bool,
+                           docker_exe: str, process: subprocess.Popen[str]) -> None:
+            # cwltool SIGKILLs its `docker stats` when the container ends; through
+            # the shim that kills the shim and leaves docker holding the pipe, and
+            # the job waits forever. `docker stats` only reads, so use the real client.
+            super().docker_monitor(cidfile, tmpdir_prefix, cleanup_cidfile,
+                                   _real_docker(docker_exe), process)
+
         def run(self, runtimeContext: RuntimeContext,
                 tmpdir_lock: threading.Lock | None = None) -> None:
             self.cb_token = uuid.uuid4().hex
-            toil_name = str(self.name)
-            index = scatter_index(toil_name)
+            toil_name: str = str(self.name)  # type: ignore[has-type]
+            index = _scatter_index(toil_name)
             self.name = step.split("/")[-1] + (f"_{index + 1}" if index else "")
             started = _now()
             # Toil later wraps the command in a resource-monitoring script.
@@ -121,7 +129,7 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
                        "step": step, "tool": tool, "time": started, "toil_job": toil_name,
                        "host": os.uname().nodename,
                        "slurm_job": os.environ.get("SLURM_JOB_ID")})
-            callback: Callable[..., None] = self.output_callback
+            callback: Callable[..., None] = self.output_callback  # type: ignore[has-type]
 
             def record(outputs: Any, status: str) -> None:
                 kept = _with_checksums(log.keep_outputs(self.cb_token, outputs or {}))
@@ -139,21 +147,24 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
     return ToilRecordingJob
 
 
-def _scatter_index(step: str) -> Callable[[str], int | None]:
-    """Reads the scatter position from a Toil job name (``wf.step.7.tool``)."""
-    leaf = step.split("/")[-1]
-
-    def index(toil_name: str) -> int | None:
-        parts = toil_name.split(".")
-        for at, part in enumerate(parts[:-1]):
-            if part == leaf and parts[at + 1].isdigit():
-                return int(parts[at + 1])
-        return None
-
-    return index
+def _scatter_index(toil_name: str) -> int | None:
+    """The scatter position in a Toil job name (``workflow.cwl.7.square.cwl``), if any."""
+    positions = [part for part in toil_name.split(".") if part.isdigit()]
+    return int(positions[-1]) if positions else None
 
 
-class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):
+def _real_docker(fallback: str) -> str:
+    """The real docker client named in the run's sandbox file (never the shim)."""
+    settings = os.environ.get(SANDBOX_ENV)
+    if not settings:
+        return fallback
+    try:
+        return Sandbox.from_json(Path(settings).read_text()).docker
+    except (OSError, ValueError, KeyError):
+        return fallback
+
+
+class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore[misc]
     """Toil's CommandLineTool, whose jobs record themselves (see :func:`_recording_job`).
 
     The event file, the keep folder and the workflow step are instance
@@ -168,8 +179,7 @@ class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):
         base = super().make_job_runner(runtimeContext)
         step = self.cb_step or _short(str(self.tool.get("id", "tool")))
         log = EventLog(Path(self.cb_events), Path(self.cb_keep))
-        return _recording_job(base, log, step, str(self.tool.get("id", "")),
-                              _scatter_index(step))
+        return _recording_job(base, log, step, str(self.tool.get("id", "")))
 
 
 def _name_steps(workflow: Workflow, prefix: str = "") -> None:
@@ -221,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = own.parse_args(argv)
     rest = opts.toil_args[1:] if opts.toil_args[:1] == ["--"] else opts.toil_args
     # toil-cwl-runner reads both hooks from its module when main() runs.
-    cwltoil.toil_make_tool = _make_tool_factory(  # type: ignore[assignment]
+    cwltoil.toil_make_tool = _make_tool_factory(
         opts.events.absolute(), opts.keep.absolute(), cwltoil.toil_make_tool)
-    cwltoil.get_options = _offline_options(cwltoil.get_options)  # type: ignore[assignment]
+    cwltoil.get_options = _offline_options(cwltoil.get_options)
     return int(cwltoil.main(rest))
 
 

@@ -78,9 +78,9 @@ class ToilSettings:
                              f"{', '.join(sorted(known))}", where="config [engines.toil]")
         values: dict[str, Any] = dict(table)
         args = values.get("args", ())
-        if isinstance(args, str) or not all(isinstance(a, str) for a in args):  # type: ignore[attr-defined]
+        if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
             raise UsageError("args must be a list of strings", where="config [engines.toil]")
-        values["args"] = tuple(args)  # type: ignore[arg-type]
+        values["args"] = tuple(args)
         for name in ("retry_count", "max_cores"):
             if values.get(name) is not None and not isinstance(values[name], int):
                 raise UsageError(f"{name} must be a whole number",
@@ -99,8 +99,10 @@ class ToilEngine(Engine):
                     "kubernetes", "aws_batch"),
         offline=True)
 
-    def __init__(self) -> None:
-        self._cwltool = CwltoolEngine()
+    def __init__(self, settings: Mapping[str, object] | None = None) -> None:
+        super().__init__(settings)
+        # Images, the sandbox environment: exactly as the cwltool engine decides them.
+        self._cwltool = CwltoolEngine(settings)
 
     def info(self) -> EngineInfo:
         try:
@@ -138,7 +140,8 @@ class ToilEngine(Engine):
             slurm_args = f"--comment={SLURM_COMMENT}{context.run_id}"
             if settings.slurm_args:
                 slurm_args += " " + settings.slurm_args
-            args += ["--slurmArgs", slurm_args]
+            # one token: argparse would take a value starting with "--" for a flag
+            args.append(f"--slurmArgs={slurm_args}")
             if settings.slurm_partition:
                 args += ["--slurmPartition", settings.slurm_partition]
             if settings.slurm_time:

@@ -93,7 +93,10 @@ def _relinked(events: list[dict[str, Any]], job: Mapping[str, Any]) -> list[dict
 
 
 def _worker_logs(logs_dir: Path | None) -> dict[str, Path]:
-    """Toil's ``--writeLogs`` files by job name (``[failed_]CWLJob_<name>_000.log``); the last try wins."""
+    """Toil's ``--writeLogs`` files by job name (``[failed_]CWLJob_<name>_000.log``).
+
+    When Toil retried a job, the last try wins.
+    """
     if logs_dir is None or not logs_dir.is_dir():
         return {}
     found: dict[str, Path] = {}

@@ -1,0 +1,203 @@
+"""The toil engine: the conformance kit on one machine and on the local Slurm cluster,
+Slurm accounting of the steps, and a 50-job scatter on Slurm recorded step by step.
+
+Real Toil, real Docker, a real Slurm cluster (scripts/setup-slurm, scripts/start-slurm);
+the Slurm tests are skipped, with the reason, when the cluster is not up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cratebridge.config import load_config
+from cratebridge.engines.record import FileRecord, RunStatus
+from cratebridge.errors import UsageError
+from cratebridge.pipeline import plan, run
+from cratebridge.testing.crates import (
+    RequestSpec,
+    ReviewAction,
+    ReviewKind,
+    ValueInput,
+    ZipLayout,
+    write_request_zip,
+)
+from cratebridge.testing.kit import CASES, EngineConformance, KitResult
+from cratebridge_cwl.toil_driver import _scatter_index
+from cratebridge_cwl.toil_engine import ToilSettings
+
+REPO = Path(__file__).resolve().parents[3]
+CWL = REPO / "fixtures" / "workflows" / "cwl"
+SLURM_TOML = '[engines.toil]\nbatch_system = "slurm"\n'
+
+
+def _slurm_down() -> str | None:
+    """Why the Slurm tests cannot run here, or None when the cluster is up."""
+    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
+        return "Slurm is not installed (run scripts/setup-slurm)"
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                              timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "sinfo does not answer (run scripts/start-slurm)"
+    states = done.stdout.split()
+    if done.returncode != 0 or not any(s in ("idle", "mixed", "allocated") for s in states):
+        return f"no Slurm node is up ({' '.join(states) or done.stderr.strip()}); " \
+               "run scripts/start-slurm"
+    return None
+
+
+SLURM_DOWN = _slurm_down()
+needs_slurm = pytest.mark.skipif(SLURM_DOWN is not None, reason=SLURM_DOWN or "")
+
+
+def _events(run_dir: Path) -> list[dict[str, object]]:
+    lines = (run_dir / "work" / "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _sacct(job_ids: list[str]) -> list[list[str]]:
+    """sacct's rows (JobID, JobName, State, ExitCode, WorkDir) for these jobs, allocations only."""
+    done = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids),
+         "--format=JobID,JobName%80,State,ExitCode,WorkDir%300"],
+        capture_output=True, text=True, check=True)
+    return [line.split("|") for line in done.stdout.splitlines() if line.strip()]
+
+
+# -- the conformance kit -----------------------------------------------------------------
+
+
+@pytest.mark.docker
+class TestToilConformance(EngineConformance):
+    """Every kit crate on Toil's single_machine batch system."""
+
+    __test__ = True
+    engine = "toil"
+    workflows = CWL
+    main_file = "workflow.cwl"
+    config_toml = '[engines.toil]\nbatch_system = "single_machine"\n'
+
+    def test_inputs_point_at_the_outputs_they_came_from(self, three_step: KitResult) -> None:
+        steps = {s.step: s for s in three_step.outcome.record.steps}
+        made = {f.path for s in (steps["count"], steps["head"]) for f in s.outputs
+                if isinstance(f, FileRecord)}
+        used = {f.path for f in steps["combine"].inputs if isinstance(f, FileRecord)}
+        assert used == made
+
+    def test_failing_step_record_has_its_stderr(self, step_fails: KitResult) -> None:
+        failed = [s for s in step_fails.outcome.record.steps if s.status is RunStatus.FAILED]
+        assert [s.step for s in failed] == ["head"]
+        assert failed[0].exit_code == 3
+        assert any("CRATEBRIDGE_FIXTURE_FAILURE" in log.path.read_text() for log in failed[0].logs)
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+@needs_slurm
+class TestToilSlurmConformance(EngineConformance):
+    """Every kit crate with each CWL job submitted to the local Slurm cluster."""
+
+    __test__ = True
+    engine = "toil"
+    workflows = CWL
+    main_file = "workflow.cwl"
+    config_toml = SLURM_TOML
+
+    def test_sacct_lists_each_step_as_a_slurm_job(self, three_step: KitResult) -> None:
+        run_dir = three_step.outcome.run_dir
+        started = [e for e in _events(run_dir) if e["event"] == "started"]
+        job_ids = sorted({str(e["slurm_job"]) for e in started if e.get("slurm_job")})
+        assert len(job_ids) == CASES["three-step"].steps
+        rows = _sacct(job_ids)
+        assert sorted(r[0] for r in rows) == job_ids
+        assert all(r[2] == "COMPLETED" and r[3] == "0:0" for r in rows), rows
+        assert all(Path(r[4]) == run_dir / "work" for r in rows), rows
+
+    def test_failed_step_is_a_failed_slurm_job(self, step_fails: KitResult) -> None:
+        started = {str(e["token"]): e for e in _events(step_fails.outcome.run_dir)
+                   if e["event"] == "started"}
+        failed = [s for s in step_fails.outcome.record.steps if s.status is RunStatus.FAILED]
+        assert [s.step for s in failed] == ["head"]
+        slurm_job = started[str(failed[0].native_id)]["slurm_job"]
+        assert slurm_job, "the failing step did not run as a Slurm job"
+        assert any("Slurm job" in log.name for log in failed[0].logs)
+
+
+# -- scale: a scatter of 50 jobs on Slurm -----------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+@needs_slurm
+def test_scatter_of_50_jobs_on_slurm_recorded_step_by_step(tmp_path: Path) -> None:
+    spec = RequestSpec(
+        workflow_dir=CWL / "scatter-50", main_workflow="workflow.cwl",
+        inputs=(ValueInput("n", 50),), name="Scatter of 50 jobs on Slurm",
+        reviews=(ReviewAction(ReviewKind.CHECK_VALUE), ReviewAction(ReviewKind.VALIDATION_CHECK),
+                 ReviewAction(ReviewKind.SIGN_OFF)),
+    )
+    crate = write_request_zip(spec, tmp_path / "scatter-request.zip", ZipLayout.FOLDER)
+    config = tmp_path / "cratebridge.toml"
+    config.write_text(f'[run]\nruns_dir = "{tmp_path / "runs"}"\ntimeout = "20m"\n\n'
+                      + SLURM_TOML)
+    began = time.monotonic()
+    outcome = run(crate, tmp_path / "result", engine="toil", config=load_config(config))
+    took = time.monotonic() - began
+    print(f"scatter-50 on Slurm: {took:.0f}s for {len(outcome.record.steps)} step records")
+
+    assert outcome.status is RunStatus.COMPLETED, outcome.record.error
+    squares = [s for s in outcome.record.steps if s.step == "square"]
+    assert len(squares) == 50
+    assert len(outcome.record.steps) == 51  # the split step, then 50 squares
+    assert len({s.name for s in squares}) == 50
+    for step in squares:
+        assert step.container is not None and step.container.image == "cratebridge/busybox:1"
+        assert step.container.image_id and step.container.image_id.startswith("sha256:")
+        assert step.exit_code == 0 and step.status is RunStatus.COMPLETED
+    # the result is a BagIt bag (the request was one): outputs under data/outputs/
+    outputs = sorted((tmp_path / "result").rglob("outputs/part-*.squared.txt"))
+    assert [int(p.read_text()) for p in outputs] == [n * n for n in range(1, 51)]
+
+    started = [e for e in _events(outcome.run_dir) if e["event"] == "started"]
+    job_ids = sorted({str(e["slurm_job"]) for e in started if e.get("slurm_job")})
+    assert len(job_ids) == 51
+    rows = _sacct(job_ids)
+    assert len(rows) == 51 and all(r[2] == "COMPLETED" for r in rows), rows
+
+
+# -- the operator's settings and the plan (no run) --------------------------------------
+
+
+def test_settings_reject_unknown_keys() -> None:
+    with pytest.raises(UsageError, match="batch_sytem"):
+        ToilSettings.from_table({"batch_sytem": "slurm"})
+    with pytest.raises(UsageError, match="args"):
+        ToilSettings.from_table({"args": "--foo"})
+    settings = ToilSettings.from_table({"batch_system": "slurm", "args": ["--maxJobs", "8"]})
+    assert settings.batch_system == "slurm" and settings.args == ("--maxJobs", "8")
+
+
+def test_scatter_position_read_from_toil_job_names() -> None:
+    assert _scatter_index("workflow.cwl.count.count.cwl") is None
+    assert _scatter_index("workflow.cwl.0.square.cwl") == 0
+    assert _scatter_index("workflow.cwl.17.square.cwl") == 17
+
+
+@pytest.mark.docker
+def test_plan_shows_toil_command_and_batch_system(tmp_path: Path) -> None:
+    crate = TestToilConformance.request(CASES["three-step"], tmp_path)
+    config = tmp_path / "cratebridge.toml"
+    config.write_text(f'[run]\nruns_dir = "{tmp_path / "runs"}"\n\n'
+                      '[engines.toil]\nbatch_system = "slurm"\nslurm_partition = "debug"\n')
+    outcome = plan(crate, engine="toil", config=load_config(config))
+    command = list(outcome.plan.command)
+    assert command[command.index("--batchSystem") + 1] == "slurm"
+    assert command[command.index("--slurmPartition") + 1] == "debug"
+    assert "--no-prepull" in command
+    assert any("batch system: slurm" in note for note in outcome.plan.notes)
