@@ -68,10 +68,10 @@ class CwltoolEngine(Engine):
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
         workflow = load_workflow(request.workflow.main_file)
         job = bind_inputs(request, workflow)
-        images = self._images(workflow, context)
+        images = self.images(workflow, context)
         job_path = context.work_dir / JOB_FILE
         files = {JOB_FILE: json.dumps(job, indent=2)}
-        env = self._env(context)
+        env = self.environment(context)
         command = (sys.executable, "-m", "cratebridge_cwl.driver",
                    "--events", str(context.work_dir / "events.jsonl"),
                    "--keep", str(context.work_dir / "steps"), "--",
@@ -83,13 +83,15 @@ class CwltoolEngine(Engine):
                           images=images, parameters=job, files=files, notes=tuple(notes),
                           steps=tuple(s.name for s in workflow.steps))
 
-    def _env(self, context: RunContext) -> dict[str, str]:
+    def environment(self, context: RunContext) -> dict[str, str]:
+        """The engine's environment: the allow-listed caller variables and the sandbox's."""
         shim_env = context.sandbox.install(context.run_dir / "sandbox")
         home = context.work_dir / "home"
         return {**context.env, **shim_env, "HOME": str(home), "TMPDIR": str(context.work_dir),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
 
-    def _images(self, workflow: Any, context: RunContext) -> tuple[ImageUse, ...]:
+    def images(self, workflow: Any, context: RunContext) -> tuple[ImageUse, ...]:
+        """Every step's image, present or not; refuses steps that would build or have none."""
         by_image: dict[str, list[str]] = {}
         default = context.settings.get("default_container")
         for step in workflow.steps:
@@ -102,7 +104,7 @@ class CwltoolEngine(Engine):
             if image is None:
                 raise PolicyRefused(
                     f"step {step.name} has no DockerRequirement and every step must run in "
-                    "a container; add one, or set [engines.cwltool] default_container",
+                    f"a container; add one, or set [engines.{self.name}] default_container",
                     rule="containers.required", where=step.tool)
             by_image.setdefault(image, []).append(step.name)
         docker = context.sandbox.docker

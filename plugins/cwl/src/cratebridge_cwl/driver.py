@@ -113,7 +113,7 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
@@ -130,7 +130,7 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
         def run(self, runtimeContext: RuntimeContext,
                 tmpdir_lock: threading.Lock | None = None) -> None:
             self.cb_token = uuid.uuid4().hex
-            started = _now()
+            started = now()
             inputs = log.describe_inputs(self.joborder or {})
             log.write({"event": "started", "token": self.cb_token, "name": self.name,
                        "step": step, "tool": tool, "time": started})
@@ -139,7 +139,7 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
             def record(outputs: Any, status: str) -> None:
                 kept = log.keep_outputs(self.name, outputs or {})
                 log.write({"event": "finished", "token": self.cb_token, "name": self.name,
-                           "step": step, "tool": tool, "start": started, "end": _now(),
+                           "step": step, "tool": tool, "start": started, "end": now(),
                            "status": status, "inputs": inputs, "outputs": kept,
                            "command": [str(c) for c in self.command_line]})
                 callback(outputs, status)

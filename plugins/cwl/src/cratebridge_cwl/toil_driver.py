@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import threading
 import uuid
@@ -30,8 +29,8 @@ from cwltool.job import JobBase
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
-from cratebridge.containers.sandbox import SANDBOX_ENV, STEP_LABEL, Sandbox
-from cratebridge_cwl.driver import EventLog, _now
+from cratebridge.containers.sandbox import STEP_LABEL
+from cratebridge_cwl.driver import EventLog, now
 from cratebridge_cwl.offline import OfflineFetcher
 
 __all__ = ["RecordingToilCommandLineTool", "main"]
@@ -107,21 +106,13 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
             runtime.append(f"--label={STEP_LABEL}={self.cb_token}")
             return runtime, cidfile
 
-        def docker_monitor(self, cidfile: str, tmpdir_prefix: str, cleanup_cidfile: bool,
-                           docker_exe: str, process: subprocess.Popen[str]) -> None:
-            # cwltool SIGKILLs its `docker stats` when the container ends; through
-            # the shim that kills the shim and leaves docker holding the pipe, and
-            # the job waits forever. `docker stats` only reads, so use the real client.
-            super().docker_monitor(cidfile, tmpdir_prefix, cleanup_cidfile,
-                                   _real_docker(docker_exe), process)
-
         def run(self, runtimeContext: RuntimeContext,
                 tmpdir_lock: threading.Lock | None = None) -> None:
             self.cb_token = uuid.uuid4().hex
             toil_name: str = str(self.name)  # type: ignore[has-type]
             index = _scatter_index(toil_name)
             self.name = step.split("/")[-1] + (f"_{index + 1}" if index else "")
-            started = _now()
+            started = now()
             # Toil later wraps the command in a resource-monitoring script.
             command = [str(c) for c in self.command_line]
             inputs = _host_inputs(self.joborder or {}, getattr(self, "pathmapper", None))
@@ -134,7 +125,7 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
             def record(outputs: Any, status: str) -> None:
                 kept = _with_checksums(log.keep_outputs(self.cb_token, outputs or {}))
                 log.write({"event": "finished", "token": self.cb_token, "name": self.name,
-                           "step": step, "tool": tool, "start": started, "end": _now(),
+                           "step": step, "tool": tool, "start": started, "end": now(),
                            "status": status, "inputs": inputs, "outputs": kept,
                            "command": command, "toil_job": toil_name,
                            "slurm_job": os.environ.get("SLURM_JOB_ID")})
@@ -151,17 +142,6 @@ def _scatter_index(toil_name: str) -> int | None:
     """The scatter position in a Toil job name (``workflow.cwl.7.square.cwl``), if any."""
     positions = [part for part in toil_name.split(".") if part.isdigit()]
     return int(positions[-1]) if positions else None
-
-
-def _real_docker(fallback: str) -> str:
-    """The real docker client named in the run's sandbox file (never the shim)."""
-    settings = os.environ.get(SANDBOX_ENV)
-    if not settings:
-        return fallback
-    try:
-        return Sandbox.from_json(Path(settings).read_text()).docker
-    except (OSError, ValueError, KeyError):
-        return fallback
 
 
 class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore[misc]

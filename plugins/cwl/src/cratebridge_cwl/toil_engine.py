@@ -152,8 +152,8 @@ class ToilEngine(Engine):
         settings = ToilSettings.from_table(context.settings)
         workflow = load_workflow(request.workflow.main_file)
         job = bind_inputs(request, workflow)
-        images = self._cwltool._images(workflow, context)
-        env = self._cwltool._env(context)
+        images = self._cwltool.images(workflow, context)
+        env = self._cwltool.environment(context)
         work = context.work_dir
         command = (sys.executable, "-m", "cratebridge_cwl.toil_driver",
                    "--events", str(work / "events.jsonl"), "--keep", str(work / "kept"), "--",
