@@ -52,7 +52,9 @@ class CwltoolEngine(Engine):
         """cwltool flags: offline, local images only, everything inside the run folder."""
         work = context.work_dir
         args = [
-            "--disable-pull", "--skip-schemas", "--disable-color", "--timestamps",
+            # $schemas are loaded (format checks need them); the offline fetcher
+            # turns a remote one into a warning, never a download.
+            "--disable-pull", "--disable-color", "--timestamps",
             "--outdir", str(context.outputs_dir),
             "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
         ]

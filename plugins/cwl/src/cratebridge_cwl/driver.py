@@ -107,6 +107,7 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
+    src = os.path.realpath(src)  # a step output may be a (relative) symlink: keep its target
     try:
         os.link(src, dst)
     except OSError:

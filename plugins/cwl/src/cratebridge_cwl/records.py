@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -41,18 +42,37 @@ def values_to_records(values: dict[str, Any]) -> tuple[FileRecord | ParameterVal
 
 
 def _value(name: str, value: Any) -> Iterable[FileRecord | ParameterValue]:
-    if isinstance(value, dict) and value.get("class") in ("File", "Directory"):
-        path = value.get("path")
-        if path:
-            yield FileRecord(Path(path), name, value["class"] == "Directory")
-        for secondary in value.get("secondaryFiles", []) or []:
-            yield from _value(name, secondary)
+    """Every File and Directory in a value, wherever it is nested (arrays, records).
+
+    A value holding no file is one parameter value; a record that mixes files
+    with other fields also keeps those fields as a parameter value.
+    """
+    files = list(_files(name, value))
+    if not files:
+        yield ParameterValue(name, value)
         return
-    if isinstance(value, list) and any(isinstance(v, dict) and "class" in v for v in value):
+    yield from files
+    if isinstance(value, dict) and value.get("class") not in ("File", "Directory"):
+        rest = {k: v for k, v in value.items() if not list(_files(k, v))}
+        if rest:
+            yield ParameterValue(name, rest)
+
+
+def _files(name: str, value: Any) -> Iterable[FileRecord]:
+    if isinstance(value, list):
         for item in value:
-            yield from _value(name, item)
-        return
-    yield ParameterValue(name, value)
+            yield from _files(name, item)
+    elif isinstance(value, dict):
+        if value.get("class") in ("File", "Directory"):
+            path = value.get("path")
+            # a kept link whose relative target stayed behind points nowhere: not a file
+            if path and os.path.exists(path):
+                yield FileRecord(Path(path), name, value["class"] == "Directory")
+            for secondary in value.get("secondaryFiles", []) or []:
+                yield from _files(name, secondary)
+        else:
+            for item in value.values():
+                yield from _files(name, item)
 
 
 def _status(cwl_status: str) -> RunStatus:

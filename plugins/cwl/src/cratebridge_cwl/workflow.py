@@ -7,11 +7,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-from cratebridge.errors import MetadataError, UnsupportedCrate
+from cratebridge.errors import MetadataError, UnsafeCrate, UnsupportedCrate
 from cratebridge.intake.request import InputBinding, InputKind, RunRequest
+from cratebridge.intake.unpack import safe_relative_path
 
-__all__ = ["CwlStep", "CwlWorkflow", "bind_inputs", "load_workflow"]
+__all__ = ["JOB_REQUIREMENTS", "JSON_ENCODING", "CwlStep", "CwlWorkflow", "bind_inputs",
+           "load_workflow"]
+
+#: The job-level requirements cwltool accepts in an input object (not CWL, but used).
+JOB_REQUIREMENTS = "cwl:requirements"
+#: A PropertyValue with this ``encodingFormat`` holds a CWL value as JSON text, bound
+#: exactly as given; its File and Directory ``location``s are paths inside the crate.
+JSON_ENCODING = "application/json"
 
 
 @dataclass(frozen=True)
@@ -170,20 +179,68 @@ def _file_value(binding: InputBinding) -> dict[str, Any]:
     return {"class": cls, "location": binding.path.resolve().as_uri()}
 
 
+def _json_value(binding: InputBinding, crate_dir: Path, where: str) -> Any:
+    """A JSON-encoded CWL value, its file locations resolved inside the crate."""
+    if not isinstance(binding.value, str):
+        raise MetadataError(f"encodingFormat is {JSON_ENCODING} but the value is not JSON "
+                            "text", where=where)
+    try:
+        value = json.loads(binding.value)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise MetadataError(f"the value is not valid JSON: {exc}", where=where) from None
+    return _locate_files(value, crate_dir.resolve(), where)
+
+
+def _locate_files(value: Any, crate: Path, where: str) -> Any:
+    if isinstance(value, list):
+        return [_locate_files(v, crate, where) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _locate_files(v, crate, where) for k, v in value.items()}
+    if value.get("class") in ("File", "Directory"):
+        for key in ("location", "path"):
+            if isinstance(value.get(key), str):
+                out[key] = _crate_uri(value[key], value["class"], crate, where)
+    return out
+
+
+def _crate_uri(location: str, cls: str, crate: Path, where: str) -> str:
+    """``location`` (a path relative to the crate root) as a file URI; nothing outside it."""
+    if location.startswith("_:"):
+        return location  # a literal's blank identifier (its contents or listing are inline)
+    if ":" in location.split("/", 1)[0]:
+        raise UnsafeCrate(f"{cls} location {location!r} is not a path inside the crate; "
+                          "nothing is fetched: put the data in the crate", where=where)
+    rel = safe_relative_path(unquote(location), where=where)
+    path = crate / str(rel)
+    real = path.resolve()
+    if path.is_symlink() or not real.is_relative_to(crate):
+        raise UnsafeCrate(f"{cls} location {location!r} leads outside the crate", where=where)
+    if not (real.is_file() if cls == "File" else real.is_dir()):
+        raise MetadataError(f"{cls} {location!r} is not in the crate", where=where)
+    return real.as_uri()
+
+
 def bind_inputs(request: RunRequest, workflow: CwlWorkflow) -> dict[str, Any]:
     """The CWL job order for a request: every input bound by FormalParameter name."""
     declared = {_short(i["id"]): i for i in workflow.inputs}
     job: dict[str, Any] = {}
     for binding in request.inputs:
         where = f"input {binding.entity_id} (parameter {binding.parameter!r})"
+        if binding.parameter == JOB_REQUIREMENTS and binding.encoding == JSON_ENCODING:
+            job[JOB_REQUIREMENTS] = _json_value(binding, request.crate_dir, where)
+            continue
         if binding.parameter not in declared:
             raise MetadataError(
                 f"the workflow has no input named {binding.parameter!r}; its inputs are: "
                 f"{', '.join(sorted(declared)) or 'none'}", where=where)
         cwl_type = declared[binding.parameter].get("type")
         _, base = _optional(cwl_type)
-        if binding.kind in (InputKind.FILE, InputKind.DIRECTORY):
-            if base not in ("File", "Directory") and not isinstance(base, (list, Mapping)):
+        if binding.kind is InputKind.VALUE and binding.encoding == JSON_ENCODING:
+            job[binding.parameter] = _json_value(binding, request.crate_dir, where)
+        elif binding.kind in (InputKind.FILE, InputKind.DIRECTORY):
+            if base not in ("File", "Directory", "Any") and \
+                    not isinstance(base, (list, Mapping)):
                 raise MetadataError(f"a {binding.kind.value} was given but the workflow "
                                     f"expects {_type_name(base)}", where=where)
             job[binding.parameter] = _file_value(binding)
