@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from cwltool.argparser import arg_parser
@@ -135,7 +135,7 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
             inputs = log.describe_inputs(self.joborder or {})
             log.write({"event": "started", "token": self.cb_token, "name": self.name,
                        "step": step, "tool": tool, "time": started})
-            callback: Callable[..., None] = self.output_callback
+            callback: Callable[..., None] = self.output_callback  # type: ignore[has-type]
 
             def record(outputs: Any, status: str) -> None:
                 kept = log.keep_outputs(self.name, outputs or {})
@@ -163,7 +163,8 @@ def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
         if isinstance(toolpath_object, dict) and toolpath_object.get("class") == \
                 "CommandLineTool":
-            return RecordingCommandLineTool(toolpath_object, loading_context)
+            # cwltool hands a CommentedMap (a dict); keep the checker from narrowing it
+            return RecordingCommandLineTool(cast(Any, toolpath_object), loading_context)
         return default_make_tool(toolpath_object, loading_context)
 
     return make_tool

@@ -90,7 +90,7 @@ def step_records(events: list[dict[str, Any]], ledger: Ledger) -> tuple[StepReco
         token = event["token"]
         done = finished.get(token)
         ran = containers.get(token)
-        logs = ()
+        logs: tuple[LogRecord, ...] = ()
         if ran and ran.stderr and ran.stderr.exists():
             logs = (LogRecord(ran.stderr, f"{event['name']} stderr", about=token),)
         start = datetime.fromisoformat(done["start"] if done else event["time"])

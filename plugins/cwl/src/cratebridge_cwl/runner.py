@@ -21,11 +21,11 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urldefrag, urlsplit
 
 from cratebridge.config import Config, load_config
@@ -112,7 +112,7 @@ def load_tool(tool: str) -> LoadedTool:
     return LoadedTool(
         main=_local_path(main), fragment=fragment, documents=tuple(documents),
         inputs=tuple(i["id"].split("#")[-1].split("/")[-1] for i in process.tool["inputs"]),
-        namespaces=dict(process.metadata.get("$namespaces", {})),
+        namespaces=dict(cast(Mapping[str, str], process.metadata.get("$namespaces") or {})),
     )
 
 
@@ -190,12 +190,12 @@ def load_job(job: str | None, tool: LoadedTool) -> dict[str, Any]:
     except Exception as exc:  # a job that does not parse
         raise UsageError(f"the job does not load: {type(exc).__name__}: {exc}",
                          where=job) from None
-    loaded = dict(loaded or {})
-    namespaces = {**dict(loaded.get("$namespaces", {}) or {}), **tool.namespaces}
-    expand = Loader(namespaces).expand_url  # type: ignore[arg-type]
-    values = {k: _plain(v) for k, v in loaded.items() if k in tool.inputs}
-    if _REQUIREMENTS_IRI in loaded:  # cwltool applies these to the tool; so do we
-        values[JOB_REQUIREMENTS] = _plain(loaded[_REQUIREMENTS_IRI])
+    job_order: dict[str, Any] = dict(cast(Mapping[str, Any], loaded or {}))
+    namespaces = {**dict(job_order.get("$namespaces") or {}), **tool.namespaces}
+    expand = Loader(namespaces).expand_url
+    values = {k: _plain(v) for k, v in job_order.items() if k in tool.inputs}
+    if _REQUIREMENTS_IRI in job_order:  # cwltool applies these to the tool; so do we
+        values[JOB_REQUIREMENTS] = _plain(job_order[_REQUIREMENTS_IRI])
     for value in values.values():
         _normalise(value, lambda fmt: expand(fmt, ""))
     return values
