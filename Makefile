@@ -86,7 +86,7 @@ test: setup slurm
 lint: venv
 	@status=0; \
 	echo "ruff check src plugins tests"; $(VENV)/bin/ruff check src plugins tests || status=1; \
-	echo "mypy (strict, src/cratebridge)"; $(VENV)/bin/mypy || status=1; \
+	echo "mypy (strict: core and plugins)"; $(VENV)/bin/mypy || status=1; \
 	exit $$status
 
 BENCH_ARGS ?=
