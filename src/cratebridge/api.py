@@ -150,7 +150,7 @@ def validate(crate: Path) -> ValidationReport:
         opened = open_crate(Path(crate), scratch / "crate", IntakeLimits())
         if opened.bag_dir is not None:
             try:
-                verify_bag(opened.bag_dir)
+                verify_bag(opened.bag_dir, known=opened.digests)
             except CrateRejected as err:
                 report.problems.append(str(err))
         metadata = json.loads((opened.root / "ro-crate-metadata.json").read_text())

@@ -90,7 +90,7 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
     opened = open_crate(crate, run_dir / "request", _limits(config))
     bag_info: dict[str, str] = {}
     if opened.bag_dir is not None:
-        bag_info = verify_bag(opened.bag_dir)
+        bag_info = verify_bag(opened.bag_dir, known=opened.digests)
     request = parse_request(opened.root, workflow_mirror=config.workflow_mirror,
                             workflow_dest=run_dir / "workflow", dataset_map=config.datasets,
                             bagit=opened.bag_dir is not None, bag_info=bag_info,

@@ -38,7 +38,7 @@ def run_intake(
     """What the pipeline does: unpack, verify the bag, parse."""
     limits = limits or IntakeLimits()
     opened = open_crate(source, dest, limits)
-    bag_info = verify_bag(opened.bag_dir) if opened.bag_dir else {}
+    bag_info = verify_bag(opened.bag_dir, known=opened.digests) if opened.bag_dir else {}
     return parse_request(
         opened.root,
         workflow_mirror=mirror,

@@ -3,7 +3,8 @@
 Typical use::
 
     opened = open_crate(source, run_dir / "request", limits)
-    request = parse_request(opened.root, bagit=opened.bagit, bag_info=opened.bag_info)
+    bag_info = verify_bag(opened.bag_dir, known=opened.digests) if opened.bag_dir else {}
+    request = parse_request(opened.root, bagit=opened.bagit, bag_info=bag_info)
 """
 
 from __future__ import annotations

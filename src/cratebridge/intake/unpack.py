@@ -2,22 +2,28 @@
 
 Every member is checked while it is written: no path may leave ``dest``, no link
 or device file is created, and byte counts are taken from the data actually
-written, so a zip bomb stops at the limit instead of filling the disk.
+written, so a zip bomb stops at the limit instead of filling the disk. Each file's
+sha-512 is taken from the same chunks as they are written, so a bag's payload
+need not be read a second time to verify it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import os
 import re
 import shutil
 import stat
 import zipfile
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from cratebridge.errors import BagItError, CrateRejected, MetadataError, UnsafeCrate
+from cratebridge.errors import BagItError, CrateRejected, MetadataError, UnsafeCrate, UsageError
 from cratebridge.intake.bag import read_bag_info
 
 __all__ = ["IntakeLimits", "OpenedCrate", "open_crate", "safe_relative_path"]
@@ -25,6 +31,7 @@ __all__ = ["IntakeLimits", "OpenedCrate", "open_crate", "safe_relative_path"]
 METADATA_NAME = "ro-crate-metadata.json"
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 # Top-level entries that archivers add and that say nothing about the layout.
 _ARCHIVER_NOISE = frozenset({"__MACOSX", ".DS_Store"})
 
@@ -53,11 +60,15 @@ class OpenedCrate:
     bag's folder (``root`` is then ``bag_dir / "data"``) or ``None`` without BagIt.
     ``bag_info`` is ``bag-info.txt`` as read, not yet verified: call
     :func:`cratebridge.intake.bag.verify_bag` on ``bag_dir`` before trusting the payload.
+    ``digests`` is the sha-512 (lower-case hex) of every payload file as it was
+    written, keyed by its path in the bag (``data/...``), empty without BagIt: pass
+    it as ``verify_bag(bag_dir, known=digests)`` so the payload is not read again.
     """
 
     root: Path
     bag_dir: Path | None
     bag_info: dict[str, str] = field(default_factory=dict)
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def bagit(self) -> bool:
@@ -79,19 +90,23 @@ def open_crate(source: Path, dest: Path, limits: IntakeLimits | None = None) -> 
     ``dest`` is removed, so nothing half-made is left behind.
     """
     limits = limits or IntakeLimits()
+    if source.is_dir() and dest.resolve().is_relative_to(source.resolve()):
+        raise UsageError(
+            "the run folder would be inside the crate folder it unpacks; set [run] "
+            "runs_dir (or CRATEBRIDGE_RUNS_DIR) outside the crate", where=str(source))
     _prepare_dest(dest)
     try:
         if source.is_dir():
-            _copy_tree(source, dest, limits)
+            digests = _copy_tree(source, dest, limits)
         elif source.is_file():
-            _extract_zip(source, dest, limits)
+            digests = _extract_zip(source, dest, limits)
         else:
             raise CrateRejected(
                 "the request crate does not exist or is neither a .zip file nor a folder; "
                 "pass the path of the crate as handed over by the TRE agent",
                 where=str(source),
             )
-        return _locate(dest, limits)
+        return _locate(dest, limits, digests)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -149,7 +164,17 @@ def _prepare_dest(dest: Path) -> None:
 
 
 class _Writer:
-    """Writes files under ``dest`` and keeps the running totals the limits apply to."""
+    """Writes files under ``dest`` and keeps the running totals the limits apply to.
+
+    ``dest`` is resolved once. Each folder is made once and opened once, relative to
+    its parent's descriptor with ``O_NOFOLLOW``, so no link is followed anywhere under
+    ``dest`` even if one appeared there; each file is created relative to its folder's
+    descriptor with ``O_CREAT | O_EXCL | O_NOFOLLOW``. No path is resolved per file.
+    ``digests`` holds the sha-512 of every file written, keyed by its path under ``dest``.
+    Use as a context manager: it holds a few folder descriptors open.
+    """
+
+    _OPEN_FOLDERS = 32  # descriptors of recently used folders kept open
 
     def __init__(self, dest: Path, limits: IntakeLimits, source: str) -> None:
         self.dest = dest
@@ -157,6 +182,20 @@ class _Writer:
         self.source = source
         self.total = 0
         self.files = 0
+        self.digests: dict[str, str] = {}
+        self._root = dest.resolve()
+        self._root_fd = os.open(self._root, _DIR_FLAGS)
+        self._made: set[PurePosixPath] = {PurePosixPath()}
+        self._fds: OrderedDict[PurePosixPath, int] = OrderedDict()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        os.close(self._root_fd)
 
     def count_member(self, name: str) -> None:
         self.files += 1
@@ -167,31 +206,65 @@ class _Writer:
                 where=self.source,
             )
 
-    def target(self, rel: PurePosixPath) -> Path:
-        target = self.dest.joinpath(*rel.parts)
-        # Belt and braces: rel was checked, and no link is ever created under dest.
-        if not target.resolve().is_relative_to(self.dest.resolve()):
-            raise UnsafeCrate(f"path {str(rel)!r} resolves outside the crate", where=self.source)
-        return target
-
     def make_dir(self, rel: PurePosixPath) -> None:
-        target = self.target(rel)
+        self._folder(rel)
+
+    def _folder(self, rel: PurePosixPath) -> int:
+        """Make the folder ``rel`` and its parents; return an open descriptor of it."""
+        if rel == PurePosixPath():
+            return self._root_fd
+        fd = self._fds.get(rel)
+        if fd is not None:
+            self._fds.move_to_end(rel)
+            return fd
+        chain = [rel]
+        while chain[-1].parent != PurePosixPath() and chain[-1].parent not in self._fds:
+            chain.append(chain[-1].parent)
+        for folder in reversed(chain):
+            parent = self._root_fd if folder.parent == PurePosixPath() else self._fds[folder.parent]
+            fd = self._open_folder(folder, parent, rel)
+            self._fds[folder] = fd
+            if len(self._fds) > self._OPEN_FOLDERS:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+        return self._fds[rel]
+
+    def _open_folder(self, folder: PurePosixPath, parent: int, asked: PurePosixPath) -> int:
+        if folder not in self._made:
+            with contextlib.suppress(FileExistsError):  # a folder is fine, the open checks
+                os.mkdir(folder.name, dir_fd=parent)
         try:
-            target.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
+            fd = os.open(folder.name, _DIR_FLAGS, dir_fd=parent)
+        except NotADirectoryError as exc:
             raise UnsafeCrate(
-                f"folder {str(rel)!r} collides with a file of the same name", where=self.source
+                f"folder {str(asked)!r} collides with a file of the same name", where=self.source
             ) from exc
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            # A link where a folder was made: never created here, never followed.
+            raise UnsafeCrate(
+                f"path {str(asked)!r} resolves outside the crate", where=self.source
+            ) from exc
+        if folder not in self._made:
+            # Belt and braces, once per folder: the name was checked and no link is followed.
+            if not (self._root / Path(*folder.parts)).resolve().is_relative_to(self._root):
+                os.close(fd)
+                raise UnsafeCrate(
+                    f"path {str(asked)!r} resolves outside the crate", where=self.source
+                )
+            self._made.add(folder)
+        return fd
 
     def write_file(
         self, rel: PurePosixPath, data: BinaryIO, *, executable: bool, compressed: int | None
     ) -> None:
-        target = self.target(rel)
-        if len(rel.parts) > 1:
-            self.make_dir(rel.parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        # rel.name is one component that safe_relative_path (or os.scandir) gave: never
+        # empty, '.', '..' or containing '/'; O_NOFOLLOW and O_EXCL refuse a link there.
+        folder = self._folder(rel.parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         try:
-            fd = os.open(target, flags, 0o755 if executable else 0o644)
+            fd = os.open(rel.name, flags, 0o755 if executable else 0o644, dir_fd=folder)
         except FileExistsError as exc:
             raise UnsafeCrate(
                 f"{str(rel)!r} appears twice (or collides with a folder); the crate is refused",
@@ -202,11 +275,13 @@ class _Writer:
                 f"{str(rel)!r} collides with a folder of the same name", where=self.source
             ) from exc
         with os.fdopen(fd, "wb") as out:
-            self._pump(rel, data, out, compressed)
+            self.digests[str(rel)] = self._pump(rel, data, out, compressed)
 
     def _pump(
         self, rel: PurePosixPath, data: BinaryIO, out: BinaryIO, compressed: int | None
-    ) -> None:
+    ) -> str:
+        """Copy ``data`` to ``out`` within the limits; return the sha-512 of what was written."""
+        hasher = hashlib.sha512()
         written = 0
         while chunk := data.read(_CHUNK):
             written += len(chunk)
@@ -215,6 +290,8 @@ class _Writer:
             if compressed is not None:
                 self._check_ratio(rel, written, compressed)
             out.write(chunk)
+            hasher.update(chunk)
+        return hasher.hexdigest()
 
     def _check_total(self, rel: PurePosixPath) -> None:
         if self.total > self.limits.max_total_bytes:
@@ -240,15 +317,16 @@ class _Writer:
 # -- zip -----------------------------------------------------------------------------------
 
 
-def _extract_zip(source: Path, dest: Path, limits: IntakeLimits) -> None:
+def _extract_zip(source: Path, dest: Path, limits: IntakeLimits) -> dict[str, str]:
     where = str(source)
     try:
         with zipfile.ZipFile(source) as archive:
             members = archive.infolist()
             _check_member_list(members, limits, where)
-            writer = _Writer(dest, limits, where)
-            for info in members:
-                _extract_member(archive, info, writer)
+            with _Writer(dest, limits, where) as writer:
+                for info in members:
+                    _extract_member(archive, info, writer)
+            return writer.digests
     except zipfile.BadZipFile as exc:
         raise CrateRejected(
             f"not a readable zip file ({exc}); re-create the archive", where=where
@@ -314,17 +392,18 @@ def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, writer: _Wr
 # -- folder --------------------------------------------------------------------------------
 
 
-def _copy_tree(source: Path, dest: Path, limits: IntakeLimits) -> None:
-    writer = _Writer(dest, limits, str(source))
-    for rel, entry in _walk(source, PurePosixPath()):
-        writer.count_member(str(rel))
-        if entry.is_dir(follow_symlinks=False):
-            writer.make_dir(rel)
-            continue
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-        with os.fdopen(os.open(entry.path, flags), "rb") as data:
-            executable = bool(os.fstat(data.fileno()).st_mode & stat.S_IXUSR)
-            writer.write_file(rel, data, executable=executable, compressed=None)
+def _copy_tree(source: Path, dest: Path, limits: IntakeLimits) -> dict[str, str]:
+    with _Writer(dest, limits, str(source)) as writer:
+        for rel, entry in _walk(source, PurePosixPath()):
+            writer.count_member(str(rel))
+            if entry.is_dir(follow_symlinks=False):
+                writer.make_dir(rel)
+                continue
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(entry.path, flags), "rb") as data:
+                executable = bool(os.fstat(data.fileno()).st_mode & stat.S_IXUSR)
+                writer.write_file(rel, data, executable=executable, compressed=None)
+    return writer.digests
 
 
 def _walk(folder: Path, rel: PurePosixPath) -> Iterator[tuple[PurePosixPath, os.DirEntry[str]]]:
@@ -353,14 +432,19 @@ def _walk(folder: Path, rel: PurePosixPath) -> Iterator[tuple[PurePosixPath, os.
 # -- layout --------------------------------------------------------------------------------
 
 
-def _locate(dest: Path, limits: IntakeLimits) -> OpenedCrate:
-    """Find the bag or crate in the unpacked tree."""
+def _locate(dest: Path, limits: IntakeLimits, digests: dict[str, str]) -> OpenedCrate:
+    """Find the bag or crate in the unpacked tree; keep the digests of a bag's payload."""
     folder = _crate_folder(dest)
     if (folder / "bagit.txt").is_file():
         root = folder / "data"
         _check_metadata_file(root / METADATA_NAME, limits, bag=True)
         bag_info = read_bag_info(folder)
-        return OpenedCrate(root=root, bag_dir=folder, bag_info=bag_info)
+        return OpenedCrate(
+            root=root,
+            bag_dir=folder,
+            bag_info=bag_info,
+            digests=_payload_digests(digests, folder.relative_to(dest).as_posix()),
+        )
     if _looks_like_bag(folder):
         raise BagItError(
             "the crate looks like a BagIt bag (data/ and manifest files) but bagit.txt is "
@@ -369,6 +453,20 @@ def _locate(dest: Path, limits: IntakeLimits) -> OpenedCrate:
         )
     _check_metadata_file(folder / METADATA_NAME, limits, bag=False)
     return OpenedCrate(root=folder, bag_dir=None)
+
+
+def _payload_digests(digests: dict[str, str], bag: str) -> dict[str, str]:
+    """Move the entries of ``digests`` (keyed by path under ``dest``) for the files under
+    ``bag/data/`` into a new dict keyed by their path in the bag; ``digests`` is emptied,
+    so the two are never both whole in memory."""
+    prefix = "" if bag == "." else f"{bag}/"
+    payload = f"{prefix}data/"
+    moved: dict[str, str] = {}
+    for rel in list(digests):
+        digest = digests.pop(rel)
+        if rel.startswith(payload):
+            moved[rel[len(prefix) :]] = digest
+    return moved
 
 
 def _looks_like_bag(folder: Path) -> bool:
