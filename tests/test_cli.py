@@ -148,3 +148,13 @@ def test_run_on_a_terminal_shows_steps_starting_and_finishing(tmp_path: Path,
     assert done.returncode == 0, done.stdout
     for step in ("count", "head", "combine"):
         assert f"{step} started" in done.stdout and f"{step} finished" in done.stdout
+
+
+@pytest.mark.docker
+def test_plan_for_humans_shows_command_environment_and_generated_files(
+        tmp_path: Path, docker_available: bool) -> None:
+    done = cli("plan", str(crate(tmp_path)), "--config", str(config(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    for heading in ("engine: cwltool", "images:", "command:", "environment:", "file job.json:"):
+        assert heading in done.stdout
+    assert "--disable-pull" in done.stdout and '"repeat": 2' in done.stdout

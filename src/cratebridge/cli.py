@@ -114,6 +114,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                  "steps: " + ", ".join(d["steps"]),
                  "command:", "  " + shlex.join(d["command"]),
                  "environment:", *(f"  {k}={v}" for k, v in d["env"].items())]
+        for name, content in d["files"].items():
+            lines += [f"file {name}:", *(f"  {line}" for line in content.splitlines())]
         return "\n".join(lines)
 
     _emit(doc, args.json, human)
