@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from cratebridge.containers.hardening import rewrite_run
 from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.sandbox import RUN_LABEL, Limits, Sandbox, find_docker
-from cratebridge.containers.shim import rewrite_run
 
 IMAGE = "cratebridge/busybox:1"
 
@@ -148,3 +148,18 @@ def test_running_container_is_hardened_when_inspected(tmp_path: Path,
         sb.stop_all()
         proc.wait(30)
     assert sb.containers() == []
+
+
+def test_shim_fast_path_agrees_with_the_hardening_module() -> None:
+    from cratebridge.containers import hardening, sandbox, shim
+
+    assert shim._REFUSED == hardening.REFUSED
+    assert shim.SANDBOX_ENV == sandbox.SANDBOX_ENV
+
+
+def test_shim_pass_through_imports_no_sandbox_machinery(tmp_path: Path) -> None:
+    code = ("import sys; import cratebridge.containers.shim; "
+            "heavy = [m for m in ('cratebridge.containers.sandbox', "
+            "'cratebridge.containers.hardening', 'dataclasses', 'subprocess') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
