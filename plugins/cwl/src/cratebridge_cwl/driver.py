@@ -18,6 +18,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -33,7 +34,7 @@ from cwltool.workflow import default_make_tool
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher
 
-__all__ = ["main"]
+__all__ = ["EventLog", "JobReport", "main", "now", "recording_job"]
 
 
 class EventLog:
@@ -118,8 +119,32 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> type[JobBase]:
-    """A subclass of cwltool's job class that reports itself to ``log``."""
+@dataclass(frozen=True)
+class JobReport:
+    """How a recording job describes itself; engines that run jobs elsewhere adjust it.
+
+    ``name`` gives the job's name from the engine's own; ``inputs`` the host
+    view of its job order; ``outputs`` post-processes the kept outputs;
+    ``keep_key`` names the folder its outputs are kept in; ``extra`` adds
+    fields (the engine's own job name, host, scheduler job id) to both events.
+    """
+
+    name: Callable[[str], str] = lambda name: name
+    inputs: Callable[[EventLog, Any], Any] = lambda log, job: log.describe_inputs(
+        job.joborder or {})
+    outputs: Callable[[Any], Any] = lambda kept: kept
+    keep_key: Callable[[Any], str] = lambda job: str(job.name)
+    extra: Callable[[str], dict[str, Any]] = lambda engine_name: {}
+
+
+def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
+                  report: JobReport = JobReport()) -> type[JobBase]:
+    """A subclass of ``base`` (a cwltool or Toil job class) that reports itself to ``log``.
+
+    Each job gets a token, passed to Docker as the ``org.cratebridge.step``
+    label so that the sandbox ledger's entry joins to it, and writes a
+    ``started`` and a ``finished`` event (inputs, kept outputs, status, command).
+    """
 
     class RecordingJob(base):  # type: ignore[valid-type,misc]
         def create_runtime(self, env: MutableMapping[str, str],
@@ -131,18 +156,22 @@ def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> 
         def run(self, runtimeContext: RuntimeContext,
                 tmpdir_lock: threading.Lock | None = None) -> None:
             self.cb_token = uuid.uuid4().hex
+            engine_name = str(self.name)  # type: ignore[has-type]
+            self.name = report.name(engine_name)
             started = now()
-            inputs = log.describe_inputs(self.joborder or {})
-            log.write({"event": "started", "token": self.cb_token, "name": self.name,
-                       "step": step, "tool": tool, "time": started})
+            # read before the engine wraps the command (Toil adds a monitoring script)
+            command = [str(c) for c in self.command_line]
+            inputs = report.inputs(log, self)
+            common = {"token": self.cb_token, "name": self.name, "step": step, "tool": tool,
+                      **report.extra(engine_name)}
+            log.write({"event": "started", **common, "time": started})
             callback: Callable[..., None] = self.output_callback  # type: ignore[has-type]
 
             def record(outputs: Any, status: str) -> None:
-                kept = log.keep_outputs(self.name, outputs or {})
-                log.write({"event": "finished", "token": self.cb_token, "name": self.name,
-                           "step": step, "tool": tool, "start": started, "end": now(),
+                kept = report.outputs(log.keep_outputs(report.keep_key(self), outputs or {}))
+                log.write({"event": "finished", **common, "start": started, "end": now(),
                            "status": status, "inputs": inputs, "outputs": kept,
-                           "command": [str(c) for c in self.command_line]})
+                           "command": command})
                 callback(outputs, status)
 
             self.output_callback = record
@@ -158,7 +187,7 @@ def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
             base = super().make_job_runner(runtimeContext)
             part_of = str(getattr(runtimeContext, "part_of", "") or "")
             step = part_of.removeprefix("step ") or self.tool.get("id", "tool").split("#")[-1]
-            return _recording_job(base, log, step, str(self.tool.get("id", "")))
+            return recording_job(base, log, step, str(self.tool.get("id", "")))
 
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
         if isinstance(toolpath_object, dict) and toolpath_object.get("class") == \

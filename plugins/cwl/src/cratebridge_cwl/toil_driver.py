@@ -17,8 +17,6 @@ import argparse
 import hashlib
 import os
 import sys
-import threading
-import uuid
 from argparse import Namespace
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
@@ -29,8 +27,7 @@ from cwltool.job import JobBase
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
-from cratebridge.containers.sandbox import STEP_LABEL
-from cratebridge_cwl.driver import EventLog, now
+from cratebridge_cwl.driver import EventLog, JobReport, recording_job
 from cratebridge_cwl.offline import OfflineFetcher
 
 __all__ = ["RecordingToilCommandLineTool", "main"]
@@ -96,46 +93,22 @@ def _with_checksums(kept: Any) -> Any:
     return {k: _with_checksums(v) for k, v in kept.items()}
 
 
-def _recording_job(base: type[JobBase], log: EventLog, step: str, tool: str) -> type[JobBase]:
-    """A subclass of Toil's job class that labels its container and reports itself."""
+def _toil_report(step: str) -> JobReport:
+    """Toil's job names, host inputs, checksummed outputs and the Slurm job, for the events."""
 
-    class ToilRecordingJob(base):  # type: ignore[valid-type,misc]
-        def create_runtime(self, env: MutableMapping[str, str],
-                           runtime_context: RuntimeContext) -> tuple[list[str], str | None]:
-            runtime, cidfile = super().create_runtime(env, runtime_context)
-            runtime.append(f"--label={STEP_LABEL}={self.cb_token}")
-            return runtime, cidfile
+    def name(toil_name: str) -> str:
+        index = _scatter_index(toil_name)
+        return step.split("/")[-1] + (f"_{index + 1}" if index else "")
 
-        def run(self, runtimeContext: RuntimeContext,
-                tmpdir_lock: threading.Lock | None = None) -> None:
-            self.cb_token = uuid.uuid4().hex
-            toil_name: str = str(self.name)  # type: ignore[has-type]
-            index = _scatter_index(toil_name)
-            self.name = step.split("/")[-1] + (f"_{index + 1}" if index else "")
-            started = now()
-            # Toil later wraps the command in a resource-monitoring script.
-            command = [str(c) for c in self.command_line]
-            inputs = _host_inputs(self.joborder or {}, getattr(self, "pathmapper", None))
-            log.write({"event": "started", "token": self.cb_token, "name": self.name,
-                       "step": step, "tool": tool, "time": started, "toil_job": toil_name,
-                       "host": os.uname().nodename,
-                       "slurm_job": os.environ.get("SLURM_JOB_ID")})
-            callback: Callable[..., None] = self.output_callback  # type: ignore[has-type]
-
-            def record(outputs: Any, status: str) -> None:
-                kept = _with_checksums(log.keep_outputs(self.cb_token, outputs or {}))
-                log.write({"event": "finished", "token": self.cb_token, "name": self.name,
-                           "step": step, "tool": tool, "start": started, "end": now(),
-                           "status": status, "inputs": inputs, "outputs": kept,
-                           "command": command, "toil_job": toil_name,
-                           "slurm_job": os.environ.get("SLURM_JOB_ID")})
-                callback(outputs, status)
-
-            self.output_callback = record
-            super().run(runtimeContext, tmpdir_lock)
-
-    ToilRecordingJob.__name__ = f"Recording{base.__name__}"
-    return ToilRecordingJob
+    return JobReport(
+        name=name,
+        inputs=lambda log, job: _host_inputs(job.joborder or {},
+                                             getattr(job, "pathmapper", None)),
+        outputs=_with_checksums,
+        keep_key=lambda job: str(job.cb_token),
+        extra=lambda toil_name: {"toil_job": toil_name, "host": os.uname().nodename,
+                                 "slurm_job": os.environ.get("SLURM_JOB_ID")},
+    )
 
 
 def _scatter_index(toil_name: str) -> int | None:
@@ -159,7 +132,7 @@ class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore
         base = super().make_job_runner(runtimeContext)
         step = self.cb_step or _short(str(self.tool.get("id", "tool")))
         log = EventLog(Path(self.cb_events), Path(self.cb_keep))
-        return _recording_job(base, log, step, str(self.tool.get("id", "")))
+        return recording_job(base, log, step, str(self.tool.get("id", "")), _toil_report(step))
 
 
 def _name_steps(workflow: Workflow, prefix: str = "") -> None:
