@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ from cwltool.argparser import arg_parser
 from cwltool.command_line_tool import CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
+from cwltool.loghandler import defaultStreamHandler
 from cwltool.main import main as cwltool_main
 from cwltool.workflow import default_make_tool
 
@@ -211,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     loading = LoadingContext(vars(args))
     loading.construct_tool_object = _make_tool_factory(log)
     loading.fetcher_constructor = OfflineFetcher
-    return int(cwltool_main(args=args, loadingContext=loading))
+    # When forked from cratebridge (see CwltoolEngine.run) the logger kept the
+    # parent's stream and the quieter level its plan used; reset both.
+    defaultStreamHandler.setStream(sys.stderr)
+    logging.getLogger("cwltool").setLevel(logging.INFO)
+    return int(cwltool_main(args=args, loadingContext=loading, stdout=sys.stdout,
+                            stderr=sys.stderr))
 
 
 if __name__ == "__main__":
