@@ -23,6 +23,7 @@ def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert config.runs_dir == tmp_path
     assert config.images.approved == () and not config.require_sign_off
     assert config.container_user == "1000:1000"
+    assert config.intake.max_total_bytes == 20 * 1024**3
 
 
 def test_full_file(tmp_path: Path) -> None:

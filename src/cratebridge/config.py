@@ -8,7 +8,6 @@ any image already present locally run, and keeps runs under
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import tomllib
@@ -16,51 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cratebridge.containers.sandbox import Limits
+from cratebridge.containers.sandbox import ImagePolicy, Limits
 from cratebridge.errors import PolicyRefused, UsageError
+from cratebridge.intake.unpack import IntakeLimits
 
-__all__ = ["Config", "ImagePolicy", "IntakeSettings", "load_config"]
+__all__ = ["Config", "ImagePolicy", "load_config"]
 
 SIGN_OFF = "https://w3id.org/shp#SignOff"
 
 #: Variables an engine process may see from the caller's environment.
 DEFAULT_ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
-
-
-@dataclass(frozen=True)
-class IntakeSettings:
-    max_total_bytes: int = 20 * 1024**3
-    max_files: int = 100_000
-    max_ratio: float = 200.0
-    max_metadata_bytes: int = 16 * 1024**2
-
-
-@dataclass(frozen=True)
-class ImagePolicy:
-    """Which local images steps may use. Empty ``approved``: any image present locally."""
-
-    approved: tuple[str, ...] = ()
-
-    def check(self, image: str, image_id: str | None) -> None:
-        """Raise PolicyRefused unless ``image`` (with local id ``image_id``) is approved."""
-        if not self.approved:
-            return
-        for pattern in self.approved:
-            name_pattern, _, pinned = pattern.partition("@")
-            if fnmatch.fnmatchcase(image, name_pattern):
-                if pinned and pinned != image_id:
-                    raise PolicyRefused(
-                        f"image {image} is approved only at {pinned}, but the local "
-                        f"image is {image_id}",
-                        rule=f"images.approved: {pattern}",
-                        where=f"image {image}",
-                    )
-                return
-        raise PolicyRefused(
-            f"image {image} is not on the operator's approved list",
-            rule="images.approved",
-            where=f"image {image}",
-        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +38,9 @@ class Config:
     engines: Mapping[str, str] = field(default_factory=dict)
     allowed_engines: tuple[str, ...] | None = None
     engine_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
-    intake: IntakeSettings = field(default_factory=IntakeSettings)
+    # an operator's TRE holds bigger crates than the library default allows
+    intake: IntakeLimits = field(
+        default_factory=lambda: IntakeLimits(max_total_bytes=20 * 1024**3))
     workflow_mirror: Path | None = None
     images: ImagePolicy = field(default_factory=ImagePolicy)
     require_sign_off: bool = False
@@ -184,7 +150,8 @@ def _build(data: Mapping[str, object], path: Path) -> Config:
         engines={k: v for k, v in default.items() if k != "allow"},
         allowed_engines=tuple(str(a) for a in allowed) if isinstance(allowed, list) else None,
         engine_settings=settings,
-        intake=IntakeSettings(**{k: v for k, v in intake.items()}),  # type: ignore[arg-type]
+        intake=IntakeLimits(**{"max_total_bytes": 20 * 1024**3,  # type: ignore[arg-type]
+                               **intake}),
         workflow_mirror=_path(workflows.get("mirror"), base),
         images=ImagePolicy(tuple(str(p) for p in _list(images.get("approved", [])))),
         require_sign_off=bool(policy.get("require_sign_off", False)),

@@ -26,7 +26,7 @@ from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, Run
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.engines.registry import Registry
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UsageError
-from cratebridge.intake import IntakeLimits, open_crate, parse_request, verify_bag
+from cratebridge.intake import open_crate, parse_request, verify_bag
 from cratebridge.intake.request import RunRequest
 
 __all__ = ["Interrupted", "PlanOutcome", "RunOutcome", "plan", "run"]
@@ -75,26 +75,20 @@ def _new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
-def _limits(config: Config) -> IntakeLimits:
-    s = config.intake
-    return IntakeLimits(max_total_bytes=s.max_total_bytes, max_files=s.max_files,
-                        max_ratio=s.max_ratio, max_metadata_bytes=s.max_metadata_bytes)
-
-
 def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
              registry: Registry, engine_name: str | None,
              progress: Callable[[ProgressEvent], None]) -> _Prepared:
     """Intake, policy and engine choice; raises before anything runs."""
     if not crate.exists():
         raise UsageError("no such file or folder", where=str(crate))
-    opened = open_crate(crate, run_dir / "request", _limits(config))
+    opened = open_crate(crate, run_dir / "request", config.intake)
     bag_info: dict[str, str] = {}
     if opened.bag_dir is not None:
         bag_info = verify_bag(opened.bag_dir, known=opened.digests)
     request = parse_request(opened.root, workflow_mirror=config.workflow_mirror,
                             workflow_dest=run_dir / "workflow", dataset_map=config.datasets,
                             bagit=opened.bag_dir is not None, bag_info=bag_info,
-                            limits=_limits(config))
+                            limits=config.intake)
     config.check_sign_off({r.additional_type: r.status for r in request.reviews})
     name = registry.choose(request.workflow.language, engine_name, config.engines)
     engine = registry.load(name, config.engine_settings.get(name, {}))

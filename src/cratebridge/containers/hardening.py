@@ -9,7 +9,6 @@ JSON line: image, image id, container id, times, exit code, labels, stderr log).
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import signal
@@ -21,12 +20,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cratebridge.containers.sandbox import RUN_LABEL, STEP_LABEL, Sandbox
+from cratebridge.containers.sandbox import RUN_LABEL, STEP_LABEL, ImagePolicy, Sandbox, image_id
+from cratebridge.containers.shim import REFUSED
 
 __all__ = ["REFUSED", "Refused", "ledger", "now", "rewrite_run", "run"]
 
-REFUSED = {"pull", "push", "build", "buildx", "load", "import", "login", "commit",
-           "save", "plugin", "swarm", "compose", "context"}
 
 # ``docker run`` flags that take no value; every other ``--flag`` takes one.
 BOOLEAN_FLAGS = {"-i", "-t", "-d", "-P", "--interactive", "--tty", "--detach", "--rm",
@@ -145,22 +143,6 @@ def rewrite_run(args: list[str], sandbox: Sandbox) -> tuple[list[str], str, dict
     return [*out, *hardened, image, *command], image, labels, writable
 
 
-def _image_approved(image: str, image_id: str, sandbox: Sandbox) -> bool:
-    if not sandbox.approved_images:
-        return True
-    for pattern in sandbox.approved_images:
-        name, _, pinned = pattern.partition("@")
-        if fnmatch.fnmatchcase(image, name) and (not pinned or pinned == image_id):
-            return True
-    return False
-
-
-def _local_image(docker: str, image: str) -> str | None:
-    out = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", image],
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def _own(paths: list[Path], user: str) -> None:
     """Give the container user the writable folders it was handed (inside the run only)."""
     uid, _, gid = user.partition(":")
@@ -198,12 +180,12 @@ def _tee(src: object, sinks: list[object]) -> None:
 def run(args: list[str], sandbox: Sandbox) -> int:
     """Run one hardened container in the foreground; record it in the ledger."""
     argv, image, labels, writable = rewrite_run(args, sandbox)
-    image_id = _local_image(sandbox.docker, image)
-    if image_id is None:
+    local_id = image_id(sandbox.docker, image)
+    if local_id is None:
         raise Refused(f"image {image} is not present locally; cratebridge never pulls. "
                       "Load the approved image into the TRE's Docker first")
-    if not _image_approved(image, image_id, sandbox):
-        raise Refused(f"image {image} ({image_id}) is not approved by the operator's policy")
+    if not ImagePolicy(sandbox.approved_images).allows(image, local_id):
+        raise Refused(f"image {image} ({local_id}) is not approved by the operator's policy")
     _own(writable, sandbox.user)
     if not any(a.startswith("--cidfile") for a in argv):
         cid_dir = tempfile.mkdtemp(prefix="cid-", dir=sandbox.ledger.parent)
@@ -232,7 +214,7 @@ def run(args: list[str], sandbox: Sandbox) -> int:
         tee.join()
     cid = Path(cidfile).read_text().strip() if Path(cidfile).exists() else None
     ledger(sandbox, {
-        "token": token, "image": image, "image_id": image_id, "container_id": cid,
+        "token": token, "image": image, "image_id": local_id, "container_id": cid,
         "start": started, "end": now(), "exit_code": code, "labels": labels,
         "stderr": str(stderr_log), "argv": [sandbox.docker, "run", *argv],
     })

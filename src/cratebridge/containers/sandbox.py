@@ -10,6 +10,7 @@ Toil, Snakemake and Nextflow, whatever docker flags each engine chooses.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -19,12 +20,16 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cratebridge.containers.shim import SANDBOX_ENV
+from cratebridge.errors import PolicyRefused
+
 __all__ = [
     "LEDGER_ENV",
     "OWNER_LABEL",
     "RUN_LABEL",
     "SANDBOX_ENV",
     "STEP_LABEL",
+    "ImagePolicy",
     "Limits",
     "Sandbox",
     "find_docker",
@@ -35,12 +40,50 @@ __all__ = [
     "stale_containers",
 ]
 
-SANDBOX_ENV = "CRATEBRIDGE_SANDBOX"
 LEDGER_ENV = "CRATEBRIDGE_LEDGER"
 RUN_LABEL = "org.cratebridge.run"
 STEP_LABEL = "org.cratebridge.step"
 OWNER_LABEL = "org.cratebridge.owner"
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Which local images steps may use. Empty ``approved``: any image present locally.
+
+    Each pattern is an fnmatch pattern on the image name, optionally pinned to
+    a local image id as ``pattern@sha256:...``.
+    """
+
+    approved: tuple[str, ...] = ()
+
+    def allows(self, image: str, image_id: str | None) -> bool:
+        try:
+            self.check(image, image_id)
+        except PolicyRefused:
+            return False
+        return True
+
+    def check(self, image: str, image_id: str | None) -> None:
+        """Raise PolicyRefused unless ``image`` (with local id ``image_id``) is approved."""
+        if not self.approved:
+            return
+        for pattern in self.approved:
+            name_pattern, _, pinned = pattern.partition("@")
+            if fnmatch.fnmatchcase(image, name_pattern):
+                if pinned and pinned != image_id:
+                    raise PolicyRefused(
+                        f"image {image} is approved only at {pinned}, but the local "
+                        f"image is {image_id}",
+                        rule=f"images.approved: {pattern}",
+                        where=f"image {image}",
+                    )
+                return
+        raise PolicyRefused(
+            f"image {image} is not on the operator's approved list",
+            rule="images.approved",
+            where=f"image {image}",
+        )
 
 
 @dataclass(frozen=True)

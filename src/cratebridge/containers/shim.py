@@ -15,7 +15,11 @@ import sys
 
 SANDBOX_ENV = "CRATEBRIDGE_SANDBOX"
 
-__all__ = ["main"]
+#: docker commands never allowed during a run: nothing is fetched, built or published.
+REFUSED = frozenset({"pull", "push", "build", "buildx", "load", "import", "login", "commit",
+                     "save", "plugin", "swarm", "compose", "context"})
+
+__all__ = ["REFUSED", "SANDBOX_ENV", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(settings, encoding="utf-8") as handle:
         text = handle.read()
     command = next((a for a in args if not a.startswith("-")), "")
-    if command == "run" or command in _REFUSED or (command == "image" and "pull" in args):
+    if command == "run" or command in REFUSED or (command == "image" and "pull" in args):
         return _guarded(args, command, text)
     # Become the real client: an engine that kills "docker stats" or "docker wait"
     # must kill the process that holds its pipes, not a parent of it.
@@ -36,13 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     os.execv(docker, [docker, *args])
 
 
-# Kept in step with hardening.REFUSED (a test checks) so that deciding needs no import.
-_REFUSED = frozenset({"pull", "push", "build", "buildx", "load", "import", "login", "commit",
-                      "save", "plugin", "swarm", "compose", "context"})
-
-
 def _guarded(args: list[str], command: str, settings: str) -> int:
-    from cratebridge.containers.hardening import REFUSED, Refused, ledger, now, run
+    from cratebridge.containers.hardening import Refused, ledger, now, run
     from cratebridge.containers.sandbox import Sandbox
 
     sandbox = Sandbox.from_json(settings)
