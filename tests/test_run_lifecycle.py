@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, owner_id
+from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, labelled_containers, owner_id
 from cratebridge.testing import RequestSpec, ValueInput, ZipLayout, write_request_zip
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,10 +39,8 @@ def cli(*args: str) -> list[str]:
 
 def run_containers(pid: int) -> list[str]:
     """Containers started by the cratebridge process ``pid`` (other runs may share the host)."""
-    done = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={RUN_LABEL}",
-                           "--filter", f"label={OWNER_LABEL}={owner_id(pid)}"],
-                          capture_output=True, text=True, check=True)
-    return done.stdout.split()
+    return labelled_containers("docker", RUN_LABEL, f"{OWNER_LABEL}={owner_id(pid)}",
+                               check=True)
 
 
 def wait_for_container(pid: int, timeout: float = 60) -> list[str]:

@@ -34,6 +34,7 @@ __all__ = [
     "Sandbox",
     "find_docker",
     "image_id",
+    "labelled_containers",
     "owner_alive",
     "owner_id",
     "remove_stale_containers",
@@ -175,11 +176,7 @@ class Sandbox:
 
     def containers(self) -> list[str]:
         """Ids of containers of this run still present (running or not)."""
-        out = subprocess.run(
-            [self.docker, "ps", "-aq", "--filter", f"label={RUN_LABEL}={self.run_id}"],
-            capture_output=True, text=True, check=False,
-        )
-        return out.stdout.split()
+        return labelled_containers(self.docker, f"{RUN_LABEL}={self.run_id}")
 
     def stop_all(self) -> list[str]:
         """Kill and remove every container of this run; returns their ids."""
@@ -187,6 +184,17 @@ class Sandbox:
         if ids:
             subprocess.run([self.docker, "rm", "-f", *ids], capture_output=True, check=False)
         return ids
+
+
+def labelled_containers(docker: str, *labels: str, check: bool = False) -> list[str]:
+    """Ids of the containers (running or not) carrying every label given (``key[=value]``).
+
+    ``check``: raise when docker cannot answer, instead of returning none.
+    """
+    filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+    out = subprocess.run([docker, "ps", "-aq", *filters], capture_output=True, text=True,
+                         check=check)
+    return out.stdout.split()
 
 
 def owner_id(pid: int | None = None) -> str:

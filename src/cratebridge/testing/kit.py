@@ -19,7 +19,6 @@ language, whose outputs must be exactly those in :data:`CASES`.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, ClassVar
 import pytest
 
 from cratebridge.config import load_config
-from cratebridge.containers.sandbox import OWNER_LABEL, owner_id
+from cratebridge.containers.sandbox import OWNER_LABEL, labelled_containers, owner_id
 from cratebridge.engines.record import RunStatus
 from cratebridge.intake import IntakeLimits, open_crate
 from cratebridge.pipeline import RunOutcome, plan, run
@@ -269,7 +268,4 @@ class EngineConformance:
 
 def _containers() -> list[str]:
     """Containers started on behalf of this process (other runs may share the machine)."""
-    done = subprocess.run(["docker", "ps", "-aq", "--filter",
-                           f"label={OWNER_LABEL}={owner_id()}"],
-                          capture_output=True, text=True, check=False)
-    return sorted(done.stdout.split())
+    return sorted(labelled_containers("docker", f"{OWNER_LABEL}={owner_id()}"))
