@@ -18,7 +18,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 # shared/ sits beside the repository, here and in CI.
 SHARED := $(CURDIR)/../shared
-APT_PACKAGES := docker.io busybox-static debootstrap nodejs
+APT_PACKAGES := docker.io busybox-static debootstrap nodejs bubblewrap
 # The venv is reinstalled when a pyproject changes.
 PYPROJECTS := pyproject.toml $(wildcard plugins/*/pyproject.toml)
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))

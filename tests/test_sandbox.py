@@ -1,17 +1,27 @@
-"""The sandbox every step runs in: the shim's rewriting, and probes from inside real containers."""
+"""The two walls: the engine's room, and the broker that is its only door to Docker.
+
+The broker tests talk to a real broker through the real client (the ``docker``
+a confined engine sees) and start real containers; the room tests start real
+bubblewrap confinements and look from inside.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cratebridge.containers.hardening import rewrite_run
+from cratebridge.containers.broker import Broker
+from cratebridge.containers.confine import Room
+from cratebridge.containers.hardening import Refused, authorise
 from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.sandbox import RUN_LABEL, Limits, Sandbox, find_docker
 
@@ -19,65 +29,136 @@ IMAGE = "cratebridge/busybox:1"
 
 
 def sandbox_for(tmp_path: Path, **kw: object) -> Sandbox:
-    work = tmp_path / "work"
+    run = tmp_path / "run"
+    work = run / "work"
+    (run / "broker").mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
     return Sandbox(run_id=f"test-{tmp_path.name}", docker=find_docker() or "docker",
-                   ledger=tmp_path / "sandbox" / "ledger.jsonl", writable=(work,),
-                   limits=Limits(memory="128m", cpus=0.5, pids=32), **kw)  # type: ignore[arg-type]
+                   ledger=run / "broker" / "ledger.jsonl", writable=(work,), readable=(run,),
+                   room_tmp=run / "tmp", limits=Limits(memory="128m", cpus=0.5, pids=32),
+                   **kw)  # type: ignore[arg-type]
 
 
-def test_rewrite_drops_engine_flags_and_adds_hardening(tmp_path: Path) -> None:
+# -- the policy, as data ---------------------------------------------------------------------
+
+def test_engine_flags_are_replaced_by_the_hardening(tmp_path: Path) -> None:
     sb = sandbox_for(tmp_path)
-    args = ["-i", "--net=host", "--privileged", "--cap-add=SYS_ADMIN", "--user=0:0",
-            "--security-opt", "seccomp=unconfined", "--memory=64g", "--pid=host",
-            f"--mount=type=bind,source={tmp_path / 'work'},target=/out",
-            "-v", "/etc:/host-etc:rw", IMAGE, "sh", "-c", "echo hi"]
-    argv, image, _, writable = rewrite_run(args, sb)
-    assert image == IMAGE and argv[-3:] == ["sh", "-c", "echo hi"]
-    flags = argv[: argv.index(IMAGE)]
-    for banned in ("--net=host", "--privileged", "--cap-add=SYS_ADMIN", "--user=0:0",
-                   "--security-opt=seccomp=unconfined", "--memory=64g", "--pid=host"):
-        assert banned not in flags
+    allowed = authorise(["run", "-i", "--net=host", "--user=0:0", "--memory=64g", "--cpus=8",
+                         f"--mount=type=bind,source={sb.writable[0]},target=/out",
+                         "--cidfile=/tmp/x", "cratebridge/busybox:1", "sh", "-c", "echo hi"], sb)
+    argv = list(allowed.argv)
+    assert argv[-4:] == [IMAGE, "sh", "-c", "echo hi"] and argv[-5] == "--"
+    flags = argv[: argv.index("--")]
+    for dropped in ("--net=host", "--user=0:0", "--memory=64g", "--cpus=8", "--cidfile=/tmp/x"):
+        assert dropped not in flags
     for wanted in ("--network=none", "--cap-drop=ALL", "--security-opt=no-new-privileges",
                    "--user=1000:1000", "--memory=128m", "--pids-limit=32", "--read-only",
-                   f"--label={RUN_LABEL}={sb.run_id}"):
+                   "--pull=never", f"--label={RUN_LABEL}={sb.run_id}",
+                   f"--mount=type=bind,source={sb.writable[0]},target=/out"):
         assert wanted in flags
-    assert "-v=/etc:/host-etc:ro" in flags  # outside the work folder: forced read-only
-    assert writable == [tmp_path / "work"]
+    assert allowed.interactive and allowed.image_id and allowed.image_id.startswith("sha256:")
 
 
-def test_combined_short_flags_are_parsed(tmp_path: Path) -> None:
-    argv, image, _, _ = rewrite_run(["-it", "--rm", IMAGE, "true"], sandbox_for(tmp_path))
-    assert image == IMAGE and "-i" in argv and "-t" in argv
+@pytest.mark.parametrize("argv, reason", [
+    (["run", "--privileged", IMAGE, "true"], "--privileged is not allowed"),
+    (["run", "--cap-add=SYS_ADMIN", IMAGE, "true"], "--cap-add is not allowed"),
+    (["run", "--security-opt", "seccomp=unconfined", IMAGE, "true"], "--security-opt"),
+    (["run", "--pid=host", IMAGE, "true"], "--pid is not allowed"),
+    (["run", "--device=/dev/sda", IMAGE, "true"], "--device is not allowed"),
+    (["run", "--volumes-from=other", IMAGE, "true"], "--volumes-from is not allowed"),
+    (["run", "-v", "/:/host", IMAGE, "true"], "outside the run's folder"),
+    (["run", "-v", "/var/run/docker.sock:/s", IMAGE, "true"], "outside the run's folder"),
+    (["run", "--mount=type=volume,source=v,target=/v", IMAGE, "true"], "only bind and tmpfs"),
+    (["run", "-v", "named:/v", IMAGE, "true"], "named volumes are not allowed"),
+    (["run", "--label=org.cratebridge.run=other", IMAGE, "true"], "set by cratebridge only"),
+    (["run", "-e", "SECRET", IMAGE, "true"], "give NAME=VALUE"),
+    (["-H", "unix:///var/run/docker.sock", "ps"], "option -H is not allowed"),
+    (["--context=host", "run", IMAGE, "true"], "option --context is not allowed"),
+    (["pull", "alpine"], "'docker pull' is not allowed"),
+    (["-l", "error", "pull", "alpine"], "'docker pull' is not allowed"),
+    (["image", "pull", "alpine"], "'docker image pull' is not allowed"),
+    (["build", "."], "'docker build' is not allowed"),
+    (["load"], "'docker load' is not allowed"),
+    (["create", IMAGE], "'docker create' is not allowed"),
+    (["container", "create", IMAGE], "'docker container create' is not allowed"),
+    (["start", "abc"], "'docker start' is not allowed"),
+    (["exec", "abc", "sh"], "'docker exec' is not allowed"),
+    (["run", "no-such/image:404", "true"], "never pulls"),
+    (["kill", "not-ours"], "not a container of this run"),
+])
+def test_requests_outside_the_policy_are_refused(tmp_path: Path, argv: list[str],
+                                                 reason: str) -> None:
+    with pytest.raises(Refused, match=reason.replace("(", r"\(")):
+        authorise(argv, sandbox_for(tmp_path))
 
 
-def shim(sb: Sandbox, tmp_path: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    env = sb.install(tmp_path / "sandbox")
-    return subprocess.run([sys.executable, "-m", "cratebridge.containers.shim", *args],
-                          env={**os.environ, **env}, capture_output=True, text=True,
-                          check=False, **kw)  # type: ignore[call-overload]
+@pytest.mark.parametrize("prefix", [["-l", "error"], ["--log-level=error"], ["-D"], []])
+@pytest.mark.parametrize("run", [["run"], ["container", "run"]])
+def test_global_options_and_container_run_are_hardened_alike(
+        tmp_path: Path, prefix: list[str], run: list[str]) -> None:
+    allowed = authorise([*prefix, *run, "--network", "host", "-it", IMAGE, "id"],
+                        sandbox_for(tmp_path))
+    assert allowed.argv[0] == "run" and "--network=none" in allowed.argv
+    assert "--network=host" not in allowed.argv and "-t" not in allowed.argv
 
 
-@pytest.mark.docker
-def test_pull_and_build_are_refused(tmp_path: Path, docker_available: bool) -> None:
+def test_a_mount_through_a_symlink_is_resolved_on_the_host(tmp_path: Path) -> None:
     sb = sandbox_for(tmp_path)
-    for command in (["pull", "alpine"], ["build", "."], ["image", "pull", "x"], ["load"]):
-        done = shim(sb, tmp_path, *command)
-        assert done.returncode == 125 and "not allowed" in done.stderr
+    (sb.writable[0] / "etc").symlink_to("/etc")
+    with pytest.raises(Refused, match="outside the run's folder"):
+        authorise(["run", "-v", f"{sb.writable[0]}/etc:/x", IMAGE, "true"], sb)
+
+
+def test_engine_tmp_is_the_runs_tmp_folder(tmp_path: Path) -> None:
+    sb = sandbox_for(tmp_path)
+    assert sb.room_tmp is not None
+    (sb.room_tmp / "job").mkdir(parents=True)
+    allowed = authorise(["run", "-v", "/tmp/job:/job", IMAGE, "true"], sb)
+    assert f"--mount=type=bind,source={sb.room_tmp / 'job'},target=/job,readonly" \
+        in allowed.argv
+
+
+def test_a_mount_outside_work_is_read_only(tmp_path: Path) -> None:
+    sb = sandbox_for(tmp_path)
+    inputs = tmp_path / "run" / "request"
+    inputs.mkdir()
+    allowed = authorise(["run", "-v", f"{inputs}:/in:rw", IMAGE, "true"], sb)
+    assert f"--mount=type=bind,source={inputs},target=/in,readonly" in allowed.argv
+
+
+# -- the broker, for real ------------------------------------------------------------------
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[tuple[Sandbox, Path]]:
+    sb = sandbox_for(tmp_path)
+    short = Path(tempfile.mkdtemp(prefix="cb-"))  # the client connects by path: keep it short
+    socket = short / "docker.sock"
+    try:
+        with Broker(sb, socket, os.getuid(), os.getgid()).serving():
+            yield sb, socket
+    finally:
+        sb.stop_all()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def client(socket: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    """The ``docker`` a confined engine runs, pointed at the broker."""
+    env = {"PATH": os.environ["PATH"], "CRATEBRIDGE_BROKER": str(socket)}
+    return subprocess.run([sys.executable, "-m", "cratebridge.containers.shim", *args],
+                          env=env, capture_output=True, text=True, check=False,
+                          **kw)  # type: ignore[call-overload]
+
+
+@pytest.mark.docker
+def test_refusals_reach_the_engine_and_the_ledger(broker: tuple[Sandbox, Path],
+                                                  docker_available: bool) -> None:
+    sb, socket = broker
+    for command in (["pull", "alpine"], ["-l", "error", "pull", "x"], ["image", "pull", "x"],
+                    ["run", "--privileged", IMAGE, "true"]):
+        done = client(socket, *command)
+        assert done.returncode == 125 and "refused" in done.stderr
     assert len(read_ledger(sb.ledger).refusals) == 4
-
-
-@pytest.mark.docker
-def test_missing_image_is_refused_not_pulled(tmp_path: Path, docker_available: bool) -> None:
-    done = shim(sandbox_for(tmp_path), tmp_path, "run", "--rm", "no-such/image:404", "true")
-    assert done.returncode == 125 and "never pulls" in done.stderr
-
-
-@pytest.mark.docker
-def test_unapproved_image_is_refused(tmp_path: Path, docker_available: bool) -> None:
-    sb = sandbox_for(tmp_path, approved_images=("tre/approved/*",))
-    done = shim(sb, tmp_path, "run", "--rm", IMAGE, "true")
-    assert done.returncode == 125 and "not approved" in done.stderr
+    assert sb.containers() == []
 
 
 PROBE = r"""
@@ -91,19 +172,24 @@ echo x > /etc/owned 2>/dev/null; echo "write_root=$?"
 echo x > /out/ok.txt; echo "write_out=$?"
 chown 0 /out/ok.txt 2>/dev/null; echo "chown=$?"
 mknod /tmp/dev c 1 3 2>/dev/null; echo "mknod=$?"
+cat; echo
 """
 
 
 @pytest.mark.docker
-def test_probe_attempts_fail_from_inside(tmp_path: Path, docker_available: bool) -> None:
-    sb = sandbox_for(tmp_path)
-    inputs = tmp_path / "inputs"
+def test_probe_from_inside_a_step_container(broker: tuple[Sandbox, Path],
+                                            docker_available: bool, tmp_path: Path) -> None:
+    sb, socket = broker
+    inputs = tmp_path / "run" / "request"
     inputs.mkdir()
     (inputs / "data.txt").write_text("precious\n")
-    out = tmp_path / "work" / "out"
+    out = sb.writable[0] / "out"
     out.mkdir()
-    done = shim(sb, tmp_path, "run", "--rm", "--user=0:0", "--net=host", "--privileged",
-                "-v", f"{inputs}:/input", "-v", f"{out}:/out", IMAGE, "sh", "-c", PROBE)
+    os.chown(out, 1000, 1000)  # in a run, the room hands its writable folders to the uid
+    done = client(socket, "-l", "error", "container", "run", "-i", "--rm", "--user=0:0",
+                  "--net=host", "-v", f"{inputs}:/input", "-v", f"{out}:/out",
+                  "--label=org.cratebridge.step=probe", IMAGE, "sh", "-c", PROBE,
+                  input="from stdin")
     assert done.returncode == 0, done.stderr
     seen = dict(line.split("=", 1) for line in done.stdout.split("\n") if "=" in line)
     caps = {k: v for k, v in (line.split(":\t") for line in done.stdout.splitlines()
@@ -115,25 +201,29 @@ def test_probe_attempts_fail_from_inside(tmp_path: Path, docker_available: bool)
     assert seen["write_input"] != "0" and seen["write_root"] != "0"
     assert seen["write_out"] == "0"
     assert seen["chown"] != "0" and seen["mknod"] != "0"
+    assert "from stdin" in done.stdout  # standard input reaches the container
     assert (inputs / "data.txt").read_text() == "precious\n"
     entry = read_ledger(sb.ledger).entries[0]
-    assert entry.exit_code == 0 and entry.container.image_id.startswith("sha256:")
+    assert entry.token == "probe" and entry.exit_code == 0
+    assert entry.container.image_id and entry.container.image_id.startswith("sha256:")
 
 
 @pytest.mark.docker
-def test_running_container_is_hardened_when_inspected(tmp_path: Path,
-                                                      docker_available: bool) -> None:
-    sb = sandbox_for(tmp_path)
-    env = {**os.environ, **sb.install(tmp_path / "sandbox")}
-    proc = subprocess.Popen([sys.executable, "-m", "cratebridge.containers.shim", "run", "--rm",
-                             IMAGE, "sleep", "30"], env=env)
+def test_a_running_container_is_hardened_and_dies_with_its_client(
+        broker: tuple[Sandbox, Path], docker_available: bool, tmp_path: Path) -> None:
+    sb, socket = broker
+    cidfile = tmp_path / "cid"
+    env = {"PATH": os.environ["PATH"], "CRATEBRIDGE_BROKER": str(socket)}
+    proc = subprocess.Popen([sys.executable, "-m", "cratebridge.containers.shim", "run",
+                             "--rm", f"--cidfile={cidfile}", IMAGE, "sleep", "30"], env=env)
     try:
         for _ in range(100):
-            ids = sb.containers()
-            if ids:
+            if cidfile.exists() and sb.containers():
                 break
             time.sleep(0.1)
+        ids = sb.containers()
         assert ids, "the container did not start"
+        assert cidfile.read_text().startswith(ids[0])  # the client wrote the engine's cidfile
         info = json.loads(subprocess.run([sb.docker, "inspect", ids[0]], capture_output=True,
                                          text=True, check=True).stdout)[0]
         host = info["HostConfig"]
@@ -144,15 +234,112 @@ def test_running_container_is_hardened_when_inspected(tmp_path: Path,
         assert host["Memory"] == 128 * 1024 * 1024 and host["PidsLimit"] == 32
         assert host["NanoCpus"] == 500_000_000
         assert info["Config"]["User"] == "1000:1000"
+        # queries about this run's containers are allowed; about others, refused
+        assert client(socket, "inspect", ids[0]).returncode == 0
+        assert client(socket, "ps", "-q").stdout.split() == [ids[0][:12]]
     finally:
-        sb.stop_all()
+        proc.kill()  # the engine's client goes: the broker removes its container
         proc.wait(30)
+    for _ in range(100):
+        if not sb.containers():
+            break
+        time.sleep(0.1)
     assert sb.containers() == []
 
 
-def test_shim_pass_through_imports_no_sandbox_machinery(tmp_path: Path) -> None:
+def test_client_imports_next_to_nothing() -> None:
     code = ("import sys; import cratebridge.containers.shim; "
             "heavy = [m for m in ('cratebridge.containers.sandbox', "
             "'cratebridge.containers.hardening', 'dataclasses', 'subprocess') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the room ------------------------------------------------------------------------------
+
+ROOM_PROBE = r"""
+import json, os, socket
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+def exists(p):
+    return os.path.exists(p)
+print(json.dumps({
+    "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+    "caps": status["CapEff"].strip(), "nnp": status["NoNewPrivs"].strip(),
+    "interfaces": [n for _, n in socket.if_nameindex()],
+    "etc_passwd": open("/etc/passwd").read(),
+    "etc": sorted(os.listdir("/etc")),
+    "root_listing": sorted(os.listdir("/")),
+    "runs": sorted(os.listdir(os.environ["RUNS"])),
+    "docker_sock": exists("/var/run/docker.sock") or exists("/run/docker.sock"),
+    "host_root_home": sorted(os.listdir("/root")) if exists("/root") else None,
+    "pid1": open("/proc/1/cmdline").read().split("\0")[0],
+    "write_request": os.access(os.environ["REQUEST"], os.W_OK),
+    "write_work": os.access(os.environ["WORK"], os.W_OK),
+    "tmp": sorted(os.listdir("/tmp")),
+}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the room drops to its uid from root")
+def test_probe_from_inside_the_room(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run, other = runs / "this-run", runs / "other-run"
+    for folder in (run / "request", run / "work", run / "tmp", run / "sandbox", other):
+        folder.mkdir(parents=True)
+    (other / "secret.txt").write_text("other run's data")
+    (run / "tmp" / "engine-tmp").write_text("")
+    room = Room(uid=1000, gid=1000, etc=run / "sandbox" / "etc", tmp=run / "tmp",
+                readable=(run / "request",), writable=(run / "work",))
+    room.write_etc()
+    env = {"RUNS": str(runs), "REQUEST": str(run / "request"), "WORK": str(run / "work"),
+           "PATH": "/usr/bin:/bin"}
+    with room.command([sys.executable, "-c", ROOM_PROBE], env, run / "work") as (argv, fds):
+        done = subprocess.run(argv, pass_fds=fds, env={}, capture_output=True, text=True,
+                              check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert (seen["uid"], seen["gid"], seen["groups"]) == (1000, 1000, [])
+    assert int(seen["caps"], 16) == 0 and seen["nnp"] == "1"
+    assert seen["interfaces"] == ["lo"]
+    host_users = {line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines()}
+    room_users = {line.split(":")[0] for line in seen["etc_passwd"].splitlines()}
+    assert room_users <= {"root", "engine", "nobody"} and room_users != host_users
+    assert "shadow" not in seen["etc"] and "hosts" in seen["etc"]
+    assert seen["runs"] == ["this-run"]  # no other run
+    assert seen["docker_sock"] is False
+    assert seen["host_root_home"] in (None, [".pyenv"])  # at most the Python runtime
+    assert seen["pid1"].endswith("bwrap")
+    assert seen["write_request"] is False and seen["write_work"] is True
+    # the run's own tmp folder, not the host's (and the mount points leading to this
+    # test's run folder, itself under /tmp)
+    leading = run.parts[2] if run.parts[1] == "tmp" else None
+    assert set(seen["tmp"]) - {leading} == {"engine-tmp"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the room drops to its uid from root")
+def test_the_room_dies_with_its_parent(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for folder in (run / "work", run / "tmp", run / "sandbox"):
+        folder.mkdir(parents=True)
+    room = Room(uid=1000, gid=1000, etc=run / "sandbox" / "etc", tmp=run / "tmp",
+                writable=(run / "work",))
+    room.write_etc()
+    marker = run / "work" / "alive"
+    script = f"import time\nwhile True:\n    open({str(marker)!r}, 'w').write(str(time.time()))\n" \
+             "    time.sleep(0.1)\n"
+    with room.command([sys.executable, "-c", script], {}, run / "work") as (argv, fds):
+        # a parent that starts the room, then is killed with SIGKILL
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess, sys, time; "
+             f"subprocess.Popen({argv!r}, pass_fds={fds!r}, env={{}}); time.sleep(60)"],
+            pass_fds=fds)
+        for _ in range(100):
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        parent.kill()
+        parent.wait()
+    time.sleep(1)
+    before = marker.stat().st_mtime
+    time.sleep(1)
+    assert marker.stat().st_mtime == before, "the engine outlived cratebridge"

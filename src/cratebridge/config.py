@@ -65,6 +65,12 @@ class Config:
                 rule="policy.require_sign_off",
             )
 
+    @property
+    def step_uid_gid(self) -> tuple[int, int]:
+        """The unprivileged uid and gid the engine and every step run as."""
+        uid, _, gid = self.container_user.partition(":")
+        return int(uid), int(gid or uid)
+
     def redact(self, text: str) -> str:
         """Text with every secret value replaced by its name."""
         for name, value in self.secrets.items():
@@ -161,10 +167,25 @@ def _build(data: Mapping[str, object], path: Path) -> Config:
             cpus=float(limits.get("cpus", Limits.cpus)),  # type: ignore[arg-type]
             pids=int(limits.get("pids", Limits.pids)),  # type: ignore[call-overload]
         ),
-        container_user=str(limits.get("user", "1000:1000")),
+        container_user=_step_user(limits.get("user", "1000:1000"), f"{where} [limits] user"),
         env_allow=tuple(str(v) for v in _list(env.get("allow", list(DEFAULT_ENV_ALLOW)))),
         secrets=secret_values,
     )
+
+
+_USER = re.compile(r"^([0-9]+)(?::([0-9]+))?$")
+
+
+def _step_user(value: object, where: str) -> str:
+    """``UID[:GID]``, numeric and never root: the engine and the steps run as this user."""
+    match = _USER.match(str(value).strip())
+    if not match:
+        raise UsageError(f"{value!r} is not a numeric UID or UID:GID", where=where)
+    uid, gid = int(match.group(1)), int(match.group(2) or match.group(1))
+    if uid == 0 or gid == 0:
+        raise UsageError("steps and engines never run as root (uid or gid 0); give an "
+                         "unprivileged UID:GID such as 1000:1000", where=where)
+    return f"{uid}:{gid}"
 
 
 def _secret(value: object) -> str:

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 
 from cratebridge.config import Config, load_config
+from cratebridge.containers.broker import Broker
+from cratebridge.containers.confine import Room
 from cratebridge.containers.sandbox import Sandbox, find_docker, remove_stale_containers
 from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, RunContext
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
@@ -96,19 +98,46 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
     if docker is None:
         raise EngineUnavailable("no docker client on PATH; every step runs in Docker",
                                 where="docker")
-    work = run_dir / "work"
-    sandbox = Sandbox(run_id=run_id, docker=docker, ledger=run_dir / "sandbox" / "ledger.jsonl",
-                      writable=(work,), user=config.container_user, limits=config.limits,
+    uid, gid = config.step_uid_gid
+    folders = _run_folders(run_dir, uid, gid)
+    host_data = tuple(sorted({b.path for b in request.inputs
+                              if b.path is not None and not b.path.is_relative_to(run_dir)}))
+    sandbox = Sandbox(run_id=run_id, docker=docker, ledger=folders["broker"] / "ledger.jsonl",
+                      writable=(folders["work"],), readable=(run_dir, *host_data),
+                      room_tmp=folders["tmp"], user=f"{uid}:{gid}", limits=config.limits,
                       approved_images=config.images.approved)
+    readable = [run_dir / "request", *host_data]
+    if (run_dir / "workflow").is_dir():
+        readable.append(run_dir / "workflow")
+    room = Room(uid=uid, gid=gid, etc=folders["sandbox"] / "etc", tmp=folders["tmp"],
+                readable=tuple(readable), broker=folders["sandbox"],
+                writable=(folders["work"], folders["outputs"], folders["logs"]))
+    room.write_etc()
     context = RunContext(
-        run_id=run_id, run_dir=run_dir, work_dir=work, outputs_dir=run_dir / "outputs",
-        logs_dir=run_dir / "logs", sandbox=sandbox,
+        run_id=run_id, run_dir=run_dir, work_dir=folders["work"],
+        outputs_dir=folders["outputs"], logs_dir=folders["logs"], sandbox=sandbox, room=room,
+        broker_socket=folders["sandbox"] / "docker.sock",
         settings=dict(config.engine_settings.get(name, {})), timeout=config.timeout,
         progress=progress, env=environment_allowlist(config),
     )
-    for folder in (work, context.outputs_dir, context.logs_dir, run_dir / "sandbox"):
-        folder.mkdir(parents=True, exist_ok=True)
     return _Prepared(request, engine, context, bag_info, opened.bag_dir is not None)
+
+
+def _run_folders(run_dir: Path, uid: int, gid: int) -> dict[str, Path]:
+    """The run's folders: private to the executor, the engine's own writable by its uid.
+
+    ``sandbox`` (the broker's socket, the engine's ``docker`` and ``/etc``) is
+    read-only in the room; ``broker`` (the ledger, container logs) is never in it.
+    """
+    run_dir.chmod(0o700)
+    folders = {name: run_dir / name for name in
+               ("work", "outputs", "logs", "tmp", "sandbox", "broker")}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        if name in ("work", "outputs", "logs", "tmp") and os.geteuid() == 0:
+            os.chown(folder, uid, gid)
+    folders["broker"].chmod(0o700)
+    return folders
 
 
 def _check_images(plan_: EnginePlan, config: Config) -> None:
@@ -188,7 +217,7 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     _remove_stale_containers()
     run_id = _new_run_id()
     run_dir = cfg.runs_dir / run_id
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, mode=0o700)
     try:
         prepared = _prepare(Path(crate), run_dir, run_id, cfg, reg, engine,
                             progress or (lambda e: None))
@@ -218,8 +247,10 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config) -> RunRecord:
     """Run the engine; whatever happens, return a record (failed when it did not finish)."""
     context = prepared.context
     started = datetime.now(UTC)
+    uid, gid = cfg.step_uid_gid
+    broker = Broker(context.sandbox, context.broker_socket, uid, gid)
     try:
-        with _signals_interrupt():
+        with _signals_interrupt(), broker.serving():
             record = prepared.engine.run(plan_, context)
     except (Interrupted, KeyboardInterrupt) as stop:
         context.sandbox.stop_all()

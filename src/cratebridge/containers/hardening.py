@@ -1,221 +1,284 @@
-"""What the ``docker`` shim does to a ``docker run`` (see :mod:`cratebridge.containers.shim`).
+"""The one hardening policy for step containers: what a ``docker`` request may become.
 
-Every ``docker run`` is rewritten: the engine's own network, privilege, user and
-limit flags are dropped, the sandbox's are added, every bind mount outside the
-run's writable folders is made read-only, and the image must be present
-locally and approved. Each container is recorded in the run's ledger (one
-JSON line: image, image id, container id, times, exit code, labels, stderr log).
+The broker (:mod:`cratebridge.containers.broker`) hands every request from a
+confined engine to :func:`authorise`, which either refuses it or returns the
+exact ``docker`` argument list the broker will run. Nothing here trusts the
+engine's arguments: commands, global options and ``docker run`` flags are
+allow-lists; the flags the policy owns (network, user, limits) are replaced by
+the sandbox's; bind sources are resolved on the host side and must lie inside
+the run's folder (writable only inside its work folders); images must be local
+and approved; containers named by the engine must belong to this run.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cratebridge.containers.sandbox import RUN_LABEL, STEP_LABEL, ImagePolicy, Sandbox, image_id
-from cratebridge.containers.shim import REFUSED
+from cratebridge.containers.sandbox import RUN_LABEL, ImagePolicy, Sandbox, image_id
 
-__all__ = ["REFUSED", "Refused", "ledger", "now", "rewrite_run", "run"]
-
-
-# ``docker run`` flags that take no value; every other ``--flag`` takes one.
-BOOLEAN_FLAGS = {"-i", "-t", "-d", "-P", "--interactive", "--tty", "--detach", "--rm",
-                 "--read-only", "--init", "--privileged", "--publish-all", "--no-healthcheck",
-                 "--oom-kill-disable", "--sig-proxy", "--disable-content-trust", "-q", "--quiet"}
-
-# Flags the sandbox owns: the engine's values are dropped and the sandbox's used.
-DROPPED = {"--net", "--network", "--network-alias", "--user", "-u", "--privileged",
-           "--cap-add", "--cap-drop", "--security-opt", "--memory", "-m", "--memory-swap",
-           "--cpus", "--pids-limit", "--pid", "--ipc", "--uts", "--userns", "--cgroupns",
-           "--device", "--volumes-from", "--add-host", "--dns", "-p", "--publish",
-           "--publish-all", "-P", "--pull", "--runtime", "--gpus", "--group-add",
-           "--cgroup-parent", "--oom-kill-disable", "--sysctl"}
+__all__ = ["Authorised", "Refused", "authorise"]
 
 
 class Refused(Exception):
-    """The shim will not run this; the message goes to the engine's stderr."""
+    """The request is outside the policy; the message goes to the engine's stderr."""
 
 
-def _split_flag(arg: str) -> tuple[str, str | None]:
-    if arg.startswith("--") and "=" in arg:
-        name, _, value = arg.partition("=")
-        return name, value
-    return arg, None
+@dataclass(frozen=True)
+class Authorised:
+    """A request the broker may run: the docker arguments and what to record.
+
+    ``container`` is set for ``docker run``: the image, its local id and labels.
+    """
+
+    argv: tuple[str, ...]
+    command: str
+    image: str | None = None
+    image_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    interactive: bool = False
 
 
-def _parse_run(args: list[str]) -> tuple[list[tuple[str, str | None]], str, list[str]]:
-    """Split ``docker run`` arguments into (flags, image, command)."""
-    flags: list[tuple[str, str | None]] = []
+# Global options an engine may give before the command; they change nothing here.
+GLOBAL_BOOLEANS = {"-D", "--debug"}
+GLOBAL_VALUED = {"-l", "--log-level"}
+
+# ``docker run`` flags kept as given (after their own checks below).
+KEPT_BOOLEANS = {"-i", "--interactive", "--rm", "--init", "-t", "--tty"}
+KEPT_VALUED = {"-w", "--workdir", "-e", "--env", "--name", "--entrypoint", "--label", "-l",
+               "-v", "--volume", "--mount", "--tmpfs", "--stop-signal", "--stop-timeout",
+               "--hostname", "-h"}
+# Flags the policy owns: the engine's value is dropped and the sandbox's used.
+POLICY_BOOLEANS = {"--read-only"}
+POLICY_VALUED = {"--network", "--net", "--user", "-u", "--memory", "-m", "--memory-swap",
+                 "--memory-reservation", "--cpus", "--cpu-shares", "-c", "--cpuset-cpus",
+                 "--pids-limit", "--shm-size", "--log-driver", "--log-opt", "--ulimit",
+                 "--cidfile"}
+BOOLEANS = KEPT_BOOLEANS | POLICY_BOOLEANS
+VALUED = KEPT_VALUED | POLICY_VALUED
+
+# Read-only queries and stops: each names images, or containers of this run only.
+ON_CONTAINERS = {"kill", "stop", "rm", "wait", "stats", "logs", "inspect"}
+QUERY_BOOLEANS = {"-f", "--force", "--no-stream", "--no-trunc", "-a", "--all", "-q",
+                  "--quiet", "--follow", "--timestamps", "--size"}
+QUERY_VALUED = {"--format", "--signal", "-s", "--time", "-t", "--tail", "--type",
+                "--filter"}
+
+
+def authorise(argv: list[str], sandbox: Sandbox) -> Authorised:
+    """The docker arguments to run for an engine's ``docker ARGV``, or :class:`Refused`."""
+    args = _strip_globals(argv)
+    if not args:
+        raise Refused("no docker command given")
+    command, rest = args[0], args[1:]
+    if command in ("container", "image") and rest:
+        return _authorise_group(command, rest[0], rest[1:], sandbox)
+    handlers: dict[str, Callable[[list[str], Sandbox], Authorised]] = {
+        "run": _run, "ps": _ps, "images": _images, "version": _plain("version"),
+    }
+    if command in handlers:
+        return handlers[command](rest, sandbox)
+    if command in ON_CONTAINERS:
+        return _on_containers(command, rest, sandbox)
+    raise Refused(f"'docker {command}' is not allowed inside a cratebridge run (allowed: "
+                  f"run, ps, images, version, {', '.join(sorted(ON_CONTAINERS))})")
+
+
+def _strip_globals(argv: list[str]) -> list[str]:
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        name = argv[i].partition("=")[0]
+        if name in GLOBAL_BOOLEANS:
+            i += 1
+        elif name in GLOBAL_VALUED:
+            i += 1 if "=" in argv[i] else 2
+        else:
+            raise Refused(f"docker option {name} is not allowed inside a cratebridge run")
+    return argv[i:]
+
+
+def _authorise_group(group: str, command: str, rest: list[str],
+                     sandbox: Sandbox) -> Authorised:
+    if group == "container" and command in ("run", "ps", "ls", *ON_CONTAINERS):
+        return authorise(["ps" if command == "ls" else command, *rest], sandbox)
+    if group == "image" and command in ("inspect", "ls"):
+        if command == "ls":
+            return _images(rest, sandbox)
+        flags, names = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, "image inspect")
+        return Authorised(("image", "inspect", *flags, "--", *names), "image inspect")
+    raise Refused(f"'docker {group} {command}' is not allowed inside a cratebridge run")
+
+
+def _plain(command: str) -> Callable[[list[str], Sandbox], Authorised]:
+    def handler(rest: list[str], sandbox: Sandbox) -> Authorised:
+        flags, extra = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, command)
+        if extra:
+            raise Refused(f"docker {command} takes no arguments")
+        return Authorised((command, *flags), command)
+    return handler
+
+
+def _split(args: list[str], booleans: set[str], valued: set[str],
+           command: str) -> tuple[list[str], list[str]]:
+    """Split into (flags in ``--name=value`` form, positional arguments); unknown flags refused."""
+    flags: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
+        if arg == "--":
+            return flags, args[i + 1:]
         if not arg.startswith("-") or arg == "-":
-            return flags, arg, args[i + 1:]
-        name, value = _split_flag(arg)
-        if value is None and name not in BOOLEAN_FLAGS:
-            if name.startswith("-") and not name.startswith("--") and len(name) > 2:
-                # combined short booleans such as -it
-                flags.extend((f"-{c}", None) for c in name[1:])
-                i += 1
-                continue
+            return flags, args[i:]
+        if not arg.startswith("--") and len(arg) > 2 and "=" not in arg \
+                and all(f"-{c}" in booleans for c in arg[1:]):
+            flags += [f"-{c}" for c in arg[1:]]  # combined short booleans such as -it
             i += 1
-            if i >= len(args):
-                raise Refused(f"docker run: flag {name} has no value")
-            value = args[i]
-        flags.append((name, value))
-        i += 1
-    raise Refused("docker run: no image given")
-
-
-def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
-    real = Path(os.path.realpath(path))
-    return any(real == r or r in real.parents for r in roots)
-
-
-def _mount(name: str, value: str, sandbox: Sandbox, writable_out: list[Path]) -> str:
-    """Force read-only on a bind mount unless its source is a writable run folder."""
-    roots = tuple(Path(os.path.realpath(p)) for p in sandbox.writable)
-    if name == "--mount":
-        parts = [p for p in value.split(",") if p]
-        fields = dict(p.partition("=")[::2] for p in parts)
-        if fields.get("type", "volume") != "bind":
-            if fields.get("type") == "tmpfs":
-                return value
-            raise Refused(f"docker run: only bind and tmpfs mounts are allowed, not {value}")
-        source = fields.get("source") or fields.get("src") or ""
-        ro = "readonly" in fields or fields.get("readonly") in ("true", "1") \
-            or "ro" in fields
-        if not ro and _inside(Path(source), roots):
-            writable_out.append(Path(source))
-            return value
-        kept = [p for p in parts if p.partition("=")[0] not in ("readonly", "ro")]
-        return ",".join([*kept, "readonly"])
-    # -v / --volume SRC:DST[:OPTS]
-    pieces = value.split(":")
-    source = pieces[0]
-    if not source.startswith("/"):
-        raise Refused(f"docker run: named volumes are not allowed ({value})")
-    opts = pieces[2].split(",") if len(pieces) > 2 else []
-    if "ro" not in opts and _inside(Path(source), roots):
-        writable_out.append(Path(source))
-        return value
-    opts = [o for o in opts if o not in ("rw", "ro")] + ["ro"]
-    return ":".join([pieces[0], pieces[1], ",".join(opts)])
-
-
-def rewrite_run(args: list[str], sandbox: Sandbox) -> tuple[list[str], str, dict[str, str],
-                                                             list[Path]]:
-    """The hardened ``docker run`` argument list; also the image, labels, writable mounts."""
-    flags, image, command = _parse_run(args)
-    out: list[str] = []
-    labels: dict[str, str] = {}
-    writable: list[Path] = []
-    mounts_tmp = False
-    for name, value in flags:
-        if name in DROPPED:
             continue
-        if name in ("-v", "--volume", "--mount") and value is not None:
-            value = _mount(name, value, sandbox, writable)
-            target = value.split("target=")[-1].split(",")[0] if name == "--mount" \
-                else value.split(":")[1]
-            mounts_tmp = mounts_tmp or target == "/tmp"
-        if name in ("--label", "-l") and value is not None:
+        name, eq, value = arg.partition("=")
+        if name in booleans and not eq:
+            flags.append(name)
+        elif name in valued:
+            if not eq:
+                i += 1
+                if i >= len(args):
+                    raise Refused(f"docker {command}: {name} has no value")
+                value = args[i]
+            flags.append(f"{name}={value}")
+        elif name in booleans:
+            flags.append(f"{name}={value}")
+        else:
+            raise Refused(f"docker {command}: option {name} is not allowed inside a "
+                          "cratebridge run")
+        i += 1
+    return flags, []
+
+
+def _ps(rest: list[str], sandbox: Sandbox) -> Authorised:
+    flags, extra = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, "ps")
+    if extra:
+        raise Refused("docker ps takes no arguments")
+    return Authorised(("ps", *flags, f"--filter=label={RUN_LABEL}={sandbox.run_id}"), "ps")
+
+
+def _images(rest: list[str], sandbox: Sandbox) -> Authorised:
+    flags, names = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, "images")
+    return Authorised(("images", *flags, "--", *names), "images")
+
+
+def _on_containers(command: str, rest: list[str], sandbox: Sandbox) -> Authorised:
+    flags, names = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, command)
+    if not names:
+        raise Refused(f"docker {command}: no container named")
+    if command == "inspect":
+        images = [n for n in names if image_id(sandbox.docker, n) is not None
+                  and n not in sandbox.container_names()]
+        if len(images) == len(names):
+            return Authorised(("image", "inspect", *flags, "--", *names), "image inspect")
+    ours = sandbox.container_names()
+    strangers = [n for n in names if n not in ours]
+    if strangers:
+        raise Refused(f"docker {command}: {', '.join(strangers)} is not a container of this "
+                      "run")
+    return Authorised((command, *flags, "--", *names), command)
+
+
+def _run(rest: list[str], sandbox: Sandbox) -> Authorised:
+    flags, positional = _split(rest, BOOLEANS, VALUED, "run")
+    if not positional:
+        raise Refused("docker run: no image given")
+    image, command = positional[0], positional[1:]
+    kept: list[str] = []
+    labels: dict[str, str] = {}
+    interactive = False
+    mounts_tmp = False
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        if name in POLICY_BOOLEANS or name in POLICY_VALUED:
+            continue
+        if name in ("-i", "--interactive"):
+            interactive = True
+        if name in ("-t", "--tty"):
+            continue  # no terminal reaches a step
+        if name in ("-e", "--env") and "=" not in value:
+            raise Refused(f"docker run: {name} {value} takes no value from the broker's "
+                          "environment; give NAME=VALUE")
+        if name in ("--label", "-l"):
             key, _, val = value.partition("=")
-            if key == RUN_LABEL:
-                continue
+            if key.startswith("org.cratebridge.") and key != "org.cratebridge.step":
+                raise Refused(f"docker run: label {key} is set by cratebridge only")
             labels[key] = val
-        if name == "--tmpfs" and value is not None:
+        if name in ("-v", "--volume", "--mount"):
+            flag, target = _bind(name, value, sandbox)
+            mounts_tmp = mounts_tmp or target == "/tmp"
+        if name == "--tmpfs":
             mounts_tmp = mounts_tmp or value.split(":")[0] == "/tmp"
-        out.append(name if value is None else f"{name}={value}")
-    hardened = sandbox.docker_args()
-    if "--read-only" not in out and "--read-only=true" not in out:
-        hardened.append("--read-only")
-    if not mounts_tmp:
-        hardened.append("--tmpfs=/tmp:rw,nosuid,nodev,size=256m,mode=1777")
-    return [*out, *hardened, image, *command], image, labels, writable
-
-
-def _own(paths: list[Path], user: str) -> None:
-    """Give the container user the writable folders it was handed (inside the run only)."""
-    uid, _, gid = user.partition(":")
-    if os.geteuid() != 0:
-        return
-    for top in paths:
-        for folder, dirs, files in os.walk(top):
-            for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
-                try:
-                    os.chown(name, int(uid), int(gid or uid), follow_symlinks=False)
-                except OSError:
-                    pass
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def ledger(sandbox: Sandbox, entry: dict[str, object]) -> None:
-    line = json.dumps(entry) + "\n"
-    fd = os.open(sandbox.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-def _tee(src: object, sinks: list[object]) -> None:
-    for chunk in iter(lambda: src.read1(65536), b""):  # type: ignore[attr-defined]
-        for sink in sinks:
-            sink.write(chunk)  # type: ignore[attr-defined]
-            sink.flush()  # type: ignore[attr-defined]
-
-
-def run(args: list[str], sandbox: Sandbox) -> int:
-    """Run one hardened container in the foreground; record it in the ledger."""
-    argv, image, labels, writable = rewrite_run(args, sandbox)
+            flag = f"--tmpfs={_tmpfs(value)}"
+        kept.append(flag)
     local_id = image_id(sandbox.docker, image)
     if local_id is None:
         raise Refused(f"image {image} is not present locally; cratebridge never pulls. "
                       "Load the approved image into the TRE's Docker first")
     if not ImagePolicy(sandbox.approved_images).allows(image, local_id):
         raise Refused(f"image {image} ({local_id}) is not approved by the operator's policy")
-    _own(writable, sandbox.user)
-    if not any(a.startswith("--cidfile") for a in argv):
-        cid_dir = tempfile.mkdtemp(prefix="cid-", dir=sandbox.ledger.parent)
-        argv.insert(0, f"--cidfile={cid_dir}/cid")
-    cidfile = next(a.split("=", 1)[1] for a in argv if a.startswith("--cidfile"))
-    token = labels.get(STEP_LABEL) or f"c{time.time_ns()}"
-    logs = sandbox.ledger.parent / "stderr"
-    logs.mkdir(exist_ok=True)
-    stderr_log = logs / f"{token}.stderr.log"
-    started = now()
-    proc = subprocess.Popen([sandbox.docker, "run", *argv], stderr=subprocess.PIPE)
+    hardened = [*sandbox.docker_args(), "--read-only", "--pull=never"]
+    if not mounts_tmp:
+        hardened.append("--tmpfs=/tmp:rw,nosuid,nodev,size=256m,mode=1777")
+    return Authorised(("run", *kept, *hardened, "--", image, *command), "run", image=image,
+                      image_id=local_id, labels=labels, interactive=interactive)
 
-    def stop(signum: int, frame: object) -> None:
-        cid = Path(cidfile).read_text().strip() if Path(cidfile).exists() else None
-        if cid:
-            subprocess.run([sandbox.docker, "kill", cid], capture_output=True, check=False)
-        proc.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stop)
-    with stderr_log.open("wb") as log:
-        assert proc.stderr is not None
-        tee = threading.Thread(target=_tee, args=(proc.stderr, [log, sys.stderr.buffer]))
-        tee.start()
-        code = proc.wait()
-        tee.join()
-    cid = Path(cidfile).read_text().strip() if Path(cidfile).exists() else None
-    ledger(sandbox, {
-        "token": token, "image": image, "image_id": local_id, "container_id": cid,
-        "start": started, "end": now(), "exit_code": code, "labels": labels,
-        "stderr": str(stderr_log), "argv": [sandbox.docker, "run", *argv],
-    })
-    return code
+def _tmpfs(value: str) -> str:
+    target, _, options = value.partition(":")
+    kept = [o for o in options.split(",") if o and o.partition("=")[0] in ("size", "mode")]
+    return ":".join([target, ",".join(["rw", "nosuid", "nodev", "noexec", *kept])])
+
+
+def _bind(name: str, value: str, sandbox: Sandbox) -> tuple[str, str]:
+    """A bind mount in ``--mount`` form with its host source; and its target.
+
+    The source is resolved on the host side (the engine's ``/tmp`` is the run's
+    tmp folder); it must lie inside the run's folder or a mapped dataset, and
+    is writable only inside the sandbox's writable folders.
+    """
+    if name == "--mount":
+        fields: dict[str, str] = {}
+        for part in value.split(","):
+            key, eq, val = part.partition("=")
+            fields[key] = val if eq else "true"
+        kind = fields.get("type", "volume")
+        if kind == "tmpfs":
+            target = fields.get("target") or fields.get("destination") or fields.get("dst", "")
+            return f"--tmpfs={_tmpfs(target)}", target
+        if kind != "bind":
+            raise Refused(f"docker run: only bind and tmpfs mounts are allowed, not {value}")
+        source = fields.get("source") or fields.get("src") or ""
+        target = fields.get("target") or fields.get("destination") or fields.get("dst") or ""
+        readonly = any(fields.get(k) in ("true", "1") for k in ("readonly", "ro"))
+    else:
+        pieces = value.split(":")
+        if len(pieces) < 2:
+            raise Refused(f"docker run: volume {value} needs SOURCE:TARGET")
+        source, target = pieces[0], pieces[1]
+        readonly = "ro" in (pieces[2].split(",") if len(pieces) > 2 else [])
+    if not source.startswith("/"):
+        raise Refused(f"docker run: mount source {source!r} is not an absolute path in the "
+                      "run's folder (named volumes are not allowed)")
+    if not target.startswith("/") or any(c in target for c in ",\n"):
+        raise Refused(f"docker run: mount target {target!r} is not an absolute path")
+    host = Path(os.path.realpath(sandbox.host_path(Path(source))))
+    if not _inside(host, sandbox.mountable):
+        raise Refused(f"docker run: mount source {source} is outside the run's folder")
+    if not host.exists():
+        raise Refused(f"docker run: mount source {source} does not exist")
+    writable = not readonly and _inside(host, sandbox.writable)
+    spec = f"type=bind,source={host},target={target}" + ("" if writable else ",readonly")
+    if any(c in str(host) for c in ",\n"):
+        raise Refused(f"docker run: mount source {source} has a comma or a newline")
+    return f"--mount={spec}", target
+
+
+def _inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    return any(path == r or r in path.parents for r in real_roots)

@@ -1,33 +1,28 @@
-"""The sandbox every engine's steps run in: hardened ``docker run`` through the shim.
+"""One run's container policy (:class:`Sandbox`), the image policy and the Docker helpers.
 
-Engines do not call Docker themselves with their own flags. The core writes a
-:class:`Sandbox` to the run folder and puts a ``docker`` on the engine's PATH
-that is :mod:`cratebridge.containers.shim`: it refuses pulls, checks each image
-against the operator's policy, forces the hardening flags and records every
-container it starts in the run's ledger. So the same rules hold for cwltool,
-Toil, Snakemake and Nextflow, whatever docker flags each engine chooses.
+The confined engine reaches Docker only through the run's broker
+(:mod:`cratebridge.containers.broker`), which applies this policy through
+:mod:`cratebridge.containers.hardening`; the same rules hold for cwltool,
+Toil, Snakemake and Nextflow, whatever docker arguments each engine sends.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cratebridge.containers.shim import SANDBOX_ENV
+from cratebridge.containers.shim import BROKER_ENV
 from cratebridge.errors import PolicyRefused
 
 __all__ = [
-    "LEDGER_ENV",
+    "BROKER_ENV",
     "OWNER_LABEL",
     "RUN_LABEL",
-    "SANDBOX_ENV",
     "STEP_LABEL",
     "ImagePolicy",
     "Limits",
@@ -41,7 +36,6 @@ __all__ = [
     "stale_containers",
 ]
 
-LEDGER_ENV = "CRATEBRIDGE_LEDGER"
 RUN_LABEL = "org.cratebridge.run"
 STEP_LABEL = "org.cratebridge.step"
 OWNER_LABEL = "org.cratebridge.owner"
@@ -98,66 +92,71 @@ class Limits:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """Everything the shim needs to run one run's containers safely.
+    """One run's container policy, as the broker enforces it.
 
     ``writable`` are the only host folders a container may mount read-write
-    (the engine's work folders inside the run folder); every other mount is
-    made read-only. ``approved_images`` are fnmatch patterns, optionally
-    ``pattern@sha256:digest`` pins; an empty tuple means any image already
-    present locally.
+    (the engine's work folders inside the run folder); ``readable`` the others
+    it may mount, read-only (the run's folder, operator-mapped datasets);
+    nothing else can be mounted. ``room_tmp`` is the host folder the confined
+    engine sees as ``/tmp``. ``approved_images`` are fnmatch patterns,
+    optionally ``pattern@sha256:digest`` pins; an empty tuple means any image
+    already present locally. ``ledger`` is written by the broker only, in a
+    folder the engine cannot see.
     """
 
     run_id: str
     docker: str
     ledger: Path
     writable: tuple[Path, ...]
+    readable: tuple[Path, ...] = ()
+    room_tmp: Path | None = None
     user: str = "1000:1000"
     limits: Limits = field(default_factory=Limits)
     approved_images: tuple[str, ...] = ()
     owner: str = field(default_factory=lambda: owner_id())
 
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["ledger"] = str(self.ledger)
-        data["writable"] = [str(p) for p in self.writable]
-        return json.dumps(data, indent=2)
+    @property
+    def mountable(self) -> tuple[Path, ...]:
+        return (*self.writable, *self.readable)
 
-    @classmethod
-    def from_json(cls, text: str) -> Sandbox:
-        data = json.loads(text)
-        return cls(
-            run_id=data["run_id"],
-            docker=data["docker"],
-            ledger=Path(data["ledger"]),
-            writable=tuple(Path(p) for p in data["writable"]),
-            user=data["user"],
-            limits=Limits(**data["limits"]),
-            approved_images=tuple(data["approved_images"]),
-            owner=data.get("owner", ""),
-        )
+    def host_path(self, path: Path) -> Path:
+        """A path as the confined engine wrote it, on the host (its ``/tmp`` is ``room_tmp``)."""
+        tmp = Path("/tmp")
+        if self.room_tmp is not None and (path == tmp or tmp in path.parents) \
+                and not any(p == path or p in path.parents for p in self.mountable):
+            return self.room_tmp / path.relative_to(tmp)
+        return path
 
-    def install(self, folder: Path) -> dict[str, str]:
-        """Write the sandbox file and a ``docker`` shim into ``folder``.
+    def engine_env(self, folder: Path, room_folder: Path) -> dict[str, str]:
+        """Put a ``docker`` that talks to the broker in ``folder``; the engine's PATH and socket.
 
-        Returns the environment variables an engine process needs so that its
-        ``docker`` is the shim: ``PATH`` (the shim first) and the sandbox file.
+        ``folder`` is seen in the room as ``room_folder``, which holds the broker's
+        ``docker.sock``. The PATH is fixed, not the caller's: the broker's client
+        first, then our own programs and the system's (all inside the room).
         """
-        folder.mkdir(parents=True, exist_ok=True)
-        settings = folder / "sandbox.json"
-        settings.write_text(self.to_json())
-        shim = folder / "docker"
+        (folder / "bin").mkdir(parents=True, exist_ok=True)
+        shim = folder / "bin" / "docker"
         bin_dir = Path(sys.executable).parent
-        shim_target = str(bin_dir / "cratebridge-docker")
-        if not Path(shim_target).exists():
-            shim_target = shutil.which("cratebridge-docker") or shim_target
+        target = bin_dir / "cratebridge-docker"
         if shim.is_symlink() or shim.exists():
             shim.unlink()
-        shim.symlink_to(shim_target)
-        # A fixed PATH, not the caller's: the shim first, then our own programs,
-        # the real docker's folder and the system's.
-        dirs = [str(folder), str(bin_dir), str(Path(self.docker).parent), *SYSTEM_PATH]
-        path = os.pathsep.join(dict.fromkeys(dirs))
-        return {"PATH": path, SANDBOX_ENV: str(settings)}
+        shim.symlink_to(target)
+        path = os.pathsep.join(dict.fromkeys([str(room_folder / "bin"), str(bin_dir),
+                                              *SYSTEM_PATH]))
+        return {"PATH": path, BROKER_ENV: str(room_folder / "docker.sock")}
+
+    def container_names(self) -> set[str]:
+        """Ids (full and short) and names of this run's containers."""
+        out = subprocess.run(
+            [self.docker, "ps", "-a", "--no-trunc", "--filter",
+             f"label={RUN_LABEL}={self.run_id}", "--format", "{{.ID}} {{.Names}}"],
+            capture_output=True, text=True, check=False)
+        names: set[str] = set()
+        for line in out.stdout.splitlines():
+            cid, _, name = line.partition(" ")
+            names.update({cid, cid[:12], name.strip()})
+        names.discard("")
+        return names
 
     def docker_args(self) -> list[str]:
         """The hardening flags the shim adds to every ``docker run``."""

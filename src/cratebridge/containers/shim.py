@@ -1,59 +1,122 @@
-"""``cratebridge-docker``: the ``docker`` every engine sees during a run.
+"""``cratebridge-docker``: the ``docker`` a confined engine sees; a client of the run's broker.
 
-It forwards harmless commands (``inspect``, ``ps``, ``version``, ``kill``...) to
-the real client by becoming it, refuses anything that would fetch or build an
-image, and hands every ``docker run`` to :mod:`cratebridge.containers.hardening`.
-Engines call it several times per step, so the pass-through path imports next
-to nothing.
+It holds no policy: it sends its arguments to the broker's socket
+(``$CRATEBRIDGE_BROKER``), streams standard input to it and the container's
+output back, and exits with the status the broker reports. Only two things
+are done on this side, because only this side has them: ``-e NAME`` takes its
+value from the engine's environment, and ``--cidfile`` is written here, with
+the engine's rights, from the container id the broker reports. Engines call it
+several times per step, so it imports next to nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import struct
 import sys
+import threading
 
-SANDBOX_ENV = "CRATEBRIDGE_SANDBOX"
+BROKER_ENV = "CRATEBRIDGE_BROKER"
 
-#: docker commands never allowed during a run: nothing is fetched, built or published.
-REFUSED = frozenset({"pull", "push", "build", "buildx", "load", "import", "login", "commit",
-                     "save", "plugin", "swarm", "compose", "context"})
+# Frames, both ways: a channel byte, a 4-byte length, the payload.
+REQUEST, STDIN, STDOUT, STDERR, EXIT, CID = range(6)
+HEADER = struct.Struct(">BI")
 
-__all__ = ["REFUSED", "SANDBOX_ENV", "main"]
+__all__ = ["BROKER_ENV", "CID", "EXIT", "HEADER", "REQUEST", "STDERR", "STDIN", "STDOUT",
+           "main", "read_frame", "send_frame"]
+
+
+def send_frame(sock: socket.socket, channel: int, payload: bytes) -> None:
+    sock.sendall(HEADER.pack(channel, len(payload)) + payload)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes] | None:
+    """The next frame, or None when the other side has gone."""
+    head = _read_exactly(sock, HEADER.size)
+    if head is None:
+        return None
+    channel, size = HEADER.unpack(head)
+    payload = _read_exactly(sock, size) if size else b""
+    return None if payload is None else (channel, payload)
+
+
+def _prepare(args: list[str]) -> tuple[list[str], str | None]:
+    """Values for bare ``-e NAME``, and ``--cidfile`` taken out (written here)."""
+    out: list[str] = []
+    cidfile = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-e", "--env") and i + 1 < len(args) and "=" not in args[i + 1]:
+            out += [arg, f"{args[i + 1]}={os.environ.get(args[i + 1], '')}"]
+            i += 2
+            continue
+        if arg == "--cidfile" and i + 1 < len(args):
+            cidfile = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--cidfile="):
+            cidfile = arg.partition("=")[2]
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out, cidfile
+
+
+def _pump_stdin(sock: socket.socket) -> None:
+    try:
+        while chunk := os.read(0, 65536):
+            send_frame(sock, STDIN, chunk)
+        send_frame(sock, STDIN, b"")
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    settings = os.environ.get(SANDBOX_ENV)
-    if not settings:
-        print("cratebridge-docker: CRATEBRIDGE_SANDBOX is not set; this shim runs only "
+    address = os.environ.get(BROKER_ENV)
+    if not address:
+        print("cratebridge-docker: CRATEBRIDGE_BROKER is not set; this docker works only "
               "inside a cratebridge run", file=sys.stderr)
         return 125
-    with open(settings, encoding="utf-8") as handle:
-        text = handle.read()
-    command = next((a for a in args if not a.startswith("-")), "")
-    if command == "run" or command in REFUSED or (command == "image" and "pull" in args):
-        return _guarded(args, command, text)
-    # Become the real client: an engine that kills "docker stats" or "docker wait"
-    # must kill the process that holds its pipes, not a parent of it.
-    docker = str(json.loads(text)["docker"])
-    os.execv(docker, [docker, *args])
-
-
-def _guarded(args: list[str], command: str, settings: str) -> int:
-    from cratebridge.containers.hardening import Refused, ledger, now, run
-    from cratebridge.containers.sandbox import Sandbox
-
-    sandbox = Sandbox.from_json(settings)
+    args, cidfile = _prepare(args)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        if command in REFUSED or command == "image":
-            raise Refused(f"'docker {command}' is not allowed inside a cratebridge run: "
-                          "images are never fetched or built during a run")
-        return run(args[args.index("run") + 1:], sandbox)
-    except Refused as refused:
-        print(f"cratebridge-docker: refused: {refused}", file=sys.stderr)
-        ledger(sandbox, {"refused": str(refused), "argv": args, "time": now()})
+        sock.connect(address)
+    except OSError as exc:
+        print(f"cratebridge-docker: the run's container broker does not answer ({exc}); "
+              "no container can start now", file=sys.stderr)
         return 125
+    # Stopping this client stops the container: the broker kills it when we go.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: os._exit(128 + signum))
+    send_frame(sock, REQUEST, json.dumps({"argv": args}).encode())
+    threading.Thread(target=_pump_stdin, args=(sock,), daemon=True).start()
+    while (frame := read_frame(sock)) is not None:
+        channel, payload = frame
+        if channel in (STDOUT, STDERR):
+            os.write(1 if channel == STDOUT else 2, payload)
+        elif channel == CID and cidfile:
+            with open(cidfile, "x", encoding="ascii") as handle:
+                handle.write(payload.decode("ascii"))
+        elif channel == EXIT:
+            return int(payload or b"125")
+    print("cratebridge-docker: the broker closed the connection", file=sys.stderr)
+    return 125
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from cratebridge.containers.confine import BROKER_DIR, Room
 from cratebridge.containers.sandbox import Sandbox
 from cratebridge.engines.record import RunRecord
 from cratebridge.intake.request import Language, RunRequest
@@ -95,7 +96,11 @@ class RunContext:
     workflow's outputs must end up, ``logs_dir`` where engine logs go. The
     engine must write nowhere else. ``env`` is the only part of the caller's
     environment the engine may pass on (the operator's allow-list);
-    ``settings`` are the operator's ``[engines.<name>]`` table.
+    ``settings`` are the operator's ``[engines.<name>]`` table. ``room`` is the
+    confinement every engine process (and every plan-time reading of the
+    workflow) runs in; an engine whose program lives outside it adds the
+    program's folder with ``room.with_programs``. ``broker_socket`` is where
+    the run's container broker listens while ``Engine.run`` runs.
     """
 
     run_id: str
@@ -104,10 +109,16 @@ class RunContext:
     outputs_dir: Path
     logs_dir: Path
     sandbox: Sandbox
+    room: Room
+    broker_socket: Path
     settings: Mapping[str, object] = field(default_factory=dict)
     timeout: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     progress: Callable[[ProgressEvent], None] = lambda event: None
+
+    def docker_env(self) -> dict[str, str]:
+        """``PATH`` and the broker's address, for an engine whose steps call ``docker``."""
+        return self.sandbox.engine_env(self.broker_socket.parent, BROKER_DIR)
 
 
 class Engine(abc.ABC):
@@ -138,7 +149,10 @@ class Engine(abc.ABC):
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
         """Decide everything about the run without running anything.
 
-        Binds the request's inputs to the workflow's parameters (converting
+        Whatever evaluates the workflow's own code (loading a CWL document,
+        a Snakefile's Python) must run in ``context.room``
+        (:func:`~cratebridge.engines.process.run_confined`), never in this
+        process. Binds the request's inputs to the workflow's parameters (converting
         values to the declared types), lists the images the steps need and
         builds the exact command. Must start no container and write nothing
         outside ``context.work_dir``. Raises
@@ -151,8 +165,10 @@ class Engine(abc.ABC):
     def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
         """Run the plan and report what happened, step by step.
 
-        Every tool must run through ``context.sandbox`` (no network, read-only
-        inputs, limits). A workflow that fails is *not* an exception: return a
+        The engine process must run in ``context.room`` (through
+        :func:`~cratebridge.engines.process.run_engine`), its tools through
+        the broker (``context.docker_env()``): no network, read-only inputs,
+        limits. A workflow that fails is *not* an exception: return a
         record with status FAILED and the error. Outputs must be copied under
         ``context.outputs_dir``; logs under ``context.logs_dir``. Must honour
         ``context.timeout`` and stop the engine and its containers when the

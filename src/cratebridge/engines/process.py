@@ -1,24 +1,33 @@
-"""Running an engine program as a child process: its own session, a time limit, clean stops.
+"""Running an engine confined: its own session, a time limit, clean stops.
 
-Every engine plugin runs its engine through :func:`run_engine` so that a
-timeout, SIGTERM or Ctrl-C stops the engine's whole process group, and the
-sandbox then removes the run's containers.
+Every engine plugin runs its engine through :func:`run_engine`, and whatever
+reads the workflow at plan time through :func:`run_confined`: both in the
+run's :class:`~cratebridge.containers.confine.Room`, so that the submitter's
+code never runs with the executor's rights, and a timeout, SIGTERM or Ctrl-C
+stops the engine's whole process group (the broker then stops the run's
+containers).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-__all__ = ["EngineExit", "run_engine"]
+from cratebridge.containers.confine import Room
+from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
+
+__all__ = ["EngineExit", "confined_report", "print_report", "run_confined", "run_engine",
+           "tail"]
+
+# The errors a confined reader may report; anything else it says is UnsupportedCrate.
+_REPORTABLE: dict[str, type[CrateRejected]] = {
+    cls.__name__: cls for cls in (UnsafeCrate, UnsupportedCrate, MetadataError)}
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,7 @@ class EngineExit:
         return None
 
 
-def _stop_group(proc: subprocess.Popen[bytes] | _Forked, grace: float = 10.0) -> None:
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -53,87 +62,23 @@ def _stop_group(proc: subprocess.Popen[bytes] | _Forked, grace: float = 10.0) ->
         proc.wait()
 
 
-class _Forked:
-    """A forked child, waited on like a :class:`subprocess.Popen`."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
-            time.sleep(0.02)
-        return code
-
-
-def _fork(main: Callable[[], int], env: Mapping[str, str], cwd: Path, out: BinaryIO,
-          err: BinaryIO) -> _Forked:
-    """Run ``main`` in a forked child set up as a fresh engine process would be.
-
-    The child is its own session, has the engine's environment, working
-    folder and standard streams, default signal handlers, and ends with
-    ``os._exit`` so nothing of the parent's (buffers, atexit) runs twice.
-    """
-    pid = os.fork()
-    if pid:
-        return _Forked(pid)
-    code = 1
-    try:
-        os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        sys.stdin = open(0, closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False)
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(env)
-        code = main()
-    except BaseException:  # the child must never return into the parent's code
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def run_engine(command: Sequence[str], *, env: Mapping[str, str], cwd: Path,
+def run_engine(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
                stdout: Path, stderr: Path, timeout: float | None = None,
                on_tick: Callable[[], None] = lambda: None,
-               tick: float = 0.5, in_process: Callable[[], int] | None = None) -> EngineExit:
-    """Run ``command`` to the end (or the time limit), calling ``on_tick`` meanwhile.
+               tick: float = 0.5) -> EngineExit:
+    """Run ``command`` confined in ``room`` to the end (or the time limit).
 
-    ``in_process``, when given, is a function that does exactly what
-    ``command`` would (the same program, in Python, already imported): it is
-    run in a forked child instead of starting a new interpreter, so that work
-    the engine already did in this process (imports, schemas) is not repeated.
-
-    If this process is interrupted (KeyboardInterrupt, or any exception raised
+    ``env`` is exactly the engine's environment; ``on_tick`` is called
+    meanwhile. If this process is interrupted (KeyboardInterrupt, or any exception raised
     by a signal handler) the engine's process group is stopped and the
     exception propagates.
     """
     deadline = time.monotonic() + timeout if timeout else None
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc: subprocess.Popen[bytes] | _Forked
-        if in_process is not None:
-            proc = _fork(in_process, env, cwd, out, err)
-        else:
-            proc = subprocess.Popen(list(command), env=dict(env), cwd=cwd, stdout=out,
-                                    stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+    with stdout.open("wb") as out, stderr.open("wb") as err, \
+            room.command(command, env, cwd) as (argv, fds):
+        proc = subprocess.Popen(argv, env={}, cwd="/", stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL, pass_fds=fds,
+                                start_new_session=True)
         try:
             while True:
                 try:
@@ -149,3 +94,63 @@ def run_engine(command: Sequence[str], *, env: Mapping[str, str], cwd: Path,
         except BaseException:
             _stop_group(proc)
             raise
+
+
+def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
+                 timeout: float, what: str, where: str) -> tuple[str, str]:
+    """Run a plan-time reader of the workflow in ``room``; its standard output and error.
+
+    For code that evaluates the submitter's workflow (loading a CWL document,
+    a Snakefile) while nothing runs yet. Raises UnsupportedCrate, naming
+    ``what`` and ``where``, when it takes longer than ``timeout`` seconds.
+    """
+    with room.command(command, env, cwd) as (argv, fds):
+        proc = subprocess.Popen(argv, env={}, cwd="/", stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                pass_fds=fds, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc, grace=1)
+            raise UnsupportedCrate(f"{what} took longer than {timeout:.0f}s",
+                                   where=where) from None
+        except BaseException:
+            _stop_group(proc, grace=1)
+            raise
+    return out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def print_report(described: dict[str, object] | None, error: BaseException | None) -> int:
+    """Inside the room: print what a plan-time reader found, or its error, as one JSON line."""
+    if error is None:
+        print(json.dumps({"ok": described}))
+        return 0
+    kind = type(error).__name__ if type(error).__name__ in _REPORTABLE else "UnsupportedCrate"
+    message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+    print(json.dumps({"error": kind, "message": str(message),
+                      "where": getattr(error, "where", None)}))
+    return 1
+
+
+def confined_report(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
+                    timeout: float, what: str, where: str) -> dict[str, object]:
+    """Run a reader that ends with :func:`print_report` in ``room``; what it found.
+
+    Its error is raised here as the crate error it named, with its message.
+    """
+    out, err = run_confined(command, room=room, env=env, cwd=cwd, timeout=timeout, what=what,
+                            where=where)
+    try:
+        report = json.loads(out.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise UnsupportedCrate(f"{what} ended without an answer: {tail(err)}",
+                               where=where) from None
+    if "ok" in report:
+        return dict(report["ok"])
+    error = _REPORTABLE.get(str(report.get("error")), UnsupportedCrate)
+    raise error(f"{what}: {report.get('message')}", where=str(report.get("where") or where))
+
+
+def tail(text: str, lines: int = 3) -> str:
+    """The last lines of a confined program's error output, on one line."""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "no output"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,16 +20,18 @@ from cratebridge.engines.interface import (
     ProgressEvent,
     RunContext,
 )
-from cratebridge.engines.process import run_engine
+from cratebridge.engines.process import confined_report, run_engine
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_cwl.records import read_events, step_records, values_to_records
-from cratebridge_cwl.workflow import bind_inputs, load_workflow
+from cratebridge_cwl.workflow import CwlStep, CwlWorkflow, bind_inputs
 
 __all__ = ["CwltoolEngine"]
 
 JOB_FILE = "job.json"
+#: Seconds a plan may spend loading the workflow (in the room).
+LOAD_TIMEOUT = 300.0
 
 
 class CwltoolEngine(Engine):
@@ -68,14 +69,34 @@ class CwltoolEngine(Engine):
             args.append("--parallel")
         return args
 
+    def load(self, request: RunRequest, context: RunContext) -> CwlWorkflow:
+        """The workflow as cwltool reads it, read inside the run's room.
+
+        Its references may point into the crate and the workflow's own folder only.
+        """
+        main = request.workflow.main_file
+        roots = dict.fromkeys([request.crate_dir, request.workflow.root])
+        command = [sys.executable, "-m", "cratebridge_cwl.inspect",
+                   *(f"--root={root}" for root in roots), str(main)]
+        found = confined_report(command, room=context.room, env=self.environment(context),
+                                cwd=context.work_dir, timeout=LOAD_TIMEOUT,
+                                what="loading the CWL workflow", where=str(main))
+        return CwlWorkflow(
+            path=main, cls=str(found["cls"]), cwl_version=str(found["cwl_version"]),
+            inputs=tuple(dict(i) for i in _items(found["inputs"])),
+            steps=tuple(CwlStep(**s) for s in _items(found["steps"])))
+
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
-        workflow = load_workflow(request.workflow.main_file)
+        workflow = self.load(request, context)
         job = bind_inputs(request, workflow)
         images = self.images(workflow, context)
         job_path = context.work_dir / JOB_FILE
         files = {JOB_FILE: json.dumps(job, indent=2)}
         env = self.environment(context)
+        # the job order (ours) is read from the work folder, through the same fetcher
+        roots = dict.fromkeys([request.crate_dir, request.workflow.root, context.work_dir])
         command = (sys.executable, "-m", "cratebridge_cwl.driver",
+                   *(f"--root={root}" for root in roots),
                    "--events", str(context.work_dir / "events.jsonl"),
                    "--keep", str(context.work_dir / "steps"), "--",
                    *self.engine_args(context), str(request.workflow.main_file), str(job_path))
@@ -88,9 +109,9 @@ class CwltoolEngine(Engine):
 
     def environment(self, context: RunContext) -> dict[str, str]:
         """The engine's environment: the allow-listed caller variables and the sandbox's."""
-        shim_env = context.sandbox.install(context.run_dir / "sandbox")
         home = context.work_dir / "home"
-        return {**context.env, **shim_env, "HOME": str(home), "TMPDIR": str(context.work_dir),
+        return {**context.env, **context.docker_env(), "HOME": str(home),
+                "TMPDIR": str(context.work_dir),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
 
     def images(self, workflow: Any, context: RunContext) -> tuple[ImageUse, ...]:
@@ -117,23 +138,6 @@ class CwltoolEngine(Engine):
             uses.append(ImageUse(image, tuple(steps), found is not None, found))
         return tuple(uses)
 
-    def _driver(self, plan: EnginePlan) -> Callable[[], int] | None:
-        """The plan's driver command as a function, when cwltool is already loaded here.
-
-        ``plan()`` loaded the workflow with cwltool in this process; running the
-        driver in a forked child then reuses that import and the parsed CWL
-        schema instead of paying for them again in a new interpreter (about half
-        a second per run). The child runs exactly ``plan.command``'s arguments.
-        """
-        prefix = (sys.executable, "-m", "cratebridge_cwl.driver")
-        if tuple(plan.command[:3]) != prefix or "cwltool" not in sys.modules \
-                or self.settings.get("fork") is False:
-            return None
-        from cratebridge_cwl import driver
-
-        args = list(plan.command[3:])
-        return lambda: driver.main(args)
-
     def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
         for name, content in plan.files.items():
             (context.work_dir / name).write_text(content)
@@ -154,9 +158,9 @@ class CwltoolEngine(Engine):
                 context.progress(ProgressEvent(kind, event["name"]))
 
         started = datetime.now(UTC)
-        ended = run_engine(plan.command, env=plan.env, cwd=context.work_dir, stdout=stdout,
-                           stderr=stderr, timeout=context.timeout, on_tick=progress,
-                           in_process=self._driver(plan))
+        ended = run_engine(plan.command, room=context.room, env=plan.env,
+                           cwd=context.work_dir, stdout=stdout, stderr=stderr,
+                           timeout=context.timeout, on_tick=progress)
         finished = datetime.now(UTC)
         steps = step_records(read_events(events_path), read_ledger(context.sandbox.ledger))
         outputs = _outputs(stdout)
@@ -171,6 +175,10 @@ class CwltoolEngine(Engine):
             logs=(LogRecord(stderr, "cwltool log"), LogRecord(stdout, "cwltool output object")),
             error=error, command=tuple(plan.command),
         )
+
+
+def _items(value: object) -> list[dict[str, Any]]:
+    return [dict(v) for v in value] if isinstance(value, list) else []
 
 
 def _outputs(stdout: Path) -> tuple[Any, ...]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -29,12 +28,11 @@ from cwltool.argparser import arg_parser
 from cwltool.command_line_tool import CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
-from cwltool.loghandler import defaultStreamHandler
 from cwltool.main import main as cwltool_main
 from cwltool.workflow import default_make_tool
 
 from cratebridge.containers.sandbox import STEP_LABEL
-from cratebridge_cwl.offline import OfflineFetcher
+from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
 
 __all__ = ["EventLog", "JobReport", "main", "now", "recording_job"]
 
@@ -203,6 +201,8 @@ def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
 
 def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(prog="cratebridge-cwltool-driver")
+    own.add_argument("--root", type=Path, action="append", default=[],
+                     help="a folder the workflow's documents may be loaded from")
     own.add_argument("--events", type=Path, required=True)
     own.add_argument("--keep", type=Path, required=True)
     own.add_argument("cwltool_args", nargs=argparse.REMAINDER)
@@ -212,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = arg_parser().parse_args(rest)
     loading = LoadingContext(vars(args))
     loading.construct_tool_object = _make_tool_factory(log)
-    loading.fetcher_constructor = OfflineFetcher
-    # When forked from cratebridge (see CwltoolEngine.run) the logger kept the
-    # parent's stream and the quieter level its plan used; reset both.
-    defaultStreamHandler.setStream(sys.stderr)
-    logging.getLogger("cwltool").setLevel(logging.INFO)
+    loading.fetcher_constructor = crate_fetcher(opts.root) if opts.root else OfflineFetcher
     return int(cwltool_main(args=args, loadingContext=loading, stdout=sys.stdout,
                             stderr=sys.stderr))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cratebridge.containers.ledger import read_ledger
-from cratebridge.containers.sandbox import SANDBOX_ENV
+from cratebridge.containers.shim import BROKER_ENV
 from cratebridge.engines.interface import (
     Capabilities,
     Engine,
@@ -37,7 +37,7 @@ from cratebridge.intake.request import Language, RunRequest
 from cratebridge_cwl.cwltool_engine import CwltoolEngine
 from cratebridge_cwl.records import read_events, values_to_records
 from cratebridge_cwl.toil_records import read_job, toil_step_records
-from cratebridge_cwl.workflow import bind_inputs, load_workflow
+from cratebridge_cwl.workflow import bind_inputs
 
 __all__ = ["ToilEngine", "ToilSettings"]
 
@@ -128,7 +128,7 @@ class ToilEngine(Engine):
             "--stats", "--clean", "never", "--disableProgress",
             "--writeLogs", str(logs / "toil-jobs"), "--writeLogsFromAllJobs", "true",
             # Workers (Slurm jobs too) must find the shim as their docker.
-            "--setEnv", "PATH", "--setEnv", SANDBOX_ENV, "--setEnv", "HOME",
+            "--setEnv", "PATH", "--setEnv", BROKER_ENV, "--setEnv", "HOME",
         ]
         if settings.default_container:
             args += ["--default-container", settings.default_container]
@@ -150,7 +150,7 @@ class ToilEngine(Engine):
 
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
         settings = ToilSettings.from_table(context.settings)
-        workflow = load_workflow(request.workflow.main_file)
+        workflow = self._cwltool.load(request, context)
         job = bind_inputs(request, workflow)
         images = self._cwltool.images(workflow, context)
         env = self._cwltool.environment(context)
@@ -184,8 +184,9 @@ class ToilEngine(Engine):
         progress = _Progress(events_path, context)
         started = datetime.now(UTC)
         try:
-            ended = run_engine(plan.command, env=plan.env, cwd=work, stdout=stdout,
-                               stderr=stderr, timeout=context.timeout, on_tick=progress)
+            ended = run_engine(plan.command, room=context.room, env=plan.env, cwd=work,
+                               stdout=stdout, stderr=stderr, timeout=context.timeout,
+                               on_tick=progress)
         finally:
             if settings.batch_system == "slurm":
                 _cancel_slurm_jobs(context.run_id)

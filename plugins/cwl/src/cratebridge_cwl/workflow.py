@@ -6,12 +6,15 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from cratebridge.errors import MetadataError, UnsafeCrate, UnsupportedCrate
 from cratebridge.intake.request import InputBinding, InputKind, RunRequest
 from cratebridge.intake.unpack import safe_relative_path
+
+if TYPE_CHECKING:
+    from cratebridge_cwl.offline import CrateFetcher
 
 __all__ = ["JOB_REQUIREMENTS", "JSON_ENCODING", "CwlStep", "CwlWorkflow", "bind_inputs",
            "load_workflow"]
@@ -49,8 +52,17 @@ def _short(identifier: str) -> str:
     return identifier.split("#")[-1].split("/")[-1]
 
 
-def load_workflow(path: Path) -> CwlWorkflow:
-    """Load and validate a CWL document with cwltool, never touching the network."""
+def load_workflow(path: Path, *, roots: tuple[Path, ...] | None = None) -> CwlWorkflow:
+    """Load and validate a CWL document with cwltool, never touching the network.
+
+    Every document it loads (``run``, ``$import``, ``$include``, ``$schemas``) and every
+    File or Directory it names must lie inside ``roots``, symlinks and ``..`` resolved;
+    anything else raises :class:`UnsafeCrate` naming the reference, and no file outside
+    is ever read, so no error can quote one. ``roots`` defaults to the folder holding
+    ``path`` alone, the narrowest safe choice: pass the crate root (``roots=(crate_dir,)``)
+    when the workflow refers to files beside its own folder. A document cwltool cannot
+    load raises :class:`UnsupportedCrate`.
+    """
     import logging
 
     from cwltool.context import LoadingContext
@@ -58,20 +70,27 @@ def load_workflow(path: Path) -> CwlWorkflow:
     from cwltool.workflow import default_make_tool
     from schema_salad.exceptions import ValidationException
 
-    from cratebridge_cwl.offline import OfflineFetcher
+    from cratebridge_cwl.offline import crate_fetcher
+    from cratebridge_cwl.references import check_references
 
     logging.getLogger("cwltool").setLevel(logging.WARNING)
-    loading = LoadingContext({"fetcher_constructor": OfflineFetcher, "skip_schemas": True,
+    allowed = roots if roots is not None else (path.parent,)
+    fetcher = crate_fetcher(allowed)
+    loading = LoadingContext({"fetcher_constructor": fetcher, "skip_schemas": True,
                               "disable_js_validation": True,
                               "construct_tool_object": default_make_tool})
     try:
         tool = load_tool(str(path), loading)
     except ValidationException as exc:
+        _raise_if_refused(fetcher, path)
         raise UnsupportedCrate(f"the CWL workflow does not validate: {exc}",
                                where=str(path)) from None
     except Exception as exc:  # cwltool raises many kinds for a bad document
+        _raise_if_refused(fetcher, path)
         raise UnsupportedCrate(f"cannot load the CWL workflow: {type(exc).__name__}: {exc}",
                                where=str(path)) from None
+    _raise_if_refused(fetcher, path)  # one cwltool only warned about
+    check_references(tool, fetcher.roots, written=fetcher.written)
     return CwlWorkflow(
         path=path,
         cls=str(tool.tool.get("class")),
@@ -79,6 +98,14 @@ def load_workflow(path: Path) -> CwlWorkflow:
         inputs=tuple(dict(i) for i in tool.tool.get("inputs", [])),
         steps=tuple(_steps(tool, prefix="")),
     )
+
+
+def _raise_if_refused(fetcher: type[CrateFetcher], path: Path) -> None:
+    """The first reference the fetcher refused, raised as the UnsafeCrate it is."""
+    if fetcher.refused:
+        from cratebridge_cwl.references import refusal_error
+
+        raise refusal_error(fetcher.refused[0], path, fetcher.roots) from None
 
 
 def _docker(process: Any) -> tuple[str | None, str | None]:

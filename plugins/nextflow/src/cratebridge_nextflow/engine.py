@@ -106,6 +106,11 @@ class NextflowEngine(Engine):
         files = {CONFIG_FILE: generated_config(settings, trace),
                  PARAMS_FILE: json.dumps(params, indent=2)}
         program = self._resolve(settings.program)
+        env = self._env(context, settings)
+        # Nextflow runs in the room: its program, framework, Java and plugins read-only.
+        context.room = context.room.with_programs(*(
+            Path(p) for p in (os.path.dirname(os.path.realpath(program)), env.get("NXF_DIST"),
+                              env.get("NXF_JAVA_HOME"), env.get("NXF_PLUGINS_DIR")) if p))
         command = (
             program, "-log", str(context.logs_dir / "nextflow.log"),
             "-c", str(work / CONFIG_FILE),
@@ -127,7 +132,7 @@ class NextflowEngine(Engine):
         if unknown:
             notes.append(f"inputs not seen as params.* in the workflow: {', '.join(unknown)}")
         return EnginePlan(engine=self.name, language=Language.NEXTFLOW, workflow=main,
-                          command=command, env=self._env(context, settings), images=images,
+                          command=command, env=env, images=images,
                           parameters=params, files=files, notes=tuple(notes),
                           steps=tuple(sorted(scan.processes)))
 
@@ -160,9 +165,8 @@ class NextflowEngine(Engine):
 
     def _env(self, context: RunContext, settings: NextflowSettings) -> dict[str, str]:
         """An allow-list environment: offline, no plugins, Nextflow's state inside the run."""
-        shim = context.sandbox.install(context.run_dir / "sandbox")
         work = context.work_dir
-        env = {**context.env, **shim,
+        env = {**context.env, **context.docker_env(),
                "HOME": str(work / "home"),
                "TMPDIR": str(work / "tmp"),
                "NXF_HOME": str(work / "nxf-home"),
@@ -212,8 +216,9 @@ class NextflowEngine(Engine):
         # session so a timeout, SIGTERM or Ctrl-C stops Nextflow, its task wrappers and their
         # `docker run`s as one process group; sh would stop only the nextflow process.
         try:
-            ended = run_engine(plan.command, env=plan.env, cwd=work, stdout=stdout,
-                               stderr=stderr, timeout=context.timeout, on_tick=progress)
+            ended = run_engine(plan.command, room=context.room, env=plan.env, cwd=work,
+                               stdout=stdout, stderr=stderr, timeout=context.timeout,
+                               on_tick=progress)
         except OSError as exc:
             raise EngineUnavailable(f"could not start {plan.command[0]}: {exc}",
                                     where="engine nextflow") from None

@@ -80,7 +80,7 @@ class SnakemakeEngine(Engine):
         config_path.write_text(config_text)
         env = self._env(context)
         workflow = load_workflow(snakefile, context.work_dir / SNAKEMAKE_DIR, config_path,
-                                 {**env, "HOME": str(_home(context))})
+                                 {**env, "HOME": str(_home(context))}, room=context.room)
         check_rules(workflow, settings.default_container, cluster=settings.executor != "local")
         command = self._command(snakefile, context, settings)
         notes = [f"language: {request.workflow.language_source}",
@@ -119,9 +119,9 @@ class SnakemakeEngine(Engine):
         return tuple(args)
 
     def _env(self, context: RunContext) -> dict[str, str]:
-        shim_env = context.sandbox.install(context.run_dir / "sandbox")
         home = _home(context)
-        return {**context.env, **shim_env, "HOME": str(home), "TMPDIR": str(context.work_dir),
+        return {**context.env, **context.docker_env(), "HOME": str(home),
+                "TMPDIR": str(context.work_dir),
                 "XDG_CACHE_HOME": str(home / ".cache"),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
 
@@ -166,8 +166,9 @@ class SnakemakeEngine(Engine):
                     context.progress(ProgressEvent(kind, event["name"]))
 
         started = datetime.now(UTC)
-        ended = run_engine(plan.command, env=plan.env, cwd=context.work_dir, stdout=stdout,
-                           stderr=stderr, timeout=context.timeout, on_tick=progress)
+        ended = run_engine(plan.command, room=context.room, env=plan.env,
+                           cwd=context.work_dir, stdout=stdout, stderr=stderr,
+                           timeout=context.timeout, on_tick=progress)
         finished = datetime.now(UTC)
         events = read_events(events_path)
         steps = step_records(events, read_ledger(context.sandbox.ledger))

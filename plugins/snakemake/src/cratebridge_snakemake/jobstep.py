@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cratebridge.containers.sandbox import SANDBOX_ENV
+from cratebridge.containers.shim import BROKER_ENV
 from cratebridge_snakemake.jobs import EventLog, now
 
 __all__ = ["main"]
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args[0]).read_text())
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([spec["shim_dir"], env.get("PATH", "/usr/bin:/bin")])
-    env[SANDBOX_ENV] = spec["sandbox"]
+    env[BROKER_ENV] = spec["sandbox"]
     events = EventLog(Path(spec["events"]))
     start = now()
     argv_ = [spec["docker"], *spec["argv"][1:]]

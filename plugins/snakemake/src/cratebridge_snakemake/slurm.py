@@ -24,7 +24,7 @@ from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmSettings
 from snakemake_executor_plugin_slurm import common_settings
 from snakemake_interface_common.exceptions import WorkflowError
 
-from cratebridge.containers.sandbox import SANDBOX_ENV
+from cratebridge.containers.shim import BROKER_ENV
 from cratebridge_snakemake.executor import events_of, record_targets
 from cratebridge_snakemake.jobs import now, spec_for
 
@@ -51,10 +51,10 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         self.cb_events = events_of(self.workflow)
         self.cb_default_image = getattr(self.workflow.executor_settings, "default_image", None)
         self.cb_docker = shutil.which("docker") or "docker"
-        sandbox = os.environ.get(SANDBOX_ENV)
+        sandbox = os.environ.get(BROKER_ENV)
         if not sandbox:
             raise WorkflowError("cratebridge-slurm runs only inside a cratebridge run "
-                                f"({SANDBOX_ENV} is not set)")
+                                f"({BROKER_ENV} is not set)")
         self.cb_sandbox = sandbox
         record_targets(self.workflow, self.cb_events)
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 import json
+import os
 import re
-import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cratebridge.errors import MetadataError, PolicyRefused, UnsupportedCrate
+from cratebridge.containers.confine import Room
+from cratebridge.engines.process import run_confined, tail
+from cratebridge.errors import MetadataError, PolicyRefused, UnsafeCrate, UnsupportedCrate
 from cratebridge.intake.request import InputKind, RunRequest
 
-__all__ = ["SnakeJob", "SnakeRule", "SnakeWorkflow", "bind_config", "check_rules",
-           "config_value", "load_workflow"]
+__all__ = ["RefKind", "SnakeJob", "SnakeReference", "SnakeRule", "SnakeWorkflow",
+           "bind_config", "check_references", "check_rules", "config_value", "load_workflow"]
 
 # Rules whose code would run in Snakemake's own process or fetch code at run time.
 REFUSED_KINDS = {
@@ -33,15 +36,49 @@ class SnakeRule:
     kind: str
     image: str | None
     local: bool
+    snakefile: str | None = None  # the Snakefile the rule is written in
 
 
 @dataclass(frozen=True)
 class SnakeJob:
+    """One job of the DAG; its file paths as Snakemake has them (relative to the workdir)."""
+
     jobid: int
     rule: str
     wildcards: Mapping[str, str]
     image: str | None
     target: bool
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    logs: tuple[str, ...] = ()
+    benchmarks: tuple[str, ...] = ()
+
+
+class RefKind(enum.Enum):
+    """A directive by which a workflow names a file Snakemake itself reads or uses."""
+
+    INCLUDE = "include"
+    CONFIGFILE = "configfile"
+    WORKDIR = "workdir"
+    SCRIPT = "script"
+    NOTEBOOK = "notebook"
+    CONDA = "conda"
+
+
+@dataclass(frozen=True)
+class SnakeReference:
+    """A file the workflow names in a directive.
+
+    ``written`` is the reference as written, ``document`` the Snakefile it is
+    written in, ``path`` the absolute path Snakemake resolved it to (None for a
+    URL or a git or hosting-provider source, which is never inside a crate).
+    """
+
+    kind: RefKind
+    written: str
+    document: str | None
+    path: str | None
+    rule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +88,7 @@ class SnakeWorkflow:
     default_target: str | None
     rules: tuple[SnakeRule, ...]
     jobs: tuple[SnakeJob, ...]
+    references: tuple[SnakeReference, ...] = ()
 
     def rule(self, name: str) -> SnakeRule:
         return next(r for r in self.rules if r.name == name)
@@ -62,37 +100,139 @@ class SnakeWorkflow:
 
 
 def load_workflow(snakefile: Path, workdir: Path, configfile: Path, env: Mapping[str, str],
-                  timeout: float = 300) -> SnakeWorkflow:
-    """Build the DAG as ``snakemake -n`` does, in a child process; runs no job."""
+                  room: Room, timeout: float = 300) -> SnakeWorkflow:
+    """Build the DAG as ``snakemake -n`` does, confined in ``room``; runs no job."""
     if not snakefile.is_file():
         raise UnsupportedCrate("the workflow's main file is missing", where=str(snakefile))
     workdir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "cratebridge_snakemake.inspect", "--snakefile",
                str(snakefile), "--directory", str(workdir), "--configfile", str(configfile)]
+    out, err = run_confined(command, room=room, env=env, cwd=workdir, timeout=timeout,
+                            what="reading the Snakefile", where=str(snakefile))
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=dict(env),
-                              cwd=workdir, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise UnsupportedCrate(f"reading the Snakefile took longer than {timeout:.0f}s",
-                               where=str(snakefile)) from None
-    try:
-        data = json.loads(done.stdout.strip().splitlines()[-1])
+        data = json.loads(out.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise UnsupportedCrate(f"Snakemake could not read the workflow: {tail}",
+        raise UnsupportedCrate(f"Snakemake could not read the workflow: {tail(err)}",
                                where=str(snakefile)) from None
+    references = _references(data.get("references", ()))
     if "error" in data:
+        _withhold_foreign_error(snakefile, workdir, references)
         raise UnsupportedCrate(f"Snakemake could not read the workflow (check that every "
                                f"config key it uses is given as an input): {data['error']}",
                                where=str(snakefile))
     return SnakeWorkflow(
         snakefile=snakefile, snakemake_version=data["snakemake_version"],
         default_target=data.get("default_target"),
-        rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"])
-                    for r in data["rules"]),
-        jobs=tuple(SnakeJob(j["jobid"], j["rule"], j["wildcards"], j["image"], j["target"])
-                   for j in data["jobs"]),
+        rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"],
+                              r.get("snakefile")) for r in data["rules"]),
+        jobs=tuple(_job(j) for j in data["jobs"]),
+        references=references,
     )
+
+
+def _job(data: Mapping[str, Any]) -> SnakeJob:
+    return SnakeJob(data["jobid"], data["rule"], data["wildcards"], data["image"],
+                    data["target"], inputs=tuple(data.get("input", ())),
+                    outputs=tuple(data.get("output", ())), logs=tuple(data.get("log", ())),
+                    benchmarks=tuple(data.get("benchmark", ())))
+
+
+def _references(data: Iterable[Mapping[str, Any]]) -> tuple[SnakeReference, ...]:
+    return tuple(SnakeReference(RefKind(r["kind"]), r["written"], r.get("document"),
+                                r.get("path"), r.get("rule")) for r in data)
+
+
+def _withhold_foreign_error(snakefile: Path, workdir: Path,
+                            references: tuple[SnakeReference, ...]) -> None:
+    """Refuse, without Snakemake's message, a failed load that read a file from outside.
+
+    Snakemake's error may quote the file it failed on; when the workflow had
+    included or loaded a file outside the Snakefile's folder (the only part of
+    the crate known here), that quote could be anything on the host.
+    """
+    folder = _real(snakefile.parent)
+    for ref in references:
+        if ref.kind not in (RefKind.INCLUDE, RefKind.CONFIGFILE):
+            continue
+        allowed = (folder, _real(workdir)) if ref.kind is RefKind.CONFIGFILE else (folder,)
+        if ref.path is None or not _inside(_real(Path(ref.path)), allowed):
+            raise UnsafeCrate(
+                f"Snakemake could not read the workflow, and its {ref.kind.value} "
+                f"{ref.written!r} points outside the Snakefile's folder; Snakemake's error "
+                "is not shown so that nothing from outside the crate is echoed. A workflow "
+                "may only include and load files inside its crate, by relative paths",
+                where=_document(ref, snakefile))
+
+
+# Where each kind of reference may point: "roots" (the crate, the workflow's folder and
+# the operator's datasets), "workdir" (Snakemake's --directory, the engine's writable folder).
+_ALLOWED = {
+    RefKind.INCLUDE: ("roots",), RefKind.SCRIPT: ("roots",), RefKind.NOTEBOOK: ("roots",),
+    RefKind.CONDA: ("roots",), RefKind.CONFIGFILE: ("roots", "workdir"),
+    RefKind.WORKDIR: ("workdir",),
+}
+
+
+def check_references(workflow: SnakeWorkflow, roots: tuple[Path, ...], workdir: Path) -> None:
+    """Refuse a workflow that names a file outside the crate (defence in depth).
+
+    Allow-list: a reference passes only if its real path (symlinks and ``..``
+    resolved) lies inside an allowed folder. Included Snakefiles, ``script:``,
+    ``notebook:`` and ``conda:`` files must be inside ``roots`` (the crate, the
+    workflow's folder, operator-mapped datasets); configfiles and job inputs
+    inside ``roots`` or ``workdir`` (Snakemake's ``--directory``); job outputs,
+    logs, benchmarks and a ``workdir:`` directive inside ``workdir``. Relative
+    job paths resolve against ``workdir``. Raises
+    :class:`~cratebridge.errors.UnsafeCrate` naming the document and the
+    reference as written; never shows a file's content.
+    """
+    folders = {"roots": tuple(_real(r) for r in roots), "workdir": (_real(workdir),)}
+    ordered = sorted(workflow.references, key=lambda r: r.kind is not RefKind.INCLUDE)
+    for ref in ordered:  # includes first: their content is only trusted once they pass
+        allowed = tuple(f for name in _ALLOWED[ref.kind] for f in folders[name])
+        if ref.path is None or not _inside(_real(Path(ref.path)), allowed):
+            raise UnsafeCrate(_refusal(ref.kind.value, ref.written, _ALLOWED[ref.kind]),
+                              where=_document(ref, workflow.snakefile))
+    documents = {rule.name: rule.snakefile for rule in workflow.rules}
+    for job in workflow.jobs:
+        where = _label(job.rule, documents.get(job.rule), workflow.snakefile)
+        for kind, paths, names in (("input", job.inputs, ("roots", "workdir")),
+                                   ("output", job.outputs, ("workdir",)),
+                                   ("log", job.logs, ("workdir",)),
+                                   ("benchmark", job.benchmarks, ("workdir",))):
+            allowed = tuple(f for name in names for f in folders[name])
+            for path in paths:
+                if not _inside(_real(workdir / path), allowed):
+                    raise UnsafeCrate(_refusal(f"{kind} file", path, names), where=where)
+
+
+def _refusal(kind: str, written: str, allowed: tuple[str, ...]) -> str:
+    inside = ("the crate, an operator-mapped dataset or Snakemake's working folder"
+              if allowed == ("roots", "workdir") else
+              "Snakemake's working folder (use a relative path without '..')"
+              if allowed == ("workdir",) else "the crate")
+    return (f"{kind} {written!r} points outside the crate: it must resolve (symlinks "
+            f"followed) to a path inside {inside}")
+
+
+def _document(ref: SnakeReference, snakefile: Path) -> str:
+    return _label(ref.rule, ref.document, snakefile)
+
+
+def _label(rule: str | None, document: str | None, snakefile: Path) -> str:
+    """``rule NAME in FILE`` or ``FILE``, FILE relative to the main Snakefile's folder."""
+    path = Path(document) if document else snakefile
+    if path.is_relative_to(snakefile.parent):
+        path = path.relative_to(snakefile.parent)
+    return f"rule {rule} in {path}" if rule else str(path)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(path: Path, folders: tuple[Path, ...]) -> bool:
+    return any(path == folder or path.is_relative_to(folder) for folder in folders)
 
 
 def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: bool) -> None:
