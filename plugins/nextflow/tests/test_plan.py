@@ -57,9 +57,9 @@ def test_plan_is_offline_by_construction(nextflow: str, docker_up: bool,
     assert plan.env["NXF_ANSI_LOG"] == "false"
     assert "NXF_PLUGINS_REGISTRY_URL" not in plan.env and "TOWER_ACCESS_TOKEN" not in plan.env
     assert not any(k.lower().endswith("_proxy") for k in plan.env)
-    # the sandbox shim folder comes first, so every `docker` Nextflow runs is the shim
-    assert Path(plan.env["PATH"].split(os.pathsep)[0]).name == "sandbox"
-    assert "CRATEBRIDGE_SANDBOX" in plan.env
+    # the broker's client comes first, so every `docker` Nextflow runs goes to the broker
+    assert plan.env["PATH"].split(os.pathsep)[0] == "/run/cratebridge/bin"
+    assert plan.env["CRATEBRIDGE_BROKER"] == "/run/cratebridge/docker.sock"
     config = plan.files["cratebridge.config"]
     for line in ("enabled = true", "raw = true", "wave.enabled = false",
                  "fusion.enabled = false", "tower.enabled = false", "conda.enabled = false",

@@ -139,6 +139,7 @@ class Broker:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         send = threading.Lock()
         gone = threading.Event()
+        cid: list[str] = []  # known once the container is created
         if allowed.command == "run":
             log_path.parent.mkdir(exist_ok=True)
             log: IO[bytes] | None = log_path.open("wb")
@@ -150,18 +151,19 @@ class Broker:
                                                                 log, gone))]
         for pump in pumps:
             pump.start()
-        reader = threading.Thread(target=self._pump_in,
-                                  args=(sock, proc, allowed.interactive, gone), daemon=True)
-        reader.start()
-        cid = None
+        threading.Thread(target=self._pump_in, args=(sock, proc, allowed.interactive, gone,
+                                                     cid), daemon=True).start()
         if cid_dir is not None:
-            cid = self._wait_cid(Path(cid_dir) / "cid", proc)
-            if cid:
-                with send:
-                    send_frame(sock, CID, cid.encode())
-        while proc.poll() is None:
-            if gone.wait(0.2):
-                self._stop(proc, cid)
+            found = self._wait_cid(Path(cid_dir) / "cid", proc)
+            if found:
+                cid.append(found)
+                try:
+                    with send:
+                        send_frame(sock, CID, found.encode())
+                except OSError:
+                    gone.set()
+            if gone.is_set():  # the client went before the container was known
+                self._stop(proc, found)
         code = proc.wait()
         for pump in pumps:
             pump.join()
@@ -170,8 +172,8 @@ class Broker:
         if allowed.command == "run":
             self.ledger({
                 "token": token, "image": allowed.image, "image_id": allowed.image_id,
-                "container_id": cid, "start": started, "end": now(), "exit_code": code,
-                "labels": allowed.labels, "stderr": str(log_path), "argv": argv,
+                "container_id": cid[0] if cid else None, "start": started, "end": now(),
+                "exit_code": code, "labels": allowed.labels, "stderr": str(log_path), "argv": argv,
             })
         if gone.is_set():
             raise OSError("client gone")
@@ -211,9 +213,9 @@ class Broker:
             except OSError:
                 gone.set()
 
-    @staticmethod
-    def _pump_in(sock: socket.socket, proc: subprocess.Popen[bytes], interactive: bool,
-                 gone: threading.Event) -> None:
+    def _pump_in(self, sock: socket.socket, proc: subprocess.Popen[bytes], interactive: bool,
+                 gone: threading.Event, cid: list[str]) -> None:
+        """Standard input to the container; when the client goes, stop what it started."""
         assert proc.stdin is not None
         if not interactive:
             proc.stdin.close()
@@ -224,6 +226,8 @@ class Broker:
                 frame = None
             if frame is None:
                 gone.set()
+                if proc.poll() is None:
+                    self._stop(proc, cid[0] if cid else None)
                 return
             channel, payload = frame
             if channel != STDIN or not interactive or proc.stdin.closed:

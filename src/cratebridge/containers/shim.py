@@ -95,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 125
     args, cidfile = _prepare(args)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    here = os.getcwd()
     try:
-        sock.connect(address)
+        # by its folder: a socket's path is limited to 108 bytes, a run folder's is not
+        os.chdir(os.path.dirname(address) or ".")
+        sock.connect(os.path.basename(address))
+        os.chdir(here)
     except OSError as exc:
         print(f"cratebridge-docker: the run's container broker does not answer ({exc}); "
               "no container can start now", file=sys.stderr)

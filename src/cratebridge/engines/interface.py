@@ -116,9 +116,14 @@ class RunContext:
     env: Mapping[str, str] = field(default_factory=dict)
     progress: Callable[[ProgressEvent], None] = lambda event: None
 
-    def docker_env(self) -> dict[str, str]:
-        """``PATH`` and the broker's address, for an engine whose steps call ``docker``."""
-        return self.sandbox.engine_env(self.broker_socket.parent, BROKER_DIR)
+    def docker_env(self, confined: bool = True) -> dict[str, str]:
+        """``PATH`` and the broker's address, for an engine whose steps call ``docker``.
+
+        ``confined=False`` gives the host's paths, for an engine a scheduler runs
+        outside the room (see :func:`~cratebridge.engines.process.run_engine`).
+        """
+        folder = self.broker_socket.parent
+        return self.sandbox.engine_env(folder, BROKER_DIR if confined else folder)
 
 
 class Engine(abc.ABC):

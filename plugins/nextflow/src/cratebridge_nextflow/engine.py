@@ -36,6 +36,7 @@ from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrat
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_nextflow.params import bind_params
 from cratebridge_nextflow.records import containers_by_workdir, step_records
+from cratebridge_nextflow.references import check_references
 from cratebridge_nextflow.scan import WorkflowScan, scan_workflow
 from cratebridge_nextflow.settings import NextflowSettings, generated_config
 from cratebridge_nextflow.trace import read_trace
@@ -97,6 +98,10 @@ class NextflowEngine(Engine):
         if main.suffix != ".nf":
             raise UnsupportedCrate(f"the Nextflow engine runs a .nf script, not {main.name}",
                                    where=str(request.workflow.id))
+        # before the scan reads any file: nothing outside the crate is opened
+        check_references(request.workflow.root, main,
+                         (request.crate_dir,
+                          *(b.path for b in request.inputs if b.path is not None)))
         scan = scan_workflow(request.workflow.root, main)
         self._check_plugins(scan, settings)
         params, param_notes = bind_params(request, scan.schema_types, context.outputs_dir)

@@ -29,7 +29,7 @@ from cratebridge.engines.interface import (
     ProgressEvent,
     RunContext,
 )
-from cratebridge.engines.process import run_engine
+from cratebridge.engines.process import UNCONFINED_NOTE, run_engine
 from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus, StepRecord
 from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
@@ -38,6 +38,7 @@ from cratebridge_snakemake.records import Events, read_events, step_records
 from cratebridge_snakemake.workflow import (
     SnakeWorkflow,
     bind_config,
+    check_references,
     check_rules,
     load_workflow,
 )
@@ -78,9 +79,10 @@ class SnakemakeEngine(Engine):
         config_text = json.dumps(config, indent=2)
         context.work_dir.mkdir(parents=True, exist_ok=True)
         config_path.write_text(config_text)
-        env = self._env(context)
+        env = self._env(context, settings.executor == "local")
         workflow = load_workflow(snakefile, context.work_dir / SNAKEMAKE_DIR, config_path,
-                                 {**env, "HOME": str(_home(context))}, room=context.room)
+                                 self._env(context, True), room=context.room)
+        check_references(workflow, roots=_roots(request), workdir=context.work_dir / SNAKEMAKE_DIR)
         check_rules(workflow, settings.default_container, cluster=settings.executor != "local")
         command = self._command(snakefile, context, settings)
         notes = [f"language: {request.workflow.language_source}",
@@ -88,6 +90,8 @@ class SnakemakeEngine(Engine):
                  f"(snakemake --executor {EXECUTORS[settings.executor]})",
                  f"config keys: {', '.join(sorted(config)) or 'none'}"]
         notes += _image_notes(workflow, settings.default_container)
+        if settings.executor != "local":
+            notes.append(UNCONFINED_NOTE)
         return EnginePlan(
             engine=self.name, language=Language.SNAKEMAKE, workflow=snakefile,
             command=command, env=env, images=self._images(workflow, settings, context),
@@ -118,9 +122,9 @@ class SnakemakeEngine(Engine):
                 args += ["--default-resources", *settings.default_resources]
         return tuple(args)
 
-    def _env(self, context: RunContext) -> dict[str, str]:
+    def _env(self, context: RunContext, confined: bool) -> dict[str, str]:
         home = _home(context)
-        return {**context.env, **context.docker_env(), "HOME": str(home),
+        return {**context.env, **context.docker_env(confined), "HOME": str(home),
                 "TMPDIR": str(context.work_dir),
                 "XDG_CACHE_HOME": str(home / ".cache"),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
@@ -166,7 +170,9 @@ class SnakemakeEngine(Engine):
                     context.progress(ProgressEvent(kind, event["name"]))
 
         started = datetime.now(UTC)
-        ended = run_engine(plan.command, room=context.room, env=plan.env,
+        # On Slurm, the scheduler runs the jobs: the room cannot reach it yet.
+        local = plan.command[plan.command.index("--executor") + 1] == EXECUTORS["local"]
+        ended = run_engine(plan.command, room=context.room if local else None, env=plan.env,
                            cwd=context.work_dir, stdout=stdout, stderr=stderr,
                            timeout=context.timeout, on_tick=progress)
         finished = datetime.now(UTC)
@@ -222,6 +228,12 @@ class _Settings:
         return cls(executor, str(default) if default else None, max(cores, 1), max(jobs, 1),
                    tuple(str(r) for r in resources),
                    status_interval)
+
+
+def _roots(request: RunRequest) -> tuple[Path, ...]:
+    """Where a Snakefile's references may lead: the crate, a mirrored workflow, mapped data."""
+    return (request.crate_dir, request.workflow.root,
+            *(b.path for b in request.inputs if b.path is not None))
 
 
 def _home(context: RunContext) -> Path:

@@ -211,8 +211,8 @@ def _refusal(kind: str, written: str, allowed: tuple[str, ...]) -> str:
               if allowed == ("roots", "workdir") else
               "Snakemake's working folder (use a relative path without '..')"
               if allowed == ("workdir",) else "the crate")
-    return (f"{kind} {written!r} points outside the crate: it must resolve (symlinks "
-            f"followed) to a path inside {inside}")
+    return (f"{kind} {written!r} points outside the folders a workflow may use: it must "
+            f"resolve (symlinks followed) to a path inside {inside}")
 
 
 def _document(ref: SnakeReference, snakefile: Path) -> str:
