@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cratebridge.testing.cluster import slurm_down
 from cratebridge.testing.validator import ExternalValidator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,15 @@ def _docker_up() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm() -> bool:
+    """Skip unless the local Slurm cluster answers (``make slurm`` starts it)."""
+    reason = slurm_down()
+    if reason:
+        pytest.skip(reason)
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -248,7 +248,7 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config) -> RunRecord:
     context = prepared.context
     started = datetime.now(UTC)
     uid, gid = cfg.step_uid_gid
-    broker = Broker(context.sandbox, context.broker_socket, uid, gid)
+    broker = Broker(context.sandbox, context.broker_socket, uid, gid, room=context.room)
     try:
         with _signals_interrupt(), broker.serving():
             record = prepared.engine.run(plan_, context)

@@ -8,7 +8,6 @@ the Slurm tests are skipped, with the reason, when the cluster is not up.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from cratebridge.config import load_config
 from cratebridge.engines.record import FileRecord, RunStatus
 from cratebridge.errors import UsageError
 from cratebridge.pipeline import plan, run
+from cratebridge.testing.cluster import slurm_down
 from cratebridge.testing.crates import (
     RequestSpec,
     ReviewAction,
@@ -36,23 +36,7 @@ CWL = REPO / "fixtures" / "workflows" / "cwl"
 SLURM_TOML = '[engines.toil]\nbatch_system = "slurm"\n'
 
 
-def _slurm_down() -> str | None:
-    """Why the Slurm tests cannot run here, or None when the cluster is up."""
-    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
-        return "Slurm is not installed (run scripts/setup-slurm)"
-    try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                              timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "sinfo does not answer (run scripts/start-slurm)"
-    states = done.stdout.split()
-    if done.returncode != 0 or not any(s in ("idle", "mixed", "allocated") for s in states):
-        return f"no Slurm node is up ({' '.join(states) or done.stderr.strip()}); " \
-               "run scripts/start-slurm"
-    return None
-
-
-SLURM_DOWN = _slurm_down()
+SLURM_DOWN = slurm_down()
 needs_slurm = pytest.mark.skipif(SLURM_DOWN is not None, reason=SLURM_DOWN or "")
 
 

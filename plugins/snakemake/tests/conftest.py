@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cratebridge.config import Config, load_config
+from cratebridge.testing.cluster import slurm_down
 from cratebridge.testing.crates import Input, RequestSpec, write_request_dir
 
 REPO = Path(__file__).resolve().parents[3]
@@ -79,25 +80,10 @@ def docker_available() -> bool:
     return True
 
 
-def slurm_up() -> bool:
-    try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                              timeout=20, check=False)
-        accounting = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True,
-                                    timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    states = done.stdout.split()
-    return done.returncode == 0 and accounting.returncode == 0 and \
-        any(s in ("idle", "mixed", "allocated") for s in states)
-
-
 @pytest.fixture(scope="session")
 def slurm() -> bool:
     """Skip unless the local Slurm cluster answers (scripts/setup-slurm, scripts/start-slurm)."""
-    if shutil.which("sbatch") is None:
-        pytest.skip("Slurm is not installed: run scripts/setup-slurm")
-    if not slurm_up():
-        pytest.skip("the local Slurm cluster is not running (no idle node in sinfo, or sacct "
-                    "fails): run scripts/start-slurm")
+    reason = slurm_down()
+    if reason:
+        pytest.skip(reason)
     return True

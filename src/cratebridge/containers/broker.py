@@ -14,20 +14,30 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from cratebridge.containers.confine import BROKER_DIR, Room
 from cratebridge.containers.hardening import Authorised, Refused, authorise
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
+from cratebridge.containers.scheduler import (
+    authorise_query,
+    authorise_sbatch,
+    authorise_scancel,
+    directives,
+)
 from cratebridge.containers.shim import (
     CID,
     EXIT,
@@ -42,7 +52,9 @@ from cratebridge.containers.shim import (
 __all__ = ["Broker", "now"]
 
 # What the Docker client itself gets from our environment: nothing of the engine's.
-CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
+CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
+              "SLURM_CONF")
+MAX_SCRIPT = 1024 * 1024
 
 
 def now() -> str:
@@ -52,12 +64,16 @@ def now() -> str:
 class Broker:
     """Serves one run's socket in a background thread; a context manager."""
 
-    def __init__(self, sandbox: Sandbox, socket_path: Path, uid: int, gid: int) -> None:
+    def __init__(self, sandbox: Sandbox, socket_path: Path, uid: int, gid: int,
+                 room: Room | None = None) -> None:
+        """``room``: the engine's, rebuilt for each Slurm job (with ``sandbox.scheduler``)."""
         self.sandbox = sandbox
         self.socket_path = socket_path
         self.uid, self.gid = uid, gid
+        self.room = room
         self.folder = sandbox.ledger.parent
         self.lock = threading.Lock()
+        self.jobs: set[str] = set()  # Slurm jobs this run submitted
         self._server: socketserver.ThreadingUnixStreamServer | None = None
 
     @contextmanager
@@ -92,6 +108,7 @@ class Broker:
             server.shutdown()
             server.server_close()
             self.socket_path.unlink(missing_ok=True)
+            self._cancel_jobs()
 
     # -- one connection -------------------------------------------------------
 
@@ -100,15 +117,18 @@ class Broker:
         if frame is None or frame[0] != REQUEST:
             return
         try:
-            argv = [str(a) for a in json.loads(frame[1])["argv"]]
-        except (ValueError, KeyError, TypeError):
+            request = json.loads(frame[1])
+            argv = [str(a) for a in request["argv"]]
+            tool = str(request.get("tool", "docker"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return self._refuse(sock, [], "malformed request")
         try:
-            allowed = authorise(argv, self.sandbox)
+            if tool == "docker":
+                code = self._run(sock, authorise(argv, self.sandbox))
+            else:
+                code = self._scheduler(sock, tool, argv, request)
         except Refused as refused:
-            return self._refuse(sock, argv, str(refused))
-        try:
-            code = self._run(sock, allowed)
+            return self._refuse(sock, [tool, *argv], str(refused))
         except OSError:
             return  # the engine's client went away mid-answer
         try:
@@ -126,7 +146,7 @@ class Broker:
 
     def _run(self, sock: socket.socket, allowed: Authorised) -> int:
         env = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
-        argv = [self.sandbox.docker, *allowed.argv]
+        argv = [allowed.program or self.sandbox.docker, *allowed.argv]
         cid_dir = None
         if allowed.command == "run":
             cid_dir = tempfile.mkdtemp(prefix="cid-", dir=self.folder)
@@ -240,6 +260,97 @@ class Broker:
                     proc.stdin.close()
             except OSError:
                 pass
+
+    # -- the Slurm door ---------------------------------------------------------
+
+    def _scheduler(self, sock: socket.socket, tool: str, argv: list[str],
+                   request: dict[str, object]) -> int:
+        if self.sandbox.scheduler != "slurm" or self.room is None:
+            raise Refused(f"'{tool}': this run has no scheduler; the engine runs its steps "
+                          "here")
+        program = shutil.which(tool)
+        if program is None:
+            raise Refused(f"'{tool}' is not installed on this host")
+        if tool == "sbatch":
+            return self._submit(sock, program, argv, request)
+        allowed = authorise_scancel(argv, self.jobs) if tool == "scancel" \
+            else authorise_query(tool, argv)
+        return self._run(sock, Authorised(tuple(allowed[1:]), tool, program=program))
+
+    def _submit(self, sock: socket.socket, program: str, argv: list[str],
+                request: dict[str, object]) -> int:
+        """sbatch a job that runs the engine's script in a room of its own (see jobroom)."""
+        assert self.room is not None
+        submission = authorise_sbatch(argv)
+        script = submission.script or self._script(sock, submission.script_path or "")
+        if submission.script is None:  # its #SBATCH lines pass the same allow-list
+            submission = replace(authorise_sbatch([*directives(script), *argv]), script=script)
+        cwd = self._inside_run(str(request.get("cwd") or self.sandbox.writable[0]), "cwd")
+        env = request.get("env")
+        job_env = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+        job_env.update(v.partition("=")[::2] for v in submission.export)
+        number = f"{time.time_ns()}"
+        scripts = self.socket_path.parent / "jobs"  # seen by the room, read-only
+        scripts.mkdir(exist_ok=True)
+        (scripts / f"{number}.sh").write_text(script)
+        jobs = self.folder / "jobs"  # the broker's own: the engine cannot change the spec
+        jobs.mkdir(exist_ok=True)
+        spec = jobs / f"{number}.json"
+        spec.write_text(json.dumps({"room": self.room.to_json(), "env": job_env,
+                                    "cwd": str(cwd),
+                                    "script": str(BROKER_DIR / "jobs" / f"{number}.sh")}))
+        wrapper = jobs / f"{number}.job"
+        wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m "
+                           f"cratebridge.containers.jobroom {spec}\n")
+        logs = {"--output": submission.output, "--error": submission.error}
+        log_flags = [f"{flag}={self._inside_run(value, flag, writable=True)}"
+                     for flag, value in logs.items() if value]
+        if not submission.output:
+            log_flags.append(f"--output={jobs}/slurm-%j.out")
+        command = [program, *submission.flags, "--export=NONE", f"--chdir={cwd}", *log_flags,
+                   str(wrapper)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              env={k: os.environ[k] for k in CLIENT_ENV if k in os.environ})
+        words = done.stdout.strip().split()
+        if done.returncode == 0 and words:
+            self.jobs.add(words[-1].split(";")[0])
+        self.ledger({"slurm_job": words[-1].split(";")[0] if words else None,
+                     "argv": command, "exit_code": done.returncode, "time": now()})
+        send_frame(sock, STDOUT, done.stdout.encode())
+        send_frame(sock, STDERR, done.stderr.encode())
+        return done.returncode
+
+    def _script(self, sock: socket.socket, path: str) -> str:
+        """The job script: from the client's standard input, or a file in the run."""
+        if path in ("/dev/stdin", "-"):
+            data = b""
+            while (frame := read_frame(sock)) is not None and frame[0] == STDIN \
+                    and frame[1]:
+                data += frame[1]
+                if len(data) > MAX_SCRIPT:
+                    raise Refused("sbatch: the job script is too long")
+            return data.decode(errors="replace")
+        host = self._inside_run(path, "script")
+        if not host.is_file() or host.stat().st_size > MAX_SCRIPT:
+            raise Refused(f"sbatch: {path} is not a job script in the run's folder")
+        return host.read_text(errors="replace")
+
+    def _inside_run(self, path: str, what: str, writable: bool = False) -> Path:
+        """A path the engine gave, on the host: inside the run's folder, or refused."""
+        if not path.startswith("/"):
+            raise Refused(f"sbatch: {what} {path!r} is not an absolute path")
+        host = self.sandbox.host_path(Path(path))
+        real = Path(os.path.realpath(host.parent if writable else host))
+        roots = self.sandbox.writable if writable else self.sandbox.mountable
+        if not any(real == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in
+                   real.parents for r in roots):
+            raise Refused(f"sbatch: {what} {path} is outside the run's folder")
+        return real / host.name if writable else real
+
+    def _cancel_jobs(self) -> None:
+        program = shutil.which("scancel")
+        if self.jobs and program:
+            subprocess.run([program, *sorted(self.jobs)], capture_output=True, check=False)
 
     def ledger(self, entry: dict[str, object]) -> None:
         line = (json.dumps(entry) + "\n").encode()

@@ -111,6 +111,26 @@ class Room:
     programs: tuple[Path, ...] = ()
     runtime: tuple[Path, ...] = field(default_factory=python_runtime)
 
+    def to_json(self) -> dict[str, object]:
+        """The room as JSON data, to build the same room elsewhere (a Slurm job's)."""
+        return {"uid": self.uid, "gid": self.gid, "etc": str(self.etc), "tmp": str(self.tmp),
+                "broker": str(self.broker) if self.broker else None,
+                **{name: [str(p) for p in getattr(self, name)]
+                   for name in ("readable", "writable", "programs", "runtime")}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Room:
+        def paths(name: str) -> tuple[Path, ...]:
+            value = data.get(name, [])
+            return tuple(Path(str(p)) for p in value) if isinstance(value, list) else ()
+
+        broker = data.get("broker")
+        return cls(uid=int(str(data["uid"])), gid=int(str(data["gid"])),
+                   etc=Path(str(data["etc"])), tmp=Path(str(data["tmp"])),
+                   broker=Path(str(broker)) if broker else None, readable=paths("readable"),
+                   writable=paths("writable"), programs=paths("programs"),
+                   runtime=paths("runtime"))
+
     def with_programs(self, *paths: Path) -> Room:
         """The same room with more read-only runtime folders (an engine's own program)."""
         from dataclasses import replace
@@ -147,14 +167,20 @@ class Room:
         for top in (*self.writable, self.tmp):
             for folder, dirs, files in os.walk(top):
                 for name in (folder, *(os.path.join(folder, n) for n in (*dirs, *files))):
-                    st = os.lstat(name)
-                    if (st.st_uid, st.st_gid) != (self.uid, self.gid):
-                        os.lchown(name, self.uid, self.gid)
+                    try:
+                        st = os.lstat(name)
+                        if (st.st_uid, st.st_gid) != (self.uid, self.gid):
+                            os.lchown(name, self.uid, self.gid)
+                    except FileNotFoundError:
+                        pass  # removed meanwhile by the engine
 
     @contextmanager
-    def command(self, argv: Sequence[str], env: Mapping[str, str],
-                cwd: Path) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    def command(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
+                hand_over: bool = True) -> Iterator[tuple[list[str], tuple[int, ...]]]:
         """``argv`` wrapped in bwrap, and the descriptors to pass; closed on exit.
+
+        ``hand_over``: first give the room's uid what the executor wrote in its
+        writable folders (not for a Slurm job's room: the engine wrote them).
 
         The caller starts the returned command with ``pass_fds`` set to the
         descriptors, an empty environment and any working folder: bwrap sets
@@ -162,7 +188,7 @@ class Room:
         """
         fds: list[int] = []
         as_root = os.geteuid() == 0
-        if as_root:
+        if as_root and hand_over:
             self.hand_over()
 
         def bind(kind: str, source: Path, dest: Path) -> list[str]:

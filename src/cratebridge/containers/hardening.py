@@ -35,6 +35,7 @@ class Authorised:
 
     argv: tuple[str, ...]
     command: str
+    program: str | None = None  # the Docker client when None
     image: str | None = None
     image_id: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -59,12 +60,25 @@ POLICY_VALUED = {"--network", "--net", "--user", "-u", "--memory", "-m", "--memo
 BOOLEANS = KEPT_BOOLEANS | POLICY_BOOLEANS
 VALUED = KEPT_VALUED | POLICY_VALUED
 
-# Read-only queries and stops: each names images, or containers of this run only.
+# Queries and stops: each command's own flags (booleans, valued); each names images or
+# containers of this run only.
+QUERY_FLAGS: dict[str, tuple[set[str], set[str]]] = {
+    "inspect": ({"-s", "--size"}, {"-f", "--format", "--type"}),
+    "kill": (set(), {"-s", "--signal"}),
+    "stop": (set(), {"-t", "--time", "-s", "--signal"}),
+    "rm": ({"-f", "--force"}, set()),
+    "wait": (set(), set()),
+    "stats": ({"--no-stream", "--no-trunc", "-a", "--all"}, {"--format"}),
+    "logs": ({"-f", "--follow", "-t", "--timestamps", "--details"},
+             {"--tail", "-n", "--since", "--until"}),
+    "ps": ({"-a", "--all", "-q", "--quiet", "--no-trunc", "-s", "--size", "-l", "--latest"},
+           {"--format", "-f", "--filter", "-n", "--last"}),
+    "images": ({"-a", "--all", "-q", "--quiet", "--no-trunc", "--digests"},
+               {"--format", "-f", "--filter"}),
+    "image inspect": (set(), {"-f", "--format"}),
+    "version": (set(), {"-f", "--format"}),
+}
 ON_CONTAINERS = {"kill", "stop", "rm", "wait", "stats", "logs", "inspect"}
-QUERY_BOOLEANS = {"-f", "--force", "--no-stream", "--no-trunc", "-a", "--all", "-q",
-                  "--quiet", "--follow", "--timestamps", "--size"}
-QUERY_VALUED = {"--format", "--signal", "-s", "--time", "-t", "--tail", "--type",
-                "--filter"}
 
 
 def authorise(argv: list[str], sandbox: Sandbox) -> Authorised:
@@ -106,14 +120,14 @@ def _authorise_group(group: str, command: str, rest: list[str],
     if group == "image" and command in ("inspect", "ls"):
         if command == "ls":
             return _images(rest, sandbox)
-        flags, names = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, "image inspect")
+        flags, names = _split(rest, *QUERY_FLAGS["image inspect"], "image inspect")
         return Authorised(("image", "inspect", *flags, "--", *names), "image inspect")
     raise Refused(f"'docker {group} {command}' is not allowed inside a cratebridge run")
 
 
 def _plain(command: str) -> Callable[[list[str], Sandbox], Authorised]:
     def handler(rest: list[str], sandbox: Sandbox) -> Authorised:
-        flags, extra = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, command)
+        flags, extra = _split(rest, *QUERY_FLAGS[command], command)
         if extra:
             raise Refused(f"docker {command} takes no arguments")
         return Authorised((command, *flags), command)
@@ -156,19 +170,19 @@ def _split(args: list[str], booleans: set[str], valued: set[str],
 
 
 def _ps(rest: list[str], sandbox: Sandbox) -> Authorised:
-    flags, extra = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, "ps")
+    flags, extra = _split(rest, *QUERY_FLAGS["ps"], "ps")
     if extra:
         raise Refused("docker ps takes no arguments")
     return Authorised(("ps", *flags, f"--filter=label={RUN_LABEL}={sandbox.run_id}"), "ps")
 
 
 def _images(rest: list[str], sandbox: Sandbox) -> Authorised:
-    flags, names = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, "images")
+    flags, names = _split(rest, *QUERY_FLAGS["images"], "images")
     return Authorised(("images", *flags, "--", *names), "images")
 
 
 def _on_containers(command: str, rest: list[str], sandbox: Sandbox) -> Authorised:
-    flags, names = _split(rest, QUERY_BOOLEANS, QUERY_VALUED, command)
+    flags, names = _split(rest, *QUERY_FLAGS[command], command)
     if not names:
         raise Refused(f"docker {command}: no container named")
     if command == "inspect":

@@ -1,4 +1,4 @@
-"""Reading the sandbox ledger: one JSON line per container the shim started or refused."""
+"""Reading a run's ledger: one JSON line per container, refusal or Slurm job of its broker."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ def read_ledger(path: Path) -> Ledger:
         if "refused" in data:
             refusals.append(str(data["refused"]))
             continue
+        if "token" not in data:
+            continue  # not a container: a Slurm submission
         entries.append(LedgerEntry(
             token=data["token"],
             container=ContainerRecord(image=data["image"], image_id=data.get("image_id"),

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cratebridge.containers.shim import BROKER_ENV
+from cratebridge.containers.shim import BROKER_ENV, SLURM_TOOLS
 from cratebridge.errors import PolicyRefused
 
 __all__ = [
@@ -114,6 +114,7 @@ class Sandbox:
     limits: Limits = field(default_factory=Limits)
     approved_images: tuple[str, ...] = ()
     owner: str = field(default_factory=lambda: owner_id())
+    scheduler: str | None = None  # "slurm": the broker's Slurm door is open
 
     @property
     def mountable(self) -> tuple[Path, ...]:
@@ -135,12 +136,13 @@ class Sandbox:
         first, then our own programs and the system's (all inside the room).
         """
         (folder / "bin").mkdir(parents=True, exist_ok=True)
-        shim = folder / "bin" / "docker"
         bin_dir = Path(sys.executable).parent
         target = bin_dir / "cratebridge-docker"
-        if shim.is_symlink() or shim.exists():
-            shim.unlink()
-        shim.symlink_to(target)
+        for name in ("docker", *(SLURM_TOOLS if self.scheduler == "slurm" else ())):
+            link = folder / "bin" / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
         path = os.pathsep.join(dict.fromkeys([str(room_folder / "bin"), str(bin_dir),
                                               *SYSTEM_PATH]))
         return {"PATH": path, BROKER_ENV: str(room_folder / "docker.sock")}

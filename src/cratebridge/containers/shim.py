@@ -20,13 +20,28 @@ import sys
 import threading
 
 BROKER_ENV = "CRATEBRIDGE_BROKER"
+#: Slurm commands this client stands in for on an engine's PATH (the broker's Slurm door).
+SLURM_TOOLS = ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo", "sshare",
+               "sacctmgr")
 
 # Frames, both ways: a channel byte, a 4-byte length, the payload.
 REQUEST, STDIN, STDOUT, STDERR, EXIT, CID = range(6)
 HEADER = struct.Struct(">BI")
 
-__all__ = ["BROKER_ENV", "CID", "EXIT", "HEADER", "REQUEST", "STDERR", "STDIN", "STDOUT",
-           "main", "read_frame", "send_frame"]
+__all__ = [
+    "BROKER_ENV",
+    "CID",
+    "EXIT",
+    "HEADER",
+    "REQUEST",
+    "SLURM_TOOLS",
+    "STDERR",
+    "STDIN",
+    "STDOUT",
+    "main",
+    "read_frame",
+    "send_frame",
+]
 
 
 def send_frame(sock: socket.socket, channel: int, payload: bytes) -> None:
@@ -93,7 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         print("cratebridge-docker: CRATEBRIDGE_BROKER is not set; this docker works only "
               "inside a cratebridge run", file=sys.stderr)
         return 125
-    args, cidfile = _prepare(args)
+    tool = os.path.basename(sys.argv[0]) if argv is None else "docker"
+    request: dict[str, object] = {"argv": args}
+    cidfile = None
+    if tool in SLURM_TOOLS:
+        request.update(tool=tool, cwd=os.getcwd(), env=dict(os.environ))
+    else:
+        args, cidfile = _prepare(args)
+        request["argv"] = args
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     here = os.getcwd()
     try:
@@ -108,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # Stopping this client stops the container: the broker kills it when we go.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: os._exit(128 + signum))
-    send_frame(sock, REQUEST, json.dumps({"argv": args}).encode())
+    send_frame(sock, REQUEST, json.dumps(request).encode())
     threading.Thread(target=_pump_stdin, args=(sock,), daemon=True).start()
     while (frame := read_frame(sock)) is not None:
         channel, payload = frame

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -116,14 +116,17 @@ class RunContext:
     env: Mapping[str, str] = field(default_factory=dict)
     progress: Callable[[ProgressEvent], None] = lambda event: None
 
-    def docker_env(self, confined: bool = True) -> dict[str, str]:
+    def docker_env(self) -> dict[str, str]:
         """``PATH`` and the broker's address, for an engine whose steps call ``docker``.
 
-        ``confined=False`` gives the host's paths, for an engine a scheduler runs
-        outside the room (see :func:`~cratebridge.engines.process.run_engine`).
+        Call :meth:`use_scheduler` first for an engine that submits to Slurm:
+        its ``sbatch``, ``squeue``... are then the broker's too.
         """
-        folder = self.broker_socket.parent
-        return self.sandbox.engine_env(folder, BROKER_DIR if confined else folder)
+        return self.sandbox.engine_env(self.broker_socket.parent, BROKER_DIR)
+
+    def use_scheduler(self, name: str) -> None:
+        """Open the broker's door to a scheduler (``"slurm"``) for this run."""
+        self.sandbox = replace(self.sandbox, scheduler=name)
 
 
 class Engine(abc.ABC):

@@ -15,19 +15,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cratebridge.containers.confine import Room
 from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
 
-#: What ``plan`` says when an engine will run outside the room (on a cluster).
-UNCONFINED_NOTE = ("on a cluster the engine runs outside the confinement, on the host: "
-                   "only the broker's container policy holds (docs/security.md)")
-
-__all__ = ["UNCONFINED_NOTE", "EngineExit", "confined_report", "print_report", "run_confined",
+__all__ = ["EngineExit", "confined_report", "print_report", "run_confined",
            "run_engine", "tail"]
 
 # The errors a confined reader may report; anything else it says is UnsupportedCrate.
@@ -67,24 +62,21 @@ def _stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         proc.wait()
 
 
-def run_engine(command: Sequence[str], *, room: Room | None, env: Mapping[str, str], cwd: Path,
+def run_engine(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
                stdout: Path, stderr: Path, timeout: float | None = None,
                on_tick: Callable[[], None] = lambda: None,
                tick: float = 0.5) -> EngineExit:
     """Run ``command`` confined in ``room`` to the end (or the time limit).
 
     ``env`` is exactly the engine's environment; ``on_tick`` is called
-    meanwhile. ``room=None`` runs the engine on the host, unconfined: only for
-    an engine whose work a cluster scheduler runs (Slurm), which the room
-    cannot reach yet; its containers still go through the broker
-    (docs/security.md). If this process is interrupted (KeyboardInterrupt, or
+    meanwhile. If this process is interrupted (KeyboardInterrupt, or
     any exception raised by a signal handler) the engine's process group is
     stopped and the exception propagates.
     """
     deadline = time.monotonic() + timeout if timeout else None
     with stdout.open("wb") as out, stderr.open("wb") as err, \
-            _confined(room, command, env, cwd) as (argv, fds, process_env):
-        proc = subprocess.Popen(argv, env=process_env, cwd=cwd, stdout=out, stderr=err,
+            room.command(command, env, cwd) as (argv, fds):
+        proc = subprocess.Popen(argv, env={}, cwd="/", stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, pass_fds=fds,
                                 start_new_session=True)
         try:
@@ -102,16 +94,6 @@ def run_engine(command: Sequence[str], *, room: Room | None, env: Mapping[str, s
         except BaseException:
             _stop_group(proc)
             raise
-
-
-@contextmanager
-def _confined(room: Room | None, command: Sequence[str], env: Mapping[str, str],
-              cwd: Path) -> Iterator[tuple[list[str], tuple[int, ...], dict[str, str]]]:
-    if room is None:
-        yield list(command), (), dict(env)
-        return
-    with room.command(command, env, cwd) as (argv, fds):
-        yield argv, fds, {}
 
 
 def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,

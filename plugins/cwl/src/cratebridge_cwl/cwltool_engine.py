@@ -107,10 +107,10 @@ class CwltoolEngine(Engine):
                           images=images, parameters=job, files=files, notes=tuple(notes),
                           steps=tuple(s.name for s in workflow.steps))
 
-    def environment(self, context: RunContext, confined: bool = True) -> dict[str, str]:
+    def environment(self, context: RunContext) -> dict[str, str]:
         """The engine's environment: the allow-listed caller variables and the sandbox's."""
         home = context.work_dir / "home"
-        return {**context.env, **context.docker_env(confined), "HOME": str(home),
+        return {**context.env, **context.docker_env(), "HOME": str(home),
                 "TMPDIR": str(context.work_dir),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
 

@@ -30,7 +30,7 @@ from cratebridge.engines.interface import (
     ProgressEvent,
     RunContext,
 )
-from cratebridge.engines.process import UNCONFINED_NOTE, EngineExit, run_engine
+from cratebridge.engines.process import EngineExit, run_engine
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, StepRecord
 from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
@@ -153,9 +153,9 @@ class ToilEngine(Engine):
         workflow = self._cwltool.load(request, context)
         job = bind_inputs(request, workflow)
         images = self._cwltool.images(workflow, context)
-        # On a cluster, Slurm runs the workers: the room cannot reach it yet.
-        confined = settings.batch_system == "single_machine"
-        env = self._cwltool.environment(context, confined)
+        if settings.batch_system == "slurm":
+            context.use_scheduler("slurm")  # sbatch & co. through the broker
+        env = self._cwltool.environment(context)
         work = context.work_dir
         command = (sys.executable, "-m", "cratebridge_cwl.toil_driver",
                    "--events", str(work / "events.jsonl"), "--keep", str(work / "kept"), "--",
@@ -164,10 +164,9 @@ class ToilEngine(Engine):
         notes = [f"language: {request.workflow.language_source}",
                  f"CWL {workflow.cwl_version} {workflow.cls}",
                  f"Toil batch system: {settings.batch_system}"]
-        if not confined:
+        if settings.batch_system != "single_machine":
             notes.append(f"the run folder {context.run_dir} must be on a filesystem every "
                          "node of the cluster sees")
-            notes.append(UNCONFINED_NOTE)
         return EnginePlan(engine=self.name, language=Language.CWL,
                           workflow=request.workflow.main_file, command=command, env=env,
                           images=images, parameters=job,
@@ -187,8 +186,7 @@ class ToilEngine(Engine):
         progress = _Progress(events_path, context)
         started = datetime.now(UTC)
         try:
-            room = context.room if settings.batch_system == "single_machine" else None
-            ended = run_engine(plan.command, room=room, env=plan.env, cwd=work,
+            ended = run_engine(plan.command, room=context.room, env=plan.env, cwd=work,
                                stdout=stdout, stderr=stderr, timeout=context.timeout,
                                on_tick=progress)
         finally:

@@ -111,6 +111,8 @@ class NextflowEngine(Engine):
         files = {CONFIG_FILE: generated_config(settings, trace),
                  PARAMS_FILE: json.dumps(params, indent=2)}
         program = self._resolve(settings.program)
+        if settings.executor == "slurm":
+            context.use_scheduler("slurm")  # sbatch & co. through the broker
         env = self._env(context, settings)
         # Nextflow runs in the room: its program, framework, Java and plugins read-only.
         context.room = context.room.with_programs(*(

@@ -29,7 +29,7 @@ from cratebridge.engines.interface import (
     ProgressEvent,
     RunContext,
 )
-from cratebridge.engines.process import UNCONFINED_NOTE, run_engine
+from cratebridge.engines.process import run_engine
 from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus, StepRecord
 from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
@@ -79,9 +79,11 @@ class SnakemakeEngine(Engine):
         config_text = json.dumps(config, indent=2)
         context.work_dir.mkdir(parents=True, exist_ok=True)
         config_path.write_text(config_text)
-        env = self._env(context, settings.executor == "local")
+        if settings.executor == "slurm":
+            context.use_scheduler("slurm")  # sbatch & co. through the broker
+        env = self._env(context)
         workflow = load_workflow(snakefile, context.work_dir / SNAKEMAKE_DIR, config_path,
-                                 self._env(context, True), room=context.room)
+                                 env, room=context.room)
         check_references(workflow, roots=_roots(request), workdir=context.work_dir / SNAKEMAKE_DIR)
         check_rules(workflow, settings.default_container, cluster=settings.executor != "local")
         command = self._command(snakefile, context, settings)
@@ -90,8 +92,6 @@ class SnakemakeEngine(Engine):
                  f"(snakemake --executor {EXECUTORS[settings.executor]})",
                  f"config keys: {', '.join(sorted(config)) or 'none'}"]
         notes += _image_notes(workflow, settings.default_container)
-        if settings.executor != "local":
-            notes.append(UNCONFINED_NOTE)
         return EnginePlan(
             engine=self.name, language=Language.SNAKEMAKE, workflow=snakefile,
             command=command, env=env, images=self._images(workflow, settings, context),
@@ -122,9 +122,9 @@ class SnakemakeEngine(Engine):
                 args += ["--default-resources", *settings.default_resources]
         return tuple(args)
 
-    def _env(self, context: RunContext, confined: bool) -> dict[str, str]:
+    def _env(self, context: RunContext) -> dict[str, str]:
         home = _home(context)
-        return {**context.env, **context.docker_env(confined), "HOME": str(home),
+        return {**context.env, **context.docker_env(), "HOME": str(home),
                 "TMPDIR": str(context.work_dir),
                 "XDG_CACHE_HOME": str(home / ".cache"),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
@@ -170,9 +170,7 @@ class SnakemakeEngine(Engine):
                     context.progress(ProgressEvent(kind, event["name"]))
 
         started = datetime.now(UTC)
-        # On Slurm, the scheduler runs the jobs: the room cannot reach it yet.
-        local = plan.command[plan.command.index("--executor") + 1] == EXECUTORS["local"]
-        ended = run_engine(plan.command, room=context.room if local else None, env=plan.env,
+        ended = run_engine(plan.command, room=context.room, env=plan.env,
                            cwd=context.work_dir, stdout=stdout, stderr=stderr,
                            timeout=context.timeout, on_tick=progress)
         finished = datetime.now(UTC)

@@ -1,0 +1,173 @@
+"""The broker's Slurm door: its allow-lists as data, and a confined engine submitting for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cratebridge.containers.broker import Broker
+from cratebridge.containers.confine import BROKER_DIR, Room
+from cratebridge.containers.hardening import Refused
+from cratebridge.containers.sandbox import Sandbox, find_docker
+from cratebridge.containers.scheduler import (
+    authorise_query,
+    authorise_sbatch,
+    authorise_scancel,
+    directives,
+)
+
+
+def test_sbatch_keeps_resources_and_takes_the_rest_over() -> None:
+    got = authorise_sbatch(["-J", "job", "-p", "debug", "--mem=256", "--cpus-per-task=1",
+                            "--export=ALL,X=1", "-o", "/w/%j.out", "-D", "/w",
+                            "--parsable", "--wrap=exec echo hi"])
+    assert got.flags == ["-J", "job", "-p", "debug", "--mem=256", "--cpus-per-task=1",
+                         "--parsable"]
+    assert got.script == "#!/bin/sh\nexec echo hi\n" and got.output == "/w/%j.out"
+    assert got.export == ["X=1"]
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--uid=0", "--wrap=id"], "--uid is not allowed"),
+    (["--get-user-env", "--wrap=id"], "--get-user-env is not allowed"),
+    (["--container=/x", "--wrap=id"], "--container is not allowed"),
+    (["-M", "other", "--wrap=id"], "-M is not allowed"),
+    (["--wrap=id", "script.sh"], "a script and --wrap together"),
+    (["script.sh", "arg"], "script arguments are not allowed"),
+    ([], "give a script or --wrap"),
+])
+def test_sbatch_outside_the_list_is_refused(args: list[str], reason: str) -> None:
+    with pytest.raises(Refused, match=reason):
+        authorise_sbatch(args)
+
+
+def test_sbatch_lines_in_a_script_are_read() -> None:
+    script = "#!/bin/bash\n#SBATCH -J x\n#SBATCH --uid=0\n# comment\necho hi\n#SBATCH -p y\n"
+    assert directives(script) == ["-J", "x", "--uid=0"]
+    with pytest.raises(Refused, match="--uid is not allowed"):
+        authorise_sbatch([*directives(script), "/w/job.sh"])
+
+
+def test_scancel_names_only_this_runs_jobs() -> None:
+    assert authorise_scancel(["12", "13_4", "--clusters=all", "-s", "TERM"], {"12", "13"}) == \
+        ["scancel", "-s", "TERM", "12", "13_4"]
+    with pytest.raises(Refused, match="99 is not a job of this run"):
+        authorise_scancel(["12", "99"], {"12"})
+    for filters in (["-u", "root"], ["--state=RUNNING"], ["--name=x"]):
+        with pytest.raises(Refused, match="is not allowed"):
+            authorise_scancel(filters, {"12"})
+
+
+def test_queries_only_read() -> None:
+    assert authorise_query("squeue", ["-h", "-o", "%i"]) == ["squeue", "-h", "-o", "%i"]
+    assert authorise_query("scontrol", ["show", "job", "1"])[1] == "show"
+    for tool, args in (("scontrol", ["update", "jobid=1", "priority=1"]),
+                       ("scontrol", ["reboot"]), ("sacctmgr", ["-i", "add", "user", "x"])):
+        with pytest.raises(Refused, match="only"):
+            authorise_query(tool, args)
+
+
+# -- for real: a confined engine's sbatch on the one-node cluster ---------------------------
+
+@pytest.fixture
+def slurm_run(tmp_path: Path, slurm: bool) -> Iterator[tuple[Room, Path, Path, Broker]]:
+    run = tmp_path / "run"
+    folders = {n: run / n for n in ("work", "tmp", "sandbox", "broker", "request")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    run.chmod(0o700)
+    sandbox = Sandbox(run_id=f"door-{uuid.uuid4().hex[:8]}", docker=find_docker() or "docker",
+                      ledger=folders["broker"] / "ledger.jsonl", writable=(folders["work"],),
+                      readable=(run,), room_tmp=folders["tmp"], scheduler="slurm")
+    room = Room(uid=1000, gid=1000, etc=folders["sandbox"] / "etc", tmp=folders["tmp"],
+                readable=(folders["request"],), writable=(folders["work"],),
+                broker=folders["sandbox"])
+    room.write_etc()
+    env = sandbox.engine_env(folders["sandbox"], BROKER_DIR)
+    broker = Broker(sandbox, folders["sandbox"] / "docker.sock", 1000, 1000, room=room)
+    with broker.serving():
+        yield room, folders["work"], Path(env["PATH"].split(":")[0]), broker
+
+
+SUBMITTER = r"""
+import json, os, subprocess, sys, time
+work = sys.argv[1]
+def run(*argv, **kw):
+    done = subprocess.run(list(argv), capture_output=True, text=True, **kw)
+    return {"argv": list(argv), "code": done.returncode, "out": done.stdout.strip(),
+            "err": done.stderr.strip()}
+found = {}
+found["sbatch"] = run("sbatch", "--parsable", "-J", "door-test", "-o", f"{work}/job-%j.out",
+                      "--wrap", f"id -u > {work}/job-uid; tail -n +3 /proc/net/dev | cut -d: -f1 > {work}/job-net; "
+                      f"touch {os.environ['HOST_MARKER']} 2>/dev/null; "
+                      f"cat {os.environ['HOST_SECRET']} > {work}/job-secret 2>&1; true")
+job = found["sbatch"]["out"].split(";")[0]
+for _ in range(120):
+    if os.path.exists(f"{work}/job-uid"):
+        break
+    time.sleep(0.5)
+time.sleep(1)
+found["uid"] = open(f"{work}/job-uid").read().strip() if os.path.exists(f"{work}/job-uid") else None
+found["net"] = open(f"{work}/job-net").read().split() if os.path.exists(f"{work}/job-net") else None
+found["squeue"] = run("squeue", "-h", "-j", job)
+found["scancel_foreign"] = run("scancel", "1")
+found["scontrol_update"] = run("scontrol", "update", f"jobid={job}", "priority=1")
+found["sbatch_uid"] = run("sbatch", "--uid=0", "--wrap", "id")
+found["stdin"] = run("sbatch", "--parsable", "/dev/stdin",
+                     input="#!/bin/sh\n#SBATCH --get-user-env\nid\n")
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(os.geteuid() != 0, reason="the room drops to its uid from root")
+def test_a_confined_engine_submits_through_the_door(
+        slurm_run: tuple[Room, Path, Path, Broker], tmp_path: Path) -> None:
+    room, work, bin_dir, broker = slurm_run
+    host = Path(tempfile.mkdtemp(prefix="cb-door-host-"))
+    try:
+        secret = host / "secret.txt"
+        secret.write_text("HOST-SECRET-DOOR")
+        secret.chmod(0o644)
+        marker = host / "pwned"
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRATEBRIDGE_BROKER":
+               str(BROKER_DIR / "docker.sock"), "HOST_MARKER": str(marker),
+               "HOST_SECRET": str(secret), "HOME": str(work)}
+        with room.command([sys.executable, "-c", SUBMITTER, str(work)], env, work) \
+                as (argv, fds):
+            done = subprocess.run(argv, pass_fds=fds, env={}, capture_output=True, text=True,
+                                  check=False, timeout=180)
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        assert seen["sbatch"]["code"] == 0, seen["sbatch"]
+        job = seen["sbatch"]["out"].split(";")[0]
+        assert job in broker.jobs
+        # the job ran in a room of its own: the step uid, no network, no host files
+        assert seen["uid"] == "1000" and seen["net"] == ["lo"]
+        assert not marker.exists()
+        assert "HOST-SECRET-DOOR" not in (work / "job-secret").read_text()
+        assert seen["squeue"]["code"] == 0
+        for refused in ("scancel_foreign", "scontrol_update", "sbatch_uid", "stdin"):
+            assert seen[refused]["code"] == 125 and "refused" in seen[refused]["err"], refused
+        ledger = [json.loads(line) for line in broker.sandbox.ledger.read_text().splitlines()]
+        assert any(e.get("slurm_job") == job for e in ledger)
+        assert sum("refused" in e for e in ledger) == 4
+    finally:
+        shutil.rmtree(host, ignore_errors=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the job is gone when the run ends
+        listed = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
+                                check=False)
+        if job not in listed.stdout:
+            break
+        time.sleep(1)
