@@ -108,7 +108,8 @@ def run(*argv, **kw):
             "err": done.stderr.strip()}
 found = {}
 found["sbatch"] = run("sbatch", "--parsable", "-J", "door-test", "-o", f"{work}/job-%j.out",
-                      "--wrap", f"id -u > {work}/job-uid; tail -n +3 /proc/net/dev | cut -d: -f1 > {work}/job-net; "
+                      "--wrap", f"id -u > {work}/job-uid; "
+                      f"tail -n +3 /proc/net/dev | cut -d: -f1 > {work}/job-net; "
                       f"touch {os.environ['HOST_MARKER']} 2>/dev/null; "
                       f"cat {os.environ['HOST_SECRET']} > {work}/job-secret 2>&1; true")
 job = found["sbatch"]["out"].split(";")[0]
