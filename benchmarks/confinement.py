@@ -64,9 +64,10 @@ def call_cost(folder: Path, rounds: int) -> tuple[float, float]:
     (folder / "broker").mkdir()
     sandbox = Sandbox(run_id="bench", docker=docker, ledger=folder / "broker" / "ledger.jsonl",
                       writable=(folder / "work",), readable=(folder,))
-    socket = Path(tempfile.mkdtemp(prefix="cb-bench-")) / "docker.sock"
-    client = [PYTHON, "-m", "cratebridge.containers.shim", "version"]
-    env = {"PATH": os.environ["PATH"], "CRATEBRIDGE_BROKER": str(socket)}
+    short = Path(tempfile.mkdtemp(prefix="cb-bench-"))  # the client connects by this path
+    socket = short / "docker.sock"
+    env = sandbox.engine_env(short, short)  # the very client an engine's PATH has
+    client = [str(short / "bin" / "docker"), "version"]
     direct, brokered = [], []
     try:
         with Broker(sandbox, socket, os.getuid(), os.getgid()).serving():
@@ -74,7 +75,7 @@ def call_cost(folder: Path, rounds: int) -> tuple[float, float]:
                 direct.append(_time([docker, "version"]))
                 brokered.append(_time(client, env=env))
     finally:
-        shutil.rmtree(socket.parent, ignore_errors=True)
+        shutil.rmtree(short, ignore_errors=True)
     return median(direct), median(brokered)
 
 

@@ -71,6 +71,9 @@ def test_scancel_names_only_this_runs_jobs() -> None:
 def test_queries_only_read() -> None:
     assert authorise_query("squeue", ["-h", "-o", "%i"]) == ["squeue", "-h", "-o", "%i"]
     assert authorise_query("scontrol", ["show", "job", "1"])[1] == "show"
+    # the broker submits: a query for the room's user asks for the submitter's jobs
+    assert authorise_query("squeue", ["-u", "engine", "--user=engine", "-uengine"], "engine",
+                           "root") == ["squeue", "-u", "root", "--user=root", "-uroot"]
     for tool, args in (("scontrol", ["update", "jobid=1", "priority=1"]),
                        ("scontrol", ["reboot"]), ("sacctmgr", ["-i", "add", "user", "x"])):
         with pytest.raises(Refused, match="only"):
@@ -126,6 +129,17 @@ found["scontrol_update"] = run("scontrol", "update", f"jobid={job}", "priority=1
 found["sbatch_uid"] = run("sbatch", "--uid=0", "--wrap", "id")
 found["stdin"] = run("sbatch", "--parsable", "/dev/stdin",
                      input="#!/bin/sh\n#SBATCH --get-user-env\nid\n")
+# a script by a relative path, run by its own #! line (bash), as Nextflow submits
+with open(f"{work}/job.sh", "w") as script:
+    script.write("#!/bin/bash\n#SBATCH -J rel\n[[ -n $BASH_VERSION ]] && echo bash > "
+                 f"{work}/job-shell\n")
+found["relative"] = run("sbatch", "job.sh", cwd=work)
+for _ in range(120):
+    if os.path.exists(f"{work}/job-shell"):
+        break
+    time.sleep(0.5)
+found["shell"] = open(f"{work}/job-shell").read().strip() \
+    if os.path.exists(f"{work}/job-shell") else None
 print(json.dumps(found))
 """
 
@@ -158,6 +172,7 @@ def test_a_confined_engine_submits_through_the_door(
         assert not marker.exists()
         assert "HOST-SECRET-DOOR" not in (work / "job-secret").read_text()
         assert seen["squeue"]["code"] == 0
+        assert seen["relative"]["code"] == 0 and seen["shell"] == "bash"
         for refused in ("scancel_foreign", "scontrol_update", "sbatch_uid", "stdin"):
             assert seen[refused]["code"] == 125 and "refused" in seen[refused]["err"], refused
         ledger = [json.loads(line) for line in broker.sandbox.ledger.read_text().splitlines()]

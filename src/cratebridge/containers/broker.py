@@ -12,6 +12,7 @@ see. When the engine's client goes away, the container it started is killed.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from cratebridge.containers.confine import BROKER_DIR, Room
+from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
 from cratebridge.containers.hardening import Authorised, Refused, authorise
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
 from cratebridge.containers.scheduler import (
@@ -274,7 +275,7 @@ class Broker:
         if tool == "sbatch":
             return self._submit(sock, program, argv, request)
         allowed = authorise_scancel(argv, self.jobs) if tool == "scancel" \
-            else authorise_query(tool, argv)
+            else authorise_query(tool, argv, ROOM_USER, getpass.getuser())
         return self._run(sock, Authorised(tuple(allowed[1:]), tool, program=program))
 
     def _submit(self, sock: socket.socket, program: str, argv: list[str],
@@ -282,10 +283,10 @@ class Broker:
         """sbatch a job that runs the engine's script in a room of its own (see jobroom)."""
         assert self.room is not None
         submission = authorise_sbatch(argv)
-        script = submission.script or self._script(sock, submission.script_path or "")
+        cwd = self._inside_run(str(request.get("cwd") or self.sandbox.writable[0]), "cwd")
+        script = submission.script or self._script(sock, submission.script_path or "", cwd)
         if submission.script is None:  # its #SBATCH lines pass the same allow-list
             submission = replace(authorise_sbatch([*directives(script), *argv]), script=script)
-        cwd = self._inside_run(str(request.get("cwd") or self.sandbox.writable[0]), "cwd")
         env = request.get("env")
         job_env = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
         job_env.update(v.partition("=")[::2] for v in submission.export)
@@ -293,11 +294,12 @@ class Broker:
         scripts = self.socket_path.parent / "jobs"  # seen by the room, read-only
         scripts.mkdir(exist_ok=True)
         (scripts / f"{number}.sh").write_text(script)
+        (scripts / f"{number}.sh").chmod(0o755)  # run by its own #! line, as sbatch would
         jobs = self.folder / "jobs"  # the broker's own: the engine cannot change the spec
         jobs.mkdir(exist_ok=True)
         spec = jobs / f"{number}.json"
         spec.write_text(json.dumps({"room": self.room.to_json(), "env": job_env,
-                                    "cwd": str(cwd),
+                                    "cwd": str(cwd), "shebang": script.startswith("#!"),
                                     "script": str(BROKER_DIR / "jobs" / f"{number}.sh")}))
         wrapper = jobs / f"{number}.job"
         wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m "
@@ -320,7 +322,7 @@ class Broker:
         send_frame(sock, STDERR, done.stderr.encode())
         return done.returncode
 
-    def _script(self, sock: socket.socket, path: str) -> str:
+    def _script(self, sock: socket.socket, path: str, cwd: Path) -> str:
         """The job script: from the client's standard input, or a file in the run."""
         if path in ("/dev/stdin", "-"):
             data = b""
@@ -330,7 +332,7 @@ class Broker:
                 if len(data) > MAX_SCRIPT:
                     raise Refused("sbatch: the job script is too long")
             return data.decode(errors="replace")
-        host = self._inside_run(path, "script")
+        host = self._inside_run(path if path.startswith("/") else str(cwd / path), "script")
         if not host.is_file() or host.stat().st_size > MAX_SCRIPT:
             raise Refused(f"sbatch: {path} is not a job script in the run's folder")
         return host.read_text(errors="replace")

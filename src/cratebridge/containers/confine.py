@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cratebridge.errors import EngineUnavailable
 
-__all__ = ["BROKER_DIR", "Room", "find_bwrap", "python_runtime"]
+__all__ = ["BROKER_DIR", "ROOM_USER", "Room", "find_bwrap", "python_runtime"]
 
 # Host /etc entries the runtime needs to start; none holds a secret or a setting of
 # the host's (no passwd, no hosts, no resolv.conf: those are generated).
@@ -44,6 +44,8 @@ RUNTIME_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "loc
 # Debian's merged /usr: these are symlinks into /usr on the host and in the room.
 USR_LINKS = ("bin", "sbin", "lib", "lib64")
 HOSTNAME = "cratebridge"
+#: The engine's user name in the room's /etc/passwd.
+ROOM_USER = "engine"
 #: Where the room sees its ``broker`` folder (the broker's socket, the engine's ``docker``).
 BROKER_DIR = Path("/run/cratebridge")
 
@@ -142,7 +144,8 @@ class Room:
         self.etc.mkdir(parents=True, exist_ok=True)
         files = {
             "passwd": f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
-                      f"engine:x:{self.uid}:{self.gid}:cratebridge engine:/nonexistent:/bin/sh\n"
+                      f"{ROOM_USER}:x:{self.uid}:{self.gid}:cratebridge engine:/nonexistent:"
+                      "/bin/sh\n"
                       "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
             "group": f"root:x:0:\nengine:x:{self.gid}:\nnogroup:x:65534:\n",
             "hosts": f"127.0.0.1 localhost {HOSTNAME}\n::1 localhost {HOSTNAME}\n",

@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args[0]).read_text())
     room = Room.from_json(spec["room"])
     env = {**spec["env"], **{k: v for k, v in os.environ.items() if k.startswith("SLURM")}}
-    with room.command(["/bin/sh", spec["script"]], env, Path(spec["cwd"]),
-                      hand_over=False) as (command, fds):
+    script = spec["script"]
+    # as sbatch would: by the script's own #! line (Nextflow's is bash), else sh
+    argv = [script] if spec.get("shebang") else ["/bin/sh", script]
+    with room.command(argv, env, Path(spec["cwd"]), hand_over=False) as (command, fds):
         proc = subprocess.Popen(command, env={}, pass_fds=fds, start_new_session=True)
 
         def stop(signum: int, frame: object) -> None:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cratebridge.containers import shim
 from cratebridge.containers.shim import BROKER_ENV, SLURM_TOOLS
 from cratebridge.errors import PolicyRefused
 
@@ -137,12 +138,16 @@ class Sandbox:
         """
         (folder / "bin").mkdir(parents=True, exist_ok=True)
         bin_dir = Path(sys.executable).parent
-        target = bin_dir / "cratebridge-docker"
+        # The client as a script of its own: Python in isolated mode, without site,
+        # imports only the standard library (engines call it several times a step).
+        target = folder / "bin" / "cratebridge-client"
+        target.write_text(f"#!{sys.executable} -IS\n" + Path(shim.__file__).read_text())
+        target.chmod(0o755)
         for name in ("docker", *(SLURM_TOOLS if self.scheduler == "slurm" else ())):
             link = folder / "bin" / name
             if link.is_symlink() or link.exists():
                 link.unlink()
-            link.symlink_to(target)
+            link.symlink_to(target.name)
         path = os.pathsep.join(dict.fromkeys([str(room_folder / "bin"), str(bin_dir),
                                               *SYSTEM_PATH]))
         return {"PATH": path, BROKER_ENV: str(room_folder / "docker.sock")}

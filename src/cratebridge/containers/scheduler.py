@@ -94,8 +94,15 @@ def _tokens(name: str, value: str | None) -> list[str]:
     return [f"{name}={value}"] if name.startswith("--") else [name, value]
 
 
-def authorise_query(tool: str, args: list[str]) -> list[str]:
-    """A read-only query, as given; ``scontrol`` and ``sacctmgr`` only show and list."""
+def authorise_query(tool: str, args: list[str], room_user: str = "",
+                    submitter: str = "") -> list[str]:
+    """A read-only query; ``scontrol`` and ``sacctmgr`` only show and list.
+
+    The broker submits the run's jobs, so Slurm knows them as ``submitter``'s: a
+    query for the room's user (``-u engine``) asks for those.
+    """
+    if room_user and submitter:
+        args = [_user(a, room_user, submitter) for a in args]
     if tool not in QUERIES:
         raise Refused(f"'{tool}' is not allowed inside a cratebridge run")
     words = [a for a in args if not a.startswith("-")]
@@ -105,6 +112,15 @@ def authorise_query(tool: str, args: list[str]) -> list[str]:
         raise Refused("sacctmgr: only 'sacctmgr list|show ...' is allowed inside a "
                       "cratebridge run")
     return [tool, *args]
+
+
+def _user(arg: str, room_user: str, submitter: str) -> str:
+    if arg == room_user:
+        return submitter
+    for flag in ("--user=", "-u"):
+        if arg == f"{flag}{room_user}":
+            return f"{flag}{submitter}"
+    return arg
 
 
 def authorise_scancel(args: list[str], ours: set[str]) -> list[str]:
