@@ -23,10 +23,12 @@ def main() -> int:
     quick = {
         "startup.py": ["--rounds", "5"],
         "overhead.py": ["--pairs", "3"],
+        "confinement.py": ["--rounds", "5"],
         "provenance_scale.py": ["--repeats", "1"],
         "intake.py": ["--rounds", "1"],
     }
-    scripts = ["startup.py", "overhead.py", "provenance_scale.py", "intake.py"]
+    scripts = ["startup.py", "overhead.py", "confinement.py", "provenance_scale.py",
+               "intake.py"]
     if args.skip_intake:
         scripts.remove("intake.py")
     verdicts, failed = [], []

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
-from cratebridge.containers.hardening import Authorised, Refused, authorise
+from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
 from cratebridge.containers.scheduler import (
     authorise_query,
@@ -75,6 +75,9 @@ class Broker:
         self.folder = sandbox.ledger.parent
         self.lock = threading.Lock()
         self.jobs: set[str] = set()  # Slurm jobs this run submitted
+        # the containers it started (ids, short ids, names) and the image ids it looked up
+        self.started: set[str] = set()
+        self.state = RunState(sandbox, containers=self.started)
         self._server: socketserver.ThreadingUnixStreamServer | None = None
 
     @contextmanager
@@ -125,7 +128,7 @@ class Broker:
             return self._refuse(sock, [], "malformed request")
         try:
             if tool == "docker":
-                code = self._run(sock, authorise(argv, self.sandbox))
+                code = self._run(sock, authorise(argv, self.state))
             else:
                 code = self._scheduler(sock, tool, argv, request)
         except Refused as refused:
@@ -178,6 +181,7 @@ class Broker:
             found = self._wait_cid(Path(cid_dir) / "cid", proc)
             if found:
                 cid.append(found)
+                self.started.update({found, found[:12], *allowed.names})
                 try:
                     with send:
                         send_frame(sock, CID, found.encode())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cratebridge.containers.sandbox import RUN_LABEL, ImagePolicy, Sandbox, image_id
 
-__all__ = ["Authorised", "Refused", "authorise"]
+__all__ = ["Authorised", "Refused", "RunState", "authorise"]
 
 
 class Refused(Exception):
@@ -40,6 +40,7 @@ class Authorised:
     image_id: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     interactive: bool = False
+    names: tuple[str, ...] = ()  # ``--name`` given to a container
 
 
 # Global options an engine may give before the command; they change nothing here.
@@ -81,21 +82,45 @@ QUERY_FLAGS: dict[str, tuple[set[str], set[str]]] = {
 ON_CONTAINERS = {"kill", "stop", "rm", "wait", "stats", "logs", "inspect"}
 
 
-def authorise(argv: list[str], sandbox: Sandbox) -> Authorised:
+@dataclass
+class RunState:
+    """What the broker knows of its run: the sandbox, the containers it started, image ids.
+
+    ``containers`` (ids, short ids, names) is None when nobody keeps count: then
+    Docker is asked. Image ids are looked up once per run.
+    """
+
+    sandbox: Sandbox
+    containers: set[str] | None = None
+    images: dict[str, str | None] = field(default_factory=dict)
+
+    def image_id(self, name: str) -> str | None:
+        if name not in self.images:
+            self.images[name] = image_id(self.sandbox.docker, name)
+        return self.images[name]
+
+    def ours(self) -> set[str]:
+        if self.containers is None:
+            return self.sandbox.container_names()
+        return self.containers
+
+
+def authorise(argv: list[str], target: Sandbox | RunState) -> Authorised:
     """The docker arguments to run for an engine's ``docker ARGV``, or :class:`Refused`."""
+    state = target if isinstance(target, RunState) else RunState(target)
     args = _strip_globals(argv)
     if not args:
         raise Refused("no docker command given")
     command, rest = args[0], args[1:]
     if command in ("container", "image") and rest:
-        return _authorise_group(command, rest[0], rest[1:], sandbox)
-    handlers: dict[str, Callable[[list[str], Sandbox], Authorised]] = {
+        return _authorise_group(command, rest[0], rest[1:], state)
+    handlers: dict[str, Callable[[list[str], RunState], Authorised]] = {
         "run": _run, "ps": _ps, "images": _images, "version": _plain("version"),
     }
     if command in handlers:
-        return handlers[command](rest, sandbox)
+        return handlers[command](rest, state)
     if command in ON_CONTAINERS:
-        return _on_containers(command, rest, sandbox)
+        return _on_containers(command, rest, state)
     raise Refused(f"'docker {command}' is not allowed inside a cratebridge run (allowed: "
                   f"run, ps, images, version, {', '.join(sorted(ON_CONTAINERS))})")
 
@@ -114,19 +139,19 @@ def _strip_globals(argv: list[str]) -> list[str]:
 
 
 def _authorise_group(group: str, command: str, rest: list[str],
-                     sandbox: Sandbox) -> Authorised:
+                     state: RunState) -> Authorised:
     if group == "container" and command in ("run", "ps", "ls", *ON_CONTAINERS):
-        return authorise(["ps" if command == "ls" else command, *rest], sandbox)
+        return authorise(["ps" if command == "ls" else command, *rest], state)
     if group == "image" and command in ("inspect", "ls"):
         if command == "ls":
-            return _images(rest, sandbox)
+            return _images(rest, state)
         flags, names = _split(rest, *QUERY_FLAGS["image inspect"], "image inspect")
         return Authorised(("image", "inspect", *flags, "--", *names), "image inspect")
     raise Refused(f"'docker {group} {command}' is not allowed inside a cratebridge run")
 
 
-def _plain(command: str) -> Callable[[list[str], Sandbox], Authorised]:
-    def handler(rest: list[str], sandbox: Sandbox) -> Authorised:
+def _plain(command: str) -> Callable[[list[str], RunState], Authorised]:
+    def handler(rest: list[str], state: RunState) -> Authorised:
         flags, extra = _split(rest, *QUERY_FLAGS[command], command)
         if extra:
             raise Refused(f"docker {command} takes no arguments")
@@ -169,28 +194,28 @@ def _split(args: list[str], booleans: set[str], valued: set[str],
     return flags, []
 
 
-def _ps(rest: list[str], sandbox: Sandbox) -> Authorised:
+def _ps(rest: list[str], state: RunState) -> Authorised:
     flags, extra = _split(rest, *QUERY_FLAGS["ps"], "ps")
     if extra:
         raise Refused("docker ps takes no arguments")
-    return Authorised(("ps", *flags, f"--filter=label={RUN_LABEL}={sandbox.run_id}"), "ps")
+    return Authorised(("ps", *flags, f"--filter=label={RUN_LABEL}={state.sandbox.run_id}"),
+                      "ps")
 
 
-def _images(rest: list[str], sandbox: Sandbox) -> Authorised:
+def _images(rest: list[str], state: RunState) -> Authorised:
     flags, names = _split(rest, *QUERY_FLAGS["images"], "images")
     return Authorised(("images", *flags, "--", *names), "images")
 
 
-def _on_containers(command: str, rest: list[str], sandbox: Sandbox) -> Authorised:
+def _on_containers(command: str, rest: list[str], state: RunState) -> Authorised:
     flags, names = _split(rest, *QUERY_FLAGS[command], command)
     if not names:
         raise Refused(f"docker {command}: no container named")
+    ours = state.ours()
     if command == "inspect":
-        images = [n for n in names if image_id(sandbox.docker, n) is not None
-                  and n not in sandbox.container_names()]
+        images = [n for n in names if n not in ours and state.image_id(n) is not None]
         if len(images) == len(names):
             return Authorised(("image", "inspect", *flags, "--", *names), "image inspect")
-    ours = sandbox.container_names()
     strangers = [n for n in names if n not in ours]
     if strangers:
         raise Refused(f"docker {command}: {', '.join(strangers)} is not a container of this "
@@ -198,12 +223,13 @@ def _on_containers(command: str, rest: list[str], sandbox: Sandbox) -> Authorise
     return Authorised((command, *flags, "--", *names), command)
 
 
-def _run(rest: list[str], sandbox: Sandbox) -> Authorised:
+def _run(rest: list[str], state: RunState) -> Authorised:
     flags, positional = _split(rest, BOOLEANS, VALUED, "run")
     if not positional:
         raise Refused("docker run: no image given")
     image, command = positional[0], positional[1:]
     kept: list[str] = []
+    names: list[str] = []
     labels: dict[str, str] = {}
     interactive = False
     mounts_tmp = False
@@ -213,6 +239,8 @@ def _run(rest: list[str], sandbox: Sandbox) -> Authorised:
             continue
         if name in ("-i", "--interactive"):
             interactive = True
+        if name == "--name":
+            names.append(value)
         if name in ("-t", "--tty"):
             continue  # no terminal reaches a step
         if name in ("-e", "--env") and "=" not in value:
@@ -224,23 +252,24 @@ def _run(rest: list[str], sandbox: Sandbox) -> Authorised:
                 raise Refused(f"docker run: label {key} is set by cratebridge only")
             labels[key] = val
         if name in ("-v", "--volume", "--mount"):
-            flag, target = _bind(name, value, sandbox)
+            flag, target = _bind(name, value, state)
             mounts_tmp = mounts_tmp or target == "/tmp"
         if name == "--tmpfs":
             mounts_tmp = mounts_tmp or value.split(":")[0] == "/tmp"
             flag = f"--tmpfs={_tmpfs(value)}"
         kept.append(flag)
-    local_id = image_id(sandbox.docker, image)
+    local_id = state.image_id(image)
     if local_id is None:
         raise Refused(f"image {image} is not present locally; cratebridge never pulls. "
                       "Load the approved image into the TRE's Docker first")
-    if not ImagePolicy(sandbox.approved_images).allows(image, local_id):
+    if not ImagePolicy(state.sandbox.approved_images).allows(image, local_id):
         raise Refused(f"image {image} ({local_id}) is not approved by the operator's policy")
-    hardened = [*sandbox.docker_args(), "--read-only", "--pull=never"]
+    hardened = [*state.sandbox.docker_args(), "--read-only", "--pull=never"]
     if not mounts_tmp:
         hardened.append("--tmpfs=/tmp:rw,nosuid,nodev,size=256m,mode=1777")
     return Authorised(("run", *kept, *hardened, "--", image, *command), "run", image=image,
-                      image_id=local_id, labels=labels, interactive=interactive)
+                      image_id=local_id, labels=labels, interactive=interactive,
+                      names=tuple(names))
 
 
 def _tmpfs(value: str) -> str:
@@ -249,7 +278,7 @@ def _tmpfs(value: str) -> str:
     return ":".join([target, ",".join(["rw", "nosuid", "nodev", "noexec", *kept])])
 
 
-def _bind(name: str, value: str, sandbox: Sandbox) -> tuple[str, str]:
+def _bind(name: str, value: str, state: RunState) -> tuple[str, str]:
     """A bind mount in ``--mount`` form with its host source; and its target.
 
     The source is resolved on the host side (the engine's ``/tmp`` is the run's
@@ -281,12 +310,12 @@ def _bind(name: str, value: str, sandbox: Sandbox) -> tuple[str, str]:
                       "run's folder (named volumes are not allowed)")
     if not target.startswith("/") or any(c in target for c in ",\n"):
         raise Refused(f"docker run: mount target {target!r} is not an absolute path")
-    host = Path(os.path.realpath(sandbox.host_path(Path(source))))
-    if not _inside(host, sandbox.mountable):
+    host = Path(os.path.realpath(state.sandbox.host_path(Path(source))))
+    if not _inside(host, state.sandbox.mountable):
         raise Refused(f"docker run: mount source {source} is outside the run's folder")
     if not host.exists():
         raise Refused(f"docker run: mount source {source} does not exist")
-    writable = not readonly and _inside(host, sandbox.writable)
+    writable = not readonly and _inside(host, state.sandbox.writable)
     spec = f"type=bind,source={host},target={target}" + ("" if writable else ",readonly")
     if any(c in str(host) for c in ",\n"):
         raise Refused(f"docker run: mount source {source} has a comma or a newline")
