@@ -343,3 +343,33 @@ def test_the_room_dies_with_its_parent(tmp_path: Path) -> None:
     before = marker.stat().st_mtime
     time.sleep(1)
     assert marker.stat().st_mtime == before, "the engine outlived cratebridge"
+
+
+# -- pinned mount sources ------------------------------------------------------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_a_mount_source_is_pinned_and_a_symlink_on_its_path_refused(tmp_path: Path) -> None:
+    from cratebridge.containers.mounts import Pinned, pin_mounts
+
+    run = tmp_path / "run"
+    (run / "work" / "out").mkdir(parents=True)
+    (run / "work" / "out" / "f.txt").write_text("inside")
+    (run / "work" / "swapped").symlink_to("/etc")
+    pinned = Pinned(run / "broker" / "mounts" / "c1")
+    try:
+        argv = pin_mounts([f"--mount=type=bind,source={run}/work/out,target=/o,readonly"],
+                          pinned, (run,))
+        source = argv[0].split("source=")[1].split(",")[0]
+        assert source.startswith(str(run / "broker" / "mounts"))
+        assert argv[0].endswith(",target=/o,readonly")
+        assert (Path(source) / "f.txt").read_text() == "inside"  # the very folder
+        # a folder swapped for a symlink after the check is not followed
+        for sneaky in (f"{run}/work/swapped", f"{run}/work/swapped/passwd"):
+            with pytest.raises(OSError):
+                pin_mounts([f"--mount=type=bind,source={sneaky},target=/x"], pinned, (run,))
+        with pytest.raises(PermissionError, match="outside the run's folder"):
+            pin_mounts(["--mount=type=bind,source=/etc,target=/x"], pinned, (run,))
+    finally:
+        pinned.release()
+    assert not (run / "broker" / "mounts" / "c1").exists()
+    assert (run / "work" / "out" / "f.txt").read_text() == "inside"

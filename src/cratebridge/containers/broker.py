@@ -32,6 +32,7 @@ from typing import IO
 
 from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
+from cratebridge.containers.mounts import Pinned, pin_mounts
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
 from cratebridge.containers.scheduler import (
     authorise_query,
@@ -149,7 +150,6 @@ class Broker:
             pass
 
     def _run(self, sock: socket.socket, allowed: Authorised) -> int:
-        env = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
         argv = [allowed.program or self.sandbox.docker, *allowed.argv]
         cid_dir = None
         if allowed.command == "run":
@@ -157,7 +157,23 @@ class Broker:
             argv.insert(2, f"--cidfile={cid_dir}/cid")
         token = allowed.labels.get(STEP_LABEL) or f"c{time.time_ns()}"
         log_path = self.folder / "stderr" / f"{token}.stderr.log"
+        pinned = Pinned(self.folder / "mounts" / f"{token}-{time.time_ns()}")
+        try:
+            try:
+                pinned_argv = pin_mounts(argv, pinned, self.sandbox.mountable)
+            except OSError as exc:
+                raise Refused(f"docker run: a mount source is not a folder of this run "
+                              f"({exc})") from None
+            return self._start(sock, allowed, pinned_argv, cid_dir, token, log_path,
+                               recorded=argv)
+        finally:
+            pinned.release()
+
+    def _start(self, sock: socket.socket, allowed: Authorised, argv: list[str],
+               cid_dir: str | None, token: str, log_path: Path, recorded: list[str]) -> int:
+        """Run ``argv``; the ledger records ``recorded`` (the mounts' real sources)."""
         started = now()
+        env = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

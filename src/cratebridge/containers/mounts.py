@@ -1,0 +1,98 @@
+"""Pinned bind sources: a step mounts exactly the folder the broker checked.
+
+The broker resolves each bind source on the host and checks it lies inside
+the run's folder; Docker would then resolve the path again when it mounts,
+and the engine, which can write in its work folder, could swap a folder on
+that path for a symlink in between. So the broker opens the checked source
+(without following links), asks the kernel where that open file really is,
+checks that again, and bind-mounts that very file onto a path in its own
+folder, which the engine cannot see or change; Docker gets that path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["Pinned", "pin_mounts"]
+
+MS_BIND = 4096
+MNT_DETACH = 2
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class Pinned:
+    """Bind mounts made for one container; :meth:`release` undoes them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.targets: list[Path] = []
+
+    def pin(self, source: str, roots: Sequence[Path]) -> str:
+        """The path Docker should mount for ``source`` (checked to be inside ``roots``)."""
+        fd = _open_nofollow(source)
+        roots = [Path(os.path.realpath(r)) for r in roots]
+        try:
+            real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if not any(real == r or r in real.parents for r in roots):
+                raise PermissionError(f"{source} leads to {real}, outside the run's folder")
+            target = self.folder / str(len(self.targets))
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                target.mkdir(parents=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            if _libc.mount(f"/proc/self/fd/{fd}".encode(), str(target).encode(), None,
+                           MS_BIND, None) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"bind-mounting {source}: {os.strerror(errno)}")
+            self.targets.append(target)
+            return str(target)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        for target in reversed(self.targets):
+            _libc.umount2(str(target).encode(), MNT_DETACH)
+            try:
+                target.rmdir() if target.is_dir() else target.unlink()
+            except OSError:
+                pass
+        self.targets.clear()
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+
+def _open_nofollow(path: str) -> int:
+    """An O_PATH descriptor of ``path``, walking it without following any symlink."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in Path(path).parts[1:]:
+            # a symlink on the way is opened as itself: the next step then fails
+            child = os.open(part, os.O_PATH | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise PermissionError(f"{path} is a symbolic link")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def pin_mounts(argv: Sequence[str], pinned: Pinned, roots: Sequence[Path]) -> list[str]:
+    """``argv`` with every ``--mount=type=bind,source=...`` source pinned."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--mount=type=bind,source="):
+            head, _, rest = arg.partition("source=")
+            source, comma, tail = rest.partition(",")
+            arg = f"{head}source={pinned.pin(source, roots)}{comma}{tail}"
+        out.append(arg)
+    return out
