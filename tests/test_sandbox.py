@@ -373,3 +373,16 @@ def test_a_mount_source_is_pinned_and_a_symlink_on_its_path_refused(tmp_path: Pa
         pinned.release()
     assert not (run / "broker" / "mounts" / "c1").exists()
     assert (run / "work" / "out" / "f.txt").read_text() == "inside"
+
+
+def test_the_broker_closes_on_what_is_not_its_protocol(broker: tuple[Sandbox, Path]) -> None:
+    """An HTTP request (the real docker client) or a huge frame length: closed, not read."""
+    import socket as sockets
+
+    _, path = broker
+    for junk in (b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\n\r\n", b"\x00\xff\xff\xff\xff"):
+        with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(junk)
+            assert sock.recv(100) == b""  # the broker hung up at once

@@ -25,7 +25,7 @@ from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
 from cratebridge.containers.sandbox import Sandbox, find_docker, remove_stale_containers
 from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, RunContext
-from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
+from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, within
 from cratebridge.engines.registry import Registry
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UsageError
 from cratebridge.intake import open_crate, parse_request, verify_bag
@@ -261,6 +261,12 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config) -> RunRecord:
     leftover = context.sandbox.stop_all()
     if leftover and record.status is RunStatus.COMPLETED:
         record = _replace_error(record, f"{len(leftover)} container(s) left running were removed")
+    context.room.sweep_links()  # again: Slurm jobs ran until the broker cancelled them
+    record, outside = within(record, context.sandbox.mountable)
+    if outside:
+        record = replace(_replace_error(
+            record, f"the engine reported {len(outside)} file(s) outside the run's folder, "
+            f"not recorded: {', '.join(str(p) for p in outside[:3])}"), status=RunStatus.FAILED)
     return _redacted(record, cfg)
 
 

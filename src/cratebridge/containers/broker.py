@@ -57,6 +57,8 @@ __all__ = ["Broker", "now"]
 CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
               "SLURM_CONF")
 MAX_SCRIPT = 1024 * 1024
+MAX_CONNECTIONS = 64  # docker and Slurm calls of one run at once
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to say what it wants
 
 
 def now() -> str:
@@ -76,6 +78,7 @@ class Broker:
         self.folder = sandbox.ledger.parent
         self.lock = threading.Lock()
         self.jobs: set[str] = set()  # Slurm jobs this run submitted
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         # the containers it started (ids, short ids, names) and the image ids it looked up
         self.started: set[str] = set()
         self.state = RunState(sandbox, containers=self.started)
@@ -118,11 +121,22 @@ class Broker:
     # -- one connection -------------------------------------------------------
 
     def handle(self, sock: socket.socket) -> None:
-        frame = read_frame(sock)
-        if frame is None or frame[0] != REQUEST:
-            return
+        if not self.slots.acquire(blocking=False):
+            return  # too many at once: the engine's client sees the door close
         try:
-            request = json.loads(frame[1])
+            sock.settimeout(REQUEST_TIMEOUT)  # a request, then it may take its time
+            frame = read_frame(sock)
+            sock.settimeout(None)
+            if frame is not None and frame[0] == REQUEST:
+                self._answer(sock, frame[1])
+        except (TimeoutError, OSError):
+            return
+        finally:
+            self.slots.release()
+
+    def _answer(self, sock: socket.socket, payload: bytes) -> None:
+        try:
+            request = json.loads(payload)
             argv = [str(a) for a in request["argv"]]
             tool = str(request.get("tool", "docker"))
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -177,6 +177,28 @@ class Room:
                     except FileNotFoundError:
                         pass  # removed meanwhile by the engine
 
+    def sweep_links(self) -> list[str]:
+        """Remove every symlink the room left that leads, on the host, outside what it saw.
+
+        A link means one thing in the room and another to the executor (``/proc/self``,
+        ``/etc/passwd``, ``/tmp``...): once the engine is gone, the host reads the
+        room's files, and must never be led by them outside the run. Returns the
+        links removed (as ``path -> target``).
+        """
+        seen = [Path(os.path.realpath(p)) for p in (*self.readable, *self.writable, self.tmp)]
+        removed = []
+        for top in (*self.writable, self.tmp):
+            for folder, dirs, files in os.walk(top):
+                for name in (*dirs, *files):
+                    path = os.path.join(folder, name)
+                    if not os.path.islink(path):
+                        continue
+                    real = Path(os.path.realpath(path))
+                    if not any(real == r or r in real.parents for r in seen):
+                        removed.append(f"{path} -> {os.readlink(path)}")
+                        os.unlink(path)
+        return removed
+
     @contextmanager
     def command(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path,
                 hand_over: bool = True) -> Iterator[tuple[list[str], tuple[int, ...]]]:

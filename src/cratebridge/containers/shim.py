@@ -33,6 +33,7 @@ __all__ = [
     "CID",
     "EXIT",
     "HEADER",
+    "MAX_FRAME",
     "REQUEST",
     "SLURM_TOOLS",
     "STDERR",
@@ -58,12 +59,18 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
     return data
 
 
+#: The largest frame either side accepts; a larger one ends the conversation.
+MAX_FRAME = 4 * 1024 * 1024
+
+
 def read_frame(sock: socket.socket) -> tuple[int, bytes] | None:
-    """The next frame, or None when the other side has gone."""
+    """The next frame, or None when the other side has gone (or sent one too large)."""
     head = _read_exactly(sock, HEADER.size)
     if head is None:
         return None
     channel, size = HEADER.unpack(head)
+    if size > MAX_FRAME:
+        return None
     payload = _read_exactly(sock, size) if size else b""
     return None if payload is None else (channel, payload)
 

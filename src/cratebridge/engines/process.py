@@ -74,6 +74,20 @@ def run_engine(command: Sequence[str], *, room: Room, env: Mapping[str, str], cw
     stopped and the exception propagates.
     """
     deadline = time.monotonic() + timeout if timeout else None
+    try:
+        return _run_engine(command, room, env, cwd, stdout, stderr, deadline, on_tick, tick)
+    finally:
+        # the host reads what the engine left: never through a link leading out of the room
+        removed = room.sweep_links()
+        if removed:
+            with stderr.open("a") as err:
+                err.writelines(f"cratebridge: removed a link leading outside the run: {link}\n"
+                               for link in removed)
+
+
+def _run_engine(command: Sequence[str], room: Room, env: Mapping[str, str], cwd: Path,
+                stdout: Path, stderr: Path, deadline: float | None,
+                on_tick: Callable[[], None], tick: float) -> EngineExit:
     with stdout.open("wb") as out, stderr.open("wb") as err, \
             room.command(command, env, cwd) as (argv, fds):
         proc = subprocess.Popen(argv, env={}, cwd="/", stdout=out, stderr=err,
@@ -117,6 +131,8 @@ def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], 
         except BaseException:
             _stop_group(proc, grace=1)
             raise
+        finally:
+            room.sweep_links()
     return out.decode(errors="replace"), err.decode(errors="replace")
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "StepRecord",
+    "within",
 ]
 
 
@@ -110,3 +112,33 @@ class RunRecord:
     error: str | None = None
     command: tuple[str, ...] = ()
     extra_workflow_files: tuple[Path, ...] = field(default=())
+
+
+def within(record: RunRecord, roots: tuple[Path, ...]) -> tuple[RunRecord, list[Path]]:
+    """``record`` without the files that lie (links resolved) outside ``roots``; and those.
+
+    A record is built from what a confined engine wrote: a path in it may point
+    anywhere. The result crate takes files from the run's folder (and refers to
+    operator-mapped data) only.
+    """
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    dropped: list[Path] = []
+
+    def keep(path: Path) -> bool:
+        real = Path(os.path.realpath(path))
+        if any(real == r or r in real.parents for r in real_roots):
+            return True
+        dropped.append(path)
+        return False
+
+    def values(items: tuple[FileRecord | ParameterValue, ...]
+               ) -> tuple[FileRecord | ParameterValue, ...]:
+        return tuple(i for i in items if not isinstance(i, FileRecord) or keep(i.path))
+
+    def logs(items: tuple[LogRecord, ...]) -> tuple[LogRecord, ...]:
+        return tuple(log for log in items if keep(log.path))
+
+    steps = tuple(replace(s, inputs=values(s.inputs), outputs=values(s.outputs),
+                          logs=logs(s.logs)) for s in record.steps)
+    kept = replace(record, outputs=values(record.outputs), steps=steps, logs=logs(record.logs))
+    return kept, dropped

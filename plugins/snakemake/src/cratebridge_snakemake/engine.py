@@ -177,7 +177,8 @@ class SnakemakeEngine(Engine):
         events = read_events(events_path)
         steps = step_records(events, read_ledger(context.sandbox.ledger))
         ok = ended.exit_code == 0 and not ended.reason
-        outputs = _copy_outputs(events, context.outputs_dir) if ok else ()
+        outputs = _copy_outputs(events, context.work_dir / SNAKEMAKE_DIR,
+                                context.outputs_dir) if ok else ()
         error = None
         if not ok:
             error = ended.reason or _error_summary(stderr, steps, ended.exit_code)
@@ -253,22 +254,26 @@ def _image_notes(workflow: SnakeWorkflow, default: str | None) -> list[str]:
     return notes
 
 
-def _copy_outputs(events: Events, outputs_dir: Path) -> tuple[FileRecord, ...]:
-    """Copy the workflow's final targets under outputs/, keeping paths relative to its workdir."""
+def _copy_outputs(events: Events, workdir: Path, outputs_dir: Path) -> tuple[FileRecord, ...]:
+    """Copy the workflow's final targets under outputs/, keeping paths relative to its workdir.
+
+    The events file was written in the room: a target counts only inside the
+    workdir (links resolved), and links are copied as links, never followed.
+    """
     records = []
+    workdir = workdir.resolve()
     for target in events.targets:
-        if not target.exists():
+        real = Path(os.path.realpath(target))
+        if not real.is_relative_to(workdir) or not real.exists():
             continue
-        relative = Path(target.name)
-        if events.workdir is not None and target.is_relative_to(events.workdir):
-            relative = target.relative_to(events.workdir)
+        relative = real.relative_to(workdir)
         dest = outputs_dir / relative
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir():
-            shutil.copytree(target, dest, dirs_exist_ok=True)
+        if real.is_dir():
+            shutil.copytree(real, dest, symlinks=True, dirs_exist_ok=True)
         else:
-            shutil.copy2(target, dest)
-        records.append(FileRecord(dest, relative.as_posix(), target.is_dir()))
+            shutil.copy2(real, dest, follow_symlinks=False)
+        records.append(FileRecord(dest, relative.as_posix(), real.is_dir()))
     return tuple(records)
 
 
