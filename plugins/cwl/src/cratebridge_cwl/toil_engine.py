@@ -36,7 +36,7 @@ from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_cwl.cwltool_engine import CwltoolEngine
 from cratebridge_cwl.records import read_events, values_to_records
-from cratebridge_cwl.toil_records import read_job, toil_step_records
+from cratebridge_cwl.toil_records import toil_step_records
 from cratebridge_cwl.workflow import bind_inputs
 
 __all__ = ["ToilEngine", "ToilSettings"]
@@ -195,7 +195,9 @@ class ToilEngine(Engine):
         finished = datetime.now(UTC)
         events = read_events(events_path)
         steps = toil_step_records(events, read_ledger(context.sandbox.ledger),
-                                  read_job(work / JOB_FILE), context.logs_dir / "toil-jobs")
+                                  # the plan's job order, not the work folder's copy:
+                                  # that one the engine could have changed
+                                  dict(plan.parameters), context.logs_dir / "toil-jobs")
         status = RunStatus.COMPLETED if ended.exit_code == 0 and not ended.reason \
             else RunStatus.FAILED
         logs = [LogRecord(stderr, "toil-cwl-runner log"),

@@ -10,7 +10,6 @@ Toil's per-job worker log (``--writeLogs``) is attached to its step.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -22,7 +21,7 @@ from cratebridge.containers.ledger import Ledger
 from cratebridge.engines.record import LogRecord, StepRecord
 from cratebridge_cwl.records import step_records
 
-__all__ = ["read_job", "slurm_jobs", "toil_step_records"]
+__all__ = ["slurm_jobs", "toil_step_records"]
 
 
 def _sha1(path: Path) -> str | None:
@@ -131,11 +130,3 @@ def slurm_jobs(events: list[dict[str, Any]]) -> dict[str, str]:
     """Slurm job id per step token, for steps that ran as Slurm jobs."""
     return {e["token"]: str(e["slurm_job"]) for e in events
             if e.get("event") == "started" and e.get("slurm_job")}
-
-
-def read_job(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from cratebridge.containers.ledger import Ledger, LedgerEntry
@@ -101,7 +102,12 @@ def step_records(rows: list[TraceRow], containers: dict[str, LedgerEntry], run_d
     ``image_ids`` gives the local id of images whose container the ledger lacks.
     """
     records = []
+    root = run_dir.resolve()
     for row in sorted(rows, key=lambda r: int(r.task_id) if r.task_id.isdigit() else 0):
+        if row.workdir is not None and \
+                not Path(os.path.realpath(row.workdir)).is_relative_to(root):
+            # the trace is written in the room: a task folder elsewhere is not read
+            row = replace(row, workdir=None)
         ran = containers.get(os.path.realpath(row.workdir)) if row.workdir else None
         container = ran.container if ran else None
         if container is None and row.container:
