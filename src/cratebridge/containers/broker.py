@@ -143,7 +143,10 @@ class Broker:
             return self._refuse(sock, [], "malformed request")
         try:
             if tool == "docker":
-                code = self._run(sock, authorise(argv, self.state))
+                env = request.get("env")
+                code = self._run(sock, authorise(
+                    argv, self.state, {str(k): str(v) for k, v in env.items()}
+                    if isinstance(env, dict) else {}))
             else:
                 code = self._scheduler(sock, tool, argv, request)
         except Refused as refused:
@@ -213,8 +216,10 @@ class Broker:
                 cid.append(found)
                 self.started.update({found, found[:12], *allowed.names})
                 try:
-                    with send:
-                        send_frame(sock, CID, found.encode())
+                    if allowed.cidfile:
+                        with send:
+                            send_frame(sock, CID, json.dumps(
+                                {"id": found, "cidfile": allowed.cidfile}).encode())
                 except OSError:
                     gone.set()
             if gone.is_set():  # the client went before the container was known

@@ -13,7 +13,7 @@ and approved; containers named by the engine must belong to this run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ class Authorised:
     labels: dict[str, str] = field(default_factory=dict)
     interactive: bool = False
     names: tuple[str, ...] = ()  # ``--name`` given to a container
+    cidfile: str | None = None  # where the engine wants the container id (its own side)
 
 
 # Global options an engine may give before the command; they change nothing here.
@@ -105,17 +106,22 @@ class RunState:
         return self.containers
 
 
-def authorise(argv: list[str], target: Sandbox | RunState) -> Authorised:
-    """The docker arguments to run for an engine's ``docker ARGV``, or :class:`Refused`."""
+def authorise(argv: list[str], target: Sandbox | RunState,
+              env: Mapping[str, str] | None = None) -> Authorised:
+    """The docker arguments to run for an engine's ``docker ARGV``, or :class:`Refused`.
+
+    ``env`` is the engine's environment, where a bare ``-e NAME`` takes its value.
+    """
     state = target if isinstance(target, RunState) else RunState(target)
     args = _strip_globals(argv)
     if not args:
         raise Refused("no docker command given")
     command, rest = args[0], args[1:]
     if command in ("container", "image") and rest:
-        return _authorise_group(command, rest[0], rest[1:], state)
+        return _authorise_group(command, rest[0], rest[1:], state, env or {})
     handlers: dict[str, Callable[[list[str], RunState], Authorised]] = {
-        "run": _run, "ps": _ps, "images": _images, "version": _plain("version"),
+        "run": lambda rest, state: _run(rest, state, env or {}), "ps": _ps,
+        "images": _images, "version": _plain("version"),
     }
     if command in handlers:
         return handlers[command](rest, state)
@@ -138,10 +144,10 @@ def _strip_globals(argv: list[str]) -> list[str]:
     return argv[i:]
 
 
-def _authorise_group(group: str, command: str, rest: list[str],
-                     state: RunState) -> Authorised:
+def _authorise_group(group: str, command: str, rest: list[str], state: RunState,
+                     env: Mapping[str, str]) -> Authorised:
     if group == "container" and command in ("run", "ps", "ls", *ON_CONTAINERS):
-        return authorise(["ps" if command == "ls" else command, *rest], state)
+        return authorise(["ps" if command == "ls" else command, *rest], state, env)
     if group == "image" and command in ("inspect", "ls"):
         if command == "ls":
             return _images(rest, state)
@@ -223,18 +229,21 @@ def _on_containers(command: str, rest: list[str], state: RunState) -> Authorised
     return Authorised((command, *flags, "--", *names), command)
 
 
-def _run(rest: list[str], state: RunState) -> Authorised:
+def _run(rest: list[str], state: RunState, env: Mapping[str, str]) -> Authorised:
     flags, positional = _split(rest, BOOLEANS, VALUED, "run")
     if not positional:
         raise Refused("docker run: no image given")
     image, command = positional[0], positional[1:]
     kept: list[str] = []
     names: list[str] = []
+    cidfile = None
     labels: dict[str, str] = {}
     interactive = False
     mounts_tmp = False
     for flag in flags:
         name, _, value = flag.partition("=")
+        if name == "--cidfile":
+            cidfile = value
         if name in POLICY_BOOLEANS or name in POLICY_VALUED:
             continue
         if name in ("-i", "--interactive"):
@@ -244,8 +253,9 @@ def _run(rest: list[str], state: RunState) -> Authorised:
         if name in ("-t", "--tty"):
             continue  # no terminal reaches a step
         if name in ("-e", "--env") and "=" not in value:
-            raise Refused(f"docker run: {name} {value} takes no value from the broker's "
-                          "environment; give NAME=VALUE")
+            if value not in env:
+                continue  # as docker does: a variable the engine does not have is not set
+            flag = f"{name}={value}={env[value]}"
         if name in ("--label", "-l"):
             key, _, val = value.partition("=")
             if key.startswith("org.cratebridge.") and key != "org.cratebridge.step":
@@ -269,7 +279,7 @@ def _run(rest: list[str], state: RunState) -> Authorised:
         hardened.append("--tmpfs=/tmp:rw,nosuid,nodev,size=256m,mode=1777")
     return Authorised(("run", *kept, *hardened, "--", image, *command), "run", image=image,
                       image_id=local_id, labels=labels, interactive=interactive,
-                      names=tuple(names))
+                      names=tuple(names), cidfile=cidfile)
 
 
 def _tmpfs(value: str) -> str:

@@ -1,12 +1,12 @@
 """``cratebridge-docker``: the ``docker`` a confined engine sees; a client of the run's broker.
 
-It holds no policy: it sends its arguments to the broker's socket
-(``$CRATEBRIDGE_BROKER``), streams standard input to it and the container's
-output back, and exits with the status the broker reports. Only two things
-are done on this side, because only this side has them: ``-e NAME`` takes its
-value from the engine's environment, and ``--cidfile`` is written here, with
-the engine's rights, from the container id the broker reports. Engines call it
-several times per step, so it imports next to nothing.
+It holds no policy and parses nothing: it sends its arguments, folder and
+environment to the broker's socket (``$CRATEBRIDGE_BROKER``), streams
+standard input to it and the container's output back, and exits with the
+status the broker reports. One thing is done on this side, because only this
+side may: the ``--cidfile`` the engine asked for is written here, with the
+engine's rights. Engines call it several times per step, so it imports next
+to nothing.
 """
 
 from __future__ import annotations
@@ -75,30 +75,6 @@ def read_frame(sock: socket.socket) -> tuple[int, bytes] | None:
     return None if payload is None else (channel, payload)
 
 
-def _prepare(args: list[str]) -> tuple[list[str], str | None]:
-    """Values for bare ``-e NAME``, and ``--cidfile`` taken out (written here)."""
-    out: list[str] = []
-    cidfile = None
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in ("-e", "--env") and i + 1 < len(args) and "=" not in args[i + 1]:
-            out += [arg, f"{args[i + 1]}={os.environ.get(args[i + 1], '')}"]
-            i += 2
-            continue
-        if arg == "--cidfile" and i + 1 < len(args):
-            cidfile = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--cidfile="):
-            cidfile = arg.partition("=")[2]
-            i += 1
-            continue
-        out.append(arg)
-        i += 1
-    return out, cidfile
-
-
 def _pump_stdin(sock: socket.socket) -> None:
     try:
         while chunk := os.read(0, 65536):
@@ -116,13 +92,8 @@ def main(argv: list[str] | None = None) -> int:
               "inside a cratebridge run", file=sys.stderr)
         return 125
     tool = os.path.basename(sys.argv[0]) if argv is None else "docker"
-    request: dict[str, object] = {"argv": args}
-    cidfile = None
-    if tool in SLURM_TOOLS:
-        request.update(tool=tool, cwd=os.getcwd(), env=dict(os.environ))
-    else:
-        args, cidfile = _prepare(args)
-        request["argv"] = args
+    request = {"argv": args, "tool": tool if tool in SLURM_TOOLS else "docker",
+               "cwd": os.getcwd(), "env": dict(os.environ)}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     here = os.getcwd()
     try:
@@ -143,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         channel, payload = frame
         if channel in (STDOUT, STDERR):
             os.write(1 if channel == STDOUT else 2, payload)
-        elif channel == CID and cidfile:
-            with open(cidfile, "x", encoding="ascii") as handle:
-                handle.write(payload.decode("ascii"))
+        elif channel == CID:  # the engine asked for --cidfile: written with its rights
+            cid = json.loads(payload)
+            with open(cid["cidfile"], "x", encoding="ascii") as handle:
+                handle.write(cid["id"])
         elif channel == EXIT:
             return int(payload or b"125")
     print("cratebridge-docker: the broker closed the connection", file=sys.stderr)
