@@ -1289,3 +1289,73 @@ def test_a_kept_run_folder_is_private(probe_run: ProbeRun) -> None:
         mode = stat.S_IMODE(folder.stat().st_mode)
         assert mode == 0o700, f"{folder} is {oct(mode)}"
         assert folder.stat().st_uid == os.geteuid()
+
+
+# -- on Slurm: the engine and its jobs, through the broker's Slurm door --------------------------
+
+SLURM_CONFIG = KEEP + '[engines.snakemake]\nexecutor = "slurm"\njobs = 2\nstatus_interval = 5\n'
+
+SNAKE_SLURM = '''
+import subprocess as _sp
+escape("top level")
+# a job of our own: it runs in a room of its own on the node, as uid 1000
+_job = _sp.run(["sbatch", "--parsable", "-J", "escape", "--wrap",
+                "id -u > job-uid; cat " + T["secrets"]["fixture secret"] + " > job-read 2>&1; "
+                "touch " + T["markers"]["next to the fixture"] + " 2>/dev/null; true"],
+               capture_output=True, text=True)
+_tried = [{"place": "sbatch", "uid": _os.getuid(), "code": _job.returncode,
+           "err": _job.stderr[-300:]}]
+for _argv in (["scontrol", "update", "jobid=1", "priority=1"], ["scancel", "-u", "root"],
+              ["sbatch", "--uid=0", "--wrap", "id"], ["sacctmgr", "-i", "add", "user", "x"]):
+    _done = _sp.run(_argv, capture_output=True, text=True)
+    _tried.append({"place": " ".join(_argv[:2]), "uid": _os.getuid(),
+                   "code": _done.returncode})
+with open("escape-evidence.jsonl", "a") as _handle:
+    _handle.writelines(_json.dumps(t) + "\\n" for t in _tried)
+
+rule all:
+    input: "leak.txt"
+
+rule leak:
+    output: "leak.txt"
+    container: "docker://cratebridge/busybox:1"
+    shell: "id -u > {output}; cat /proc/net/dev >> {output}"
+'''
+
+
+@pytest.mark.slurm
+def test_snakemake_on_slurm_stays_in_rooms(host: Host, slurm: bool) -> None:
+    """Snakemake with the Slurm executor: its Python at parse time, a job it submits itself with
+    ``sbatch --wrap`` that reads the host secret and writes a marker, and Slurm commands outside
+    the door's allow-list (``scontrol update``, ``scancel -u``, ``sbatch --uid``,
+    ``sacctmgr add``).
+
+    Expected: exit 0; the Snakefile's own job ran as uid 1000 without the host secret, the
+    forbidden commands were refused (exit 125) and recorded in the ledger; the rule's job ran
+    on Slurm in its container.
+    """
+    host.config.write_text(SLURM_CONFIG)
+    crate = request(host, "snake-slurm", {"Snakefile": snakefile(host, SNAKE_SLURM)},
+                    language="snakemake")
+    outcome = cratebridge(host, "run", crate)
+    assert_exit(outcome, 0)
+    assert_contained(host, outcome)
+    assert_result_written(outcome)
+    assert outcome.run_dir is not None
+    seen = {f["place"]: f for f in _evidence(outcome.run_dir)}
+    assert seen["sbatch"]["code"] == 0, seen["sbatch"]
+    for refused in ("scontrol update", "scancel -u", "sbatch --uid=0", "sacctmgr -i"):
+        assert seen[refused]["code"] == 125, refused
+    work = outcome.run_dir / "work" / "snakemake"
+    for _ in range(60):  # the Snakefile's own job may still be finishing
+        if (work / "job-read").is_file():
+            break
+        time.sleep(1)
+    assert (work / "job-uid").read_text().strip() == "1000"
+    assert FIXTURE_SECRET.read_text().splitlines()[0] not in (work / "job-read").read_text()
+    ledger = [json.loads(line) for line in
+              (outcome.run_dir / "broker" / "ledger.jsonl").read_text().splitlines()]
+    assert sum(1 for e in ledger if e.get("slurm_job")) >= 2  # ours and the rule's
+    assert sum(1 for e in ledger if "refused" in e) >= 4
+    leak = (work / "leak.txt").read_text().split()
+    assert leak[0] == "1000" and "eth0:" not in leak
