@@ -394,4 +394,8 @@ def test_the_broker_closes_on_what_is_not_its_protocol(broker: tuple[Sandbox, Pa
             sock.settimeout(5)
             sock.connect(str(path))
             sock.sendall(junk)
-            assert sock.recv(100) == b""  # the broker hung up at once
+            try:
+                answer = sock.recv(100)
+            except ConnectionResetError:  # closed with our bytes unread
+                answer = b""
+            assert answer == b""  # the broker hung up at once, without waiting for more

@@ -82,7 +82,6 @@ class Broker:
         # the containers it started (ids, short ids, names) and the image ids it looked up
         self.started: set[str] = set()
         self.state = RunState(sandbox, containers=self.started)
-        self._server: socketserver.ThreadingUnixStreamServer | None = None
 
     @contextmanager
     def serving(self) -> Iterator[Broker]:
@@ -106,7 +105,6 @@ class Broker:
         server.daemon_threads = True
         os.chown(self.socket_path, self.uid, self.gid)
         os.chmod(self.socket_path, 0o600)
-        self._server = server
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                   name="cratebridge-broker", daemon=True)
         thread.start()
@@ -139,16 +137,15 @@ class Broker:
             request = json.loads(payload)
             argv = [str(a) for a in request["argv"]]
             tool = str(request.get("tool", "docker"))
+            cwd = str(request.get("cwd") or "")
+            env = {str(k): str(v) for k, v in dict(request.get("env") or {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             return self._refuse(sock, [], "malformed request")
         try:
             if tool == "docker":
-                env = request.get("env")
-                code = self._run(sock, authorise(
-                    argv, self.state, {str(k): str(v) for k, v in env.items()}
-                    if isinstance(env, dict) else {}))
+                code = self._run(sock, authorise(argv, self.state, env))
             else:
-                code = self._scheduler(sock, tool, argv, request)
+                code = self._scheduler(sock, tool, argv, cwd, env)
         except Refused as refused:
             return self._refuse(sock, [tool, *argv], str(refused))
         except OSError:
@@ -303,8 +300,9 @@ class Broker:
 
     # -- the Slurm door ---------------------------------------------------------
 
-    def _scheduler(self, sock: socket.socket, tool: str, argv: list[str],
-                   request: dict[str, object]) -> int:
+    def _scheduler(self, sock: socket.socket, tool: str, argv: list[str], cwd: str,
+                   env: dict[str, str]) -> int:
+        """A Slurm command of the engine's (``cwd`` and ``env`` are its own)."""
         if self.sandbox.scheduler != "slurm" or self.room is None:
             raise Refused(f"'{tool}': this run has no scheduler; the engine runs its steps "
                           "here")
@@ -312,22 +310,21 @@ class Broker:
         if program is None:
             raise Refused(f"'{tool}' is not installed on this host")
         if tool == "sbatch":
-            return self._submit(sock, program, argv, request)
+            return self._submit(sock, program, argv, cwd, env)
         allowed = authorise_scancel(argv, self.jobs) if tool == "scancel" \
             else authorise_query(tool, argv, ROOM_USER, getpass.getuser())
         return self._run(sock, Authorised(tuple(allowed[1:]), tool, program=program))
 
-    def _submit(self, sock: socket.socket, program: str, argv: list[str],
-                request: dict[str, object]) -> int:
+    def _submit(self, sock: socket.socket, program: str, argv: list[str], client_cwd: str,
+                env: dict[str, str]) -> int:
         """sbatch a job that runs the engine's script in a room of its own (see jobroom)."""
         assert self.room is not None
         submission = authorise_sbatch(argv)
-        cwd = self._inside_run(str(request.get("cwd") or self.sandbox.writable[0]), "cwd")
+        cwd = self._inside_run(client_cwd or str(self.sandbox.writable[0]), "cwd")
         script = submission.script or self._script(sock, submission.script_path or "", cwd)
         if submission.script is None:  # its #SBATCH lines pass the same allow-list
             submission = replace(authorise_sbatch([*directives(script), *argv]), script=script)
-        env = request.get("env")
-        job_env = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+        job_env = dict(env)
         job_env.update(v.partition("=")[::2] for v in submission.export)
         number = f"{time.time_ns()}"
         scripts = self.socket_path.parent / "jobs"  # seen by the room, read-only
