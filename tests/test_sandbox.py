@@ -399,3 +399,32 @@ def test_the_broker_closes_on_what_is_not_its_protocol(broker: tuple[Sandbox, Pa
             except ConnectionResetError:  # closed with our bytes unread
                 answer = b""
             assert answer == b""  # the broker hung up at once, without waiting for more
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_pins_of_a_killed_broker_are_released_by_the_next_run(tmp_path: Path) -> None:
+    from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts, release_stale
+
+    runs = tmp_path / "runs"
+    dead, alive = runs / "dead-run", runs / "live-run"
+    pins = []
+    for run, owner in ((dead, "nohost-that-exists:1"), (alive, None)):
+        (run / "work" / "out").mkdir(parents=True)
+        (run / "broker").mkdir()
+        from cratebridge.containers.sandbox import owner_id
+
+        (run / "broker" / OWNER_FILE).write_text(owner or owner_id())
+        pinned = Pinned(run / "broker" / "mounts" / "c")
+        pin_mounts([f"--mount=type=bind,source={run}/work/out,target=/o"], pinned, (run,))
+        pins.append(pinned)
+    # a dead owner on this host: a pid that cannot exist
+    (dead / "broker" / OWNER_FILE).write_text(f"{__import__('socket').gethostname()}:999999999")
+    try:
+        released = release_stale(runs)
+        assert released == [str(dead / "broker" / "mounts" / "c" / "0")]
+        points = {line.split()[4] for line in Path("/proc/self/mountinfo").open()}
+        assert str(dead / "broker" / "mounts" / "c" / "0") not in points
+        assert str(alive / "broker" / "mounts" / "c" / "0") in points  # its broker lives
+    finally:
+        for pinned in pins:
+            pinned.release()

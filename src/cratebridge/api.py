@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cratebridge.config import Config, load_config
+from cratebridge.containers.mounts import release_stale
 from cratebridge.containers.sandbox import find_docker, remove_stale_containers
 from cratebridge.engines.record import FileRecord, ParameterValue
 from cratebridge.engines.registry import Registry
@@ -114,11 +116,15 @@ def engines(config: Config | Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def cleanup(everything: bool = False) -> list[str]:
+def cleanup(everything: bool = False, config: Config | Path | None = None) -> list[str]:
     """Remove containers left behind by runs whose process is gone (after a SIGKILL).
 
     Containers of runs still in progress are left alone unless ``everything``.
+    The bind mounts such runs' brokers made under the runs folder are released too.
     """
+    if os.geteuid() == 0:
+        cfg = config if isinstance(config, Config) else load_config(config)
+        release_stale(cfg.runs_dir)
     docker = find_docker()
     if docker is None:
         return []

@@ -157,7 +157,7 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     from cratebridge import api
 
-    removed = api.cleanup(everything=args.all)
+    removed = api.cleanup(everything=args.all, config=args.config)
     _emit({"removed": removed}, args.json,
           lambda: f"removed {len(removed)} container(s)" if removed else "nothing to remove")
     return 0

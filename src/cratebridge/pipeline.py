@@ -23,6 +23,7 @@ from types import FrameType
 from cratebridge.config import Config, load_config
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
+from cratebridge.containers.mounts import release_stale
 from cratebridge.containers.sandbox import Sandbox, find_docker, remove_stale_containers
 from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, RunContext
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, within
@@ -170,6 +171,7 @@ def plan(crate: Path, *, engine: str | None = None, config: Config | Path | None
     cfg = config if isinstance(config, Config) else load_config(config)
     reg = registry or Registry.from_entry_points(cfg.allowed_engines)
     scratch = Path(tempfile.mkdtemp(prefix="cratebridge-plan-"))
+    prepared = None
     try:
         prepared = _prepare(Path(crate), scratch, "plan", cfg, reg, engine, lambda e: None)
         plan_ = prepared.engine.plan(prepared.request, prepared.context)
@@ -177,6 +179,8 @@ def plan(crate: Path, *, engine: str | None = None, config: Config | Path | None
         return PlanOutcome(prepared.request, _shown(plan_, cfg),
                            prepared.engine.info().version, scratch)
     finally:
+        if prepared is not None:
+            prepared.engine.release()
         _discard(scratch)
 
 
@@ -214,10 +218,11 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     out = Path(out).absolute()
     if out.exists() and out.is_dir() and any(out.iterdir()):
         raise UsageError("the result folder exists and is not empty", where=str(out))
-    _remove_stale_containers()
+    _remove_stale_containers(cfg.runs_dir)
     run_id = _new_run_id()
     run_dir = cfg.runs_dir / run_id
     run_dir.mkdir(parents=True, mode=0o700)
+    prepared = None
     try:
         prepared = _prepare(Path(crate), run_dir, run_id, cfg, reg, engine,
                             progress or (lambda e: None))
@@ -225,9 +230,14 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
         _check_images(plan_, cfg)
     except BaseException:
         # a refused crate (or an interrupted set-up) leaves no half-made run behind
+        if prepared is not None:
+            prepared.engine.release()
         _discard(run_dir)
         raise
-    record = _execute(prepared, plan_, cfg)
+    try:
+        record = _execute(prepared, plan_, cfg)
+    finally:
+        prepared.engine.release()
     result_dir = build_result_crate(prepared.request, record, run_dir=run_dir,
                                     dest=run_dir / "result", plan=plan_)
     written = write_result(result_dir, out, bagit=prepared.bagit, bag_info=prepared.bag_info)
@@ -236,8 +246,13 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     return RunOutcome(run_id, run_dir, written, record.status, record, _shown(plan_, cfg))
 
 
-def _remove_stale_containers() -> None:
-    """A run killed with SIGKILL could not stop its containers: the next run does."""
+def _remove_stale_containers(runs_dir: Path) -> None:
+    """A run killed with SIGKILL could not stop its containers: the next run does.
+
+    Nor release the bind mounts its broker pinned: those too.
+    """
+    if os.geteuid() == 0:
+        release_stale(runs_dir)
     docker = find_docker()
     if docker is not None:
         remove_stale_containers(docker)

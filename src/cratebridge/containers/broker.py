@@ -32,7 +32,7 @@ from typing import IO
 
 from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
-from cratebridge.containers.mounts import Pinned, pin_mounts
+from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
 from cratebridge.containers.scheduler import (
     authorise_query,
@@ -87,6 +87,7 @@ class Broker:
     def serving(self) -> Iterator[Broker]:
         """Listen while the block runs; every container still running afterwards is stopped."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / OWNER_FILE).write_text(self.sandbox.owner)  # for a later clean-up
         if self.socket_path.exists() or self.socket_path.is_symlink():
             self.socket_path.unlink()
         broker = self

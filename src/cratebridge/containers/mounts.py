@@ -18,7 +18,10 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Pinned", "pin_mounts"]
+__all__ = ["OWNER_FILE", "Pinned", "pin_mounts", "release_stale"]
+
+#: In a run's broker folder: ``host:pid`` of the process whose broker made its mounts.
+OWNER_FILE = "owner"
 
 MS_BIND = 4096
 MNT_DETACH = 2
@@ -67,6 +70,31 @@ class Pinned:
             self.folder.rmdir()
         except OSError:
             pass
+
+
+def release_stale(runs_dir: Path) -> list[str]:
+    """Unmount the pins of runs whose broker is gone (killed before it could); their paths.
+
+    Every pin lies in ``<run>/broker/mounts/``, and ``<run>/broker/owner`` names
+    the process that made it; only pins under ``runs_dir`` are touched.
+    """
+    from cratebridge.containers.sandbox import owner_alive
+
+    root = os.path.realpath(runs_dir) + os.sep
+    released = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+        points = [line.split()[4].replace("\\040", " ") for line in info]
+    for point in sorted(points, reverse=True):
+        run, marker, _ = point.partition(f"{os.sep}broker{os.sep}mounts{os.sep}")
+        if not point.startswith(root) or not marker:
+            continue
+        owner_file = Path(run) / "broker" / OWNER_FILE
+        owner = owner_file.read_text().strip() if owner_file.is_file() else ""
+        if owner and owner_alive(owner):
+            continue
+        if _libc.umount2(point.encode(), MNT_DETACH) == 0:
+            released.append(point)
+    return released
 
 
 def _open_nofollow(path: str) -> int:

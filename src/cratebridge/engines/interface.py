@@ -169,6 +169,14 @@ class Engine(abc.ABC):
         does not fit its parameter; must never reach the network.
         """
 
+    def release(self) -> None:
+        """Let go of anything :meth:`plan` kept for :meth:`run` (a reader held in the room).
+
+        Called after a dry run, and after a run (or a refusal between plan and
+        run). The default keeps nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
         """Run the plan and report what happened, step by step.

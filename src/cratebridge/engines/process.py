@@ -22,8 +22,8 @@ from pathlib import Path
 from cratebridge.containers.confine import Room
 from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
 
-__all__ = ["EngineExit", "confined_report", "print_report", "run_confined",
-           "run_engine", "tail"]
+__all__ = ["EngineExit", "confined_report", "print_report", "report_of", "run_confined",
+           "run_engine", "stop_group", "tail", "watch"]
 
 # The errors a confined reader may report; anything else it says is UnsupportedCrate.
 _REPORTABLE: dict[str, type[CrateRejected]] = {
@@ -47,7 +47,7 @@ class EngineExit:
         return None
 
 
-def _stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -93,21 +93,27 @@ def _run_engine(command: Sequence[str], room: Room, env: Mapping[str, str], cwd:
         proc = subprocess.Popen(argv, env={}, cwd="/", stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, pass_fds=fds,
                                 start_new_session=True)
-        try:
-            while True:
-                try:
-                    code = proc.wait(tick)
-                    on_tick()
-                    return EngineExit(code)
-                except subprocess.TimeoutExpired:
-                    on_tick()
-                if deadline is not None and time.monotonic() > deadline:
-                    _stop_group(proc)
-                    on_tick()
-                    return EngineExit(proc.returncode or -signal.SIGTERM, timed_out=True)
-        except BaseException:
-            _stop_group(proc)
-            raise
+    return watch(proc, deadline, on_tick, tick)
+
+
+def watch(proc: subprocess.Popen[bytes], deadline: float | None,
+           on_tick: Callable[[], None], tick: float) -> EngineExit:
+    """Wait for the engine to end, or its time limit; stop its group when interrupted."""
+    try:
+        while True:
+            try:
+                code = proc.wait(tick)
+                on_tick()
+                return EngineExit(code)
+            except subprocess.TimeoutExpired:
+                on_tick()
+            if deadline is not None and time.monotonic() > deadline:
+                stop_group(proc)
+                on_tick()
+                return EngineExit(proc.returncode or -signal.SIGTERM, timed_out=True)
+    except BaseException:
+        stop_group(proc)
+        raise
 
 
 def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
@@ -125,11 +131,11 @@ def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], 
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _stop_group(proc, grace=1)
+            stop_group(proc, grace=1)
             raise UnsupportedCrate(f"{what} took longer than {timeout:.0f}s",
                                    where=where) from None
         except BaseException:
-            _stop_group(proc, grace=1)
+            stop_group(proc, grace=1)
             raise
         finally:
             room.sweep_links()
@@ -156,10 +162,15 @@ def confined_report(command: Sequence[str], *, room: Room, env: Mapping[str, str
     """
     out, err = run_confined(command, room=room, env=env, cwd=cwd, timeout=timeout, what=what,
                             where=where)
+    return report_of(out, tail(err), what, where)
+
+
+def report_of(out: str, err_tail: str, what: str, where: str) -> dict[str, object]:
+    """What a reader's last output line reports; its error raised as the crate error it named."""
     try:
         report = json.loads(out.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
-        raise UnsupportedCrate(f"{what} ended without an answer: {tail(err)}",
+        raise UnsupportedCrate(f"{what} ended without an answer: {err_tail}",
                                where=where) from None
     if "ok" in report:
         return dict(report["ok"])

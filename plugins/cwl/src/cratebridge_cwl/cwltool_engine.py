@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import sys
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.sandbox import image_id
+from cratebridge.engines.held import HeldReader
+from cratebridge.engines.held import hold as hold_reader
 from cratebridge.engines.interface import (
     Capabilities,
     Engine,
@@ -20,7 +23,7 @@ from cratebridge.engines.interface import (
     ProgressEvent,
     RunContext,
 )
-from cratebridge.engines.process import confined_report, run_engine
+from cratebridge.engines.process import EngineExit, confined_report, run_engine
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate
 from cratebridge.intake.request import Language, RunRequest
@@ -69,25 +72,40 @@ class CwltoolEngine(Engine):
             args.append("--parallel")
         return args
 
-    def load(self, request: RunRequest, context: RunContext) -> CwlWorkflow:
+    def __init__(self, settings: Mapping[str, object] | None = None) -> None:
+        super().__init__(settings)
+        self._held: HeldReader | None = None  # the plan's reader, to become the driver
+
+    def load(self, request: RunRequest, context: RunContext, hold: bool = False) -> CwlWorkflow:
         """The workflow as cwltool reads it, read inside the run's room.
 
         Its references may point into the crate and the workflow's own folder only.
+        ``hold``: keep the reader waiting in the room, to become the run's driver
+        (cwltool and the workflow are then loaded once; see :meth:`release`).
         """
         main = request.workflow.main_file
         roots = dict.fromkeys([request.crate_dir, request.workflow.root])
         command = [sys.executable, "-m", "cratebridge_cwl.inspect",
                    *(f"--root={root}" for root in roots), str(main)]
-        found = confined_report(command, room=context.room, env=self.environment(context),
-                                cwd=context.work_dir, timeout=LOAD_TIMEOUT,
-                                what="loading the CWL workflow", where=str(main))
+        what, where = "loading the CWL workflow", str(main)
+        env = self.environment(context)
+        if hold:
+            self.release()
+            self._held = held = hold_reader(
+                [*command[:3], "--hold", *command[3:]], room=context.room, env=env,
+                cwd=context.work_dir, log=context.logs_dir / "plan.stderr.log",
+                timeout=LOAD_TIMEOUT, what=what, where=where)
+            found = held.report
+        else:
+            found = confined_report(command, room=context.room, env=env, cwd=context.work_dir,
+                                    timeout=LOAD_TIMEOUT, what=what, where=where)
         return CwlWorkflow(
             path=main, cls=str(found["cls"]), cwl_version=str(found["cwl_version"]),
             inputs=tuple(dict(i) for i in _items(found["inputs"])),
             steps=tuple(CwlStep(**s) for s in _items(found["steps"])))
 
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
-        workflow = self.load(request, context)
+        workflow = self.load(request, context, hold=self.settings.get("hold") is not False)
         job = bind_inputs(request, workflow)
         images = self.images(workflow, context)
         job_path = context.work_dir / JOB_FILE
@@ -138,6 +156,11 @@ class CwltoolEngine(Engine):
             uses.append(ImageUse(image, tuple(steps), found is not None, found))
         return tuple(uses)
 
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.release()
+            self._held = None
+
     def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
         for name, content in plan.files.items():
             (context.work_dir / name).write_text(content)
@@ -158,9 +181,7 @@ class CwltoolEngine(Engine):
                 context.progress(ProgressEvent(kind, event["name"]))
 
         started = datetime.now(UTC)
-        ended = run_engine(plan.command, room=context.room, env=plan.env,
-                           cwd=context.work_dir, stdout=stdout, stderr=stderr,
-                           timeout=context.timeout, on_tick=progress)
+        ended = run_held_or_new(self, plan, context, stdout, stderr, progress)
         finished = datetime.now(UTC)
         steps = step_records(read_events(events_path), read_ledger(context.sandbox.ledger))
         outputs = _outputs(stdout)
@@ -175,6 +196,17 @@ class CwltoolEngine(Engine):
             logs=(LogRecord(stderr, "cwltool log"), LogRecord(stdout, "cwltool output object")),
             error=error, command=tuple(plan.command),
         )
+
+
+def run_held_or_new(engine: CwltoolEngine, plan: EnginePlan, context: RunContext,
+                    stdout: Path, stderr: Path, on_tick: Callable[[], None]) -> EngineExit:
+    """Run the plan's command: in the reader the plan held, or in a new room."""
+    held, engine._held = engine._held, None
+    ended = held.run(plan.command, env=plan.env, stdout=stdout, stderr=stderr,
+                     timeout=context.timeout, on_tick=on_tick) if held else None
+    return ended or run_engine(plan.command, room=context.room, env=plan.env,
+                               cwd=context.work_dir, stdout=stdout, stderr=stderr,
+                               timeout=context.timeout, on_tick=on_tick)
 
 
 def _items(value: object) -> list[dict[str, Any]]:

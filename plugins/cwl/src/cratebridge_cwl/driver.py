@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     loading = LoadingContext(vars(args))
     loading.construct_tool_object = _make_tool_factory(log)
     loading.fetcher_constructor = crate_fetcher(opts.root) if opts.root else OfflineFetcher
+    # when it follows the plan's reading of the workflow (cratebridge.engines.held), the
+    # logger keeps the quieter level that reading used
+    logging.getLogger("cwltool").setLevel(logging.INFO)
     return int(cwltool_main(args=args, loadingContext=loading, stdout=sys.stdout,
                             stderr=sys.stderr))
 

@@ -30,11 +30,11 @@ from cratebridge.engines.interface import (
     ProgressEvent,
     RunContext,
 )
-from cratebridge.engines.process import EngineExit, run_engine
+from cratebridge.engines.process import EngineExit
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, StepRecord
 from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
-from cratebridge_cwl.cwltool_engine import CwltoolEngine
+from cratebridge_cwl.cwltool_engine import CwltoolEngine, run_held_or_new
 from cratebridge_cwl.records import read_events, values_to_records
 from cratebridge_cwl.toil_records import toil_step_records
 from cratebridge_cwl.workflow import bind_inputs
@@ -150,7 +150,8 @@ class ToilEngine(Engine):
 
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
         settings = ToilSettings.from_table(context.settings)
-        workflow = self._cwltool.load(request, context)
+        workflow = self._cwltool.load(request, context,
+                                      hold=self.settings.get("hold") is not False)
         job = bind_inputs(request, workflow)
         images = self._cwltool.images(workflow, context)
         if settings.batch_system == "slurm":
@@ -173,6 +174,9 @@ class ToilEngine(Engine):
                           files={JOB_FILE: json.dumps(job, indent=2)}, notes=tuple(notes),
                           steps=tuple(s.name for s in workflow.steps))
 
+    def release(self) -> None:
+        self._cwltool.release()
+
     def run(self, plan: EnginePlan, context: RunContext) -> RunRecord:
         settings = ToilSettings.from_table(context.settings)
         work = context.work_dir
@@ -186,9 +190,7 @@ class ToilEngine(Engine):
         progress = _Progress(events_path, context)
         started = datetime.now(UTC)
         try:
-            ended = run_engine(plan.command, room=context.room, env=plan.env, cwd=work,
-                               stdout=stdout, stderr=stderr, timeout=context.timeout,
-                               on_tick=progress)
+            ended = run_held_or_new(self._cwltool, plan, context, stdout, stderr, progress)
         finally:
             if settings.batch_system == "slurm":
                 _cancel_slurm_jobs(context.run_id)
