@@ -68,6 +68,7 @@ class ToilSettings:
     max_cores: int | None = None
     default_container: str | None = None
     keep_job_store: bool = False
+    hold: bool = True
 
     @classmethod
     def from_table(cls, table: Mapping[str, object]) -> ToilSettings:
