@@ -30,7 +30,7 @@ import site
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cratebridge.errors import EngineUnavailable
@@ -135,8 +135,6 @@ class Room:
 
     def with_programs(self, *paths: Path) -> Room:
         """The same room with more read-only runtime folders (an engine's own program)."""
-        from dataclasses import replace
-
         return replace(self, programs=_outermost([*self.programs, *paths]))
 
     def write_etc(self) -> None:
