@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import IO
 
 from cratebridge.containers.confine import Room
-from cratebridge.engines.process import EngineExit, report_of, stop_group, tail, watch
+from cratebridge.engines.process import EngineExit, report_of, stop_group, sweep, tail, watch
+from cratebridge.errors import UnsupportedCrate
 
 __all__ = ["HeldReader", "hold", "serve"]
 
@@ -70,11 +71,7 @@ class HeldReader:
         try:
             return watch(self.proc, deadline, on_tick, tick)
         finally:
-            removed = self.room.sweep_links()
-            if removed:
-                with stderr.open("a") as err:
-                    err.writelines(f"cratebridge: removed a link leading outside the run: "
-                                   f"{link}\n" for link in removed)
+            sweep(self.room, stderr)
 
     def release(self) -> None:
         """End the reader if it still waits."""
@@ -100,19 +97,13 @@ def hold(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Pat
     try:
         line = _read_line(proc.stdout, time.monotonic() + timeout)
         if line is None:
-            raise _timeout(what, where, timeout)
+            raise UnsupportedCrate(f"{what} took longer than {timeout:.0f}s", where=where)
         report = report_of(line, tail(log.read_text(errors="replace")), what, where)
     except BaseException:
         stop_group(proc, grace=1)
         room.sweep_links()
         raise
     return HeldReader(proc, room, report, env)
-
-
-def _timeout(what: str, where: str, timeout: float) -> Exception:
-    from cratebridge.errors import UnsupportedCrate
-
-    return UnsupportedCrate(f"{what} took longer than {timeout:.0f}s", where=where)
 
 
 def _read_line(stream: IO[bytes], deadline: float) -> str | None:

@@ -23,7 +23,7 @@ from cratebridge.containers.confine import Room
 from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
 
 __all__ = ["EngineExit", "confined_report", "print_report", "report_of", "run_confined",
-           "run_engine", "stop_group", "tail", "watch"]
+           "run_engine", "stop_group", "sweep", "tail", "watch"]
 
 # The errors a confined reader may report; anything else it says is UnsupportedCrate.
 _REPORTABLE: dict[str, type[CrateRejected]] = {
@@ -77,12 +77,19 @@ def run_engine(command: Sequence[str], *, room: Room, env: Mapping[str, str], cw
     try:
         return _run_engine(command, room, env, cwd, stdout, stderr, deadline, on_tick, tick)
     finally:
-        # the host reads what the engine left: never through a link leading out of the room
-        removed = room.sweep_links()
-        if removed:
-            with stderr.open("a") as err:
-                err.writelines(f"cratebridge: removed a link leading outside the run: {link}\n"
-                               for link in removed)
+        sweep(room, stderr)
+
+
+def sweep(room: Room, log: Path) -> None:
+    """Once the engine is gone: remove its links leading out of the room, noting them in ``log``.
+
+    The host reads what the engine left, and never through such a link.
+    """
+    removed = room.sweep_links()
+    if removed:
+        with log.open("a") as out:
+            out.writelines(f"cratebridge: removed a link leading outside the run: {link}\n"
+                           for link in removed)
 
 
 def _run_engine(command: Sequence[str], room: Room, env: Mapping[str, str], cwd: Path,
