@@ -1,9 +1,13 @@
 """BagIt verification of a request bag: declaration, manifests, checksums and Payload-Oxum.
 
 Every problem is collected and reported at once, so an operator can fix a bag in
-one round. Files are hashed in 1 MiB reads, every algorithm in one pass, two files
-at a time (hashlib releases the GIL), so memory stays flat for large payloads. The
-sha-512 of payload files that unpacking already took (``known``) is not taken again.
+one round. Every file in the bag must be covered: payload files by every payload
+manifest, files beside ``data/`` by every tag manifest (or, in a bag without one, be
+one of the standard tag files), so nothing unchecked rides along with a verified bag.
+
+Files are hashed in 1 MiB reads, every algorithm in one pass, two files at a time
+(hashlib releases the GIL), so memory stays flat for large payloads. The sha-512 of
+payload files that unpacking already took (``known``) is not taken again.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,6 +32,8 @@ _ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _MANIFEST = re.compile(r"^(tag)?manifest-([A-Za-z0-9]+)\.txt$")
 _LINE = re.compile(r"^(\S+)[ \t]+(.+)$")
 _DECODE = {"%0D": "\r", "%0A": "\n", "%25": "%", "%0d": "\r", "%0a": "\n"}
+# What may sit beside data/ in a bag without a tag manifest (manifests aside).
+_STANDARD_TAG_FILES = frozenset({"bagit.txt", "bag-info.txt", "fetch.txt"})
 
 
 @dataclass
@@ -49,7 +55,9 @@ def verify_bag(
     Checks ``bagit.txt``; that there is at least one payload manifest and one for
     each of ``required_algorithms`` (Five Safes bags use sha-512); that every file
     under ``data/`` is listed in every payload manifest and every listed file exists;
-    every payload and tag-manifest checksum; and ``Payload-Oxum`` when present.
+    every payload and tag-manifest checksum; that every file beside ``data/`` is
+    listed in every tag manifest (without a tag manifest: that it is ``bagit.txt``,
+    ``bag-info.txt``, ``fetch.txt`` or a manifest); and ``Payload-Oxum`` when present.
 
     ``known`` maps payload paths (``data/...``) to the sha-512 (hex) of the file as
     :func:`cratebridge.intake.unpack.open_crate` wrote it (``OpenedCrate.digests``);
@@ -68,6 +76,7 @@ def verify_bag(
     _check_algorithms(manifests, required_algorithms, problems)
     payload = _payload_files(bag_dir, problems)
     _check_completeness(manifests, payload, problems)
+    _check_tag_files(bag_dir, manifests, problems)
     _check_digests(bag_dir, manifests, problems, known or {}, payload)
     _check_oxum(bag_info, payload, problems)
     if problems:
@@ -232,15 +241,60 @@ def _payload_files(bag_dir: Path, problems: list[str]) -> dict[str, int]:
     if not data.is_dir():
         problems.append("data/ is missing: a bag keeps its payload in data/")
         return files
-    for folder, dirs, names in os.walk(data):
-        for name in sorted(names) + [d for d in dirs if Path(folder, d).is_symlink()]:
-            path = Path(folder, name)
-            rel = path.relative_to(bag_dir).as_posix()
-            if path.is_symlink() or not path.is_file():
-                problems.append(f"{rel}: is a link or special file; payloads hold regular files")
-                continue
-            files[rel] = path.stat().st_size
+    for rel, entry in _files_under(data, bag_dir, problems):
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            problems.append(f"{rel}: is a link or special file; payloads hold regular files")
+            continue
+        files[rel] = entry.stat(follow_symlinks=False).st_size
     return files
+
+
+def _files_under(
+    top: Path, bag_dir: Path, problems: list[str], *, skip: str | None = None
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry under ``top`` that is not a folder (links included, never followed),
+    with its path in the bag; ``skip`` names a folder of ``top`` left out. A stack, not
+    recursion, so a deep tree costs memory per folder, not a Python frame."""
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            rel = folder.relative_to(bag_dir).as_posix()
+            problems.append(f"{rel}/: cannot be listed ({exc.strerror})")
+            continue
+        for entry in entries:
+            if folder == top and entry.name == skip:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            else:
+                yield Path(entry.path).relative_to(bag_dir).as_posix(), entry
+
+
+def _check_tag_files(bag_dir: Path, manifests: _Manifests, problems: list[str]) -> None:
+    """Every file beside ``data/`` is listed in every tag manifest; a bag without one may
+    hold only the standard tag files there. Tag manifests do not list themselves."""
+    for rel, entry in _files_under(bag_dir, bag_dir, problems, skip="data"):
+        match = _MANIFEST.match(rel)
+        if match and match.group(1):
+            continue
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            problems.append(f"{rel}: is a link or special file; a bag holds regular files")
+        elif manifests.tag:
+            for algorithm, entries in sorted(manifests.tag.items()):
+                if rel not in entries:
+                    problems.append(
+                        f"{rel}: beside data/ but not listed in tagmanifest-{algorithm}.txt; "
+                        "put it in data/ and the payload manifest, or remove it"
+                    )
+        elif not match and rel not in _STANDARD_TAG_FILES:
+            problems.append(
+                f"{rel}: beside data/ and covered by no manifest (the bag has no tag "
+                "manifest); put it in data/ and the payload manifest, or remove it"
+            )
 
 
 def _check_completeness(
