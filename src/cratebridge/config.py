@@ -1,30 +1,32 @@
-"""The operator's configuration: one TOML file, parsed into frozen settings.
+"""The operator's configuration: one TOML file, checked against its schema, in frozen settings.
 
 Every section is optional; with no file at all cratebridge runs offline, lets
 any image already present locally run, and keeps runs under
-``$CRATEBRIDGE_RUNS_DIR`` (or ``~/.cache/cratebridge/runs``). See
-``docs/configuration.md`` for each key.
+``$CRATEBRIDGE_RUNS_DIR`` (or ``~/.cache/cratebridge/runs``). Each key is
+declared once, in :mod:`cratebridge.config_schema`; ``docs/configuration.md``
+documents them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from cratebridge.config_schema import DEFAULT_ENV_ALLOW, DEFAULT_TIMEOUT, OPERATOR_INTAKE, check
 from cratebridge.containers.sandbox import ImagePolicy, Limits
+from cratebridge.engines.registry import DEFAULT_ENGINES
 from cratebridge.errors import PolicyRefused, UsageError
+from cratebridge.intake.request import Language
 from cratebridge.intake.unpack import IntakeLimits
 
-__all__ = ["Config", "ImagePolicy", "load_config"]
+__all__ = ["DEFAULT_ENV_ALLOW", "Config", "ImagePolicy", "describe", "load_config"]
 
 SIGN_OFF = "https://w3id.org/shp#SignOff"
-
-#: Variables an engine process may see from the caller's environment.
-DEFAULT_ENV_ALLOW = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,12 @@ class Config:
 
     source: Path | None = None
     runs_dir: Path = field(default_factory=lambda: _default_runs_dir())
-    timeout: float | None = None
+    timeout: float | None = DEFAULT_TIMEOUT
     keep_runs: bool = True
     engines: Mapping[str, str] = field(default_factory=dict)
     allowed_engines: tuple[str, ...] | None = None
     engine_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
-    # an operator's TRE holds bigger crates than the library default allows
-    intake: IntakeLimits = field(
-        default_factory=lambda: IntakeLimits(max_total_bytes=20 * 1024**3))
+    intake: IntakeLimits = OPERATOR_INTAKE
     workflow_mirror: Path | None = None
     images: ImagePolicy = field(default_factory=ImagePolicy)
     require_sign_off: bool = False
@@ -86,32 +86,12 @@ def _default_runs_dir() -> Path:
     return Path.home() / ".cache" / "cratebridge" / "runs"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
-def _duration(value: object, where: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise UsageError(f"{value!r} is not a duration such as 90, '30m' or '2h'", where=where)
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * scale
-
-
-def _table(data: Mapping[str, object], key: str, where: str) -> Mapping[str, object]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise UsageError(f"[{key}] must be a table", where=where)
-    return value
-
-
-_KNOWN = {"run", "engines", "intake", "workflows", "images", "policy", "datasets",
-          "limits", "env", "secrets"}
-
-
 def load_config(path: Path | None) -> Config:
-    """Read the operator's TOML file (``None``: the defaults)."""
+    """Read the operator's TOML file (``None``: ``$CRATEBRIDGE_CONFIG``, else the defaults).
+
+    Raises :class:`UsageError` naming the file, the section and key, and what
+    was expected, for an unknown section or key or a value that does not fit.
+    """
     if path is None:
         env = os.environ.get("CRATEBRIDGE_CONFIG")
         if not env:
@@ -122,87 +102,103 @@ def load_config(path: Path | None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError("configuration file not found", where=where) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the configuration file: {exc}", where=where) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"not valid TOML: {exc}", where=where) from None
-    unknown = sorted(set(data) - _KNOWN)
-    if unknown:
-        raise UsageError(f"unknown section(s) {unknown}; known: {sorted(_KNOWN)}", where=where)
-    return _build(data, path)
+    return _build(check(data, where), path)
 
 
-def _build(data: Mapping[str, object], path: Path) -> Config:
-    where = str(path)
+def _build(values: Mapping[str, Mapping[str, object]], path: Path) -> Config:
+    """The settings from values the schema has parsed (so their types hold)."""
     base = path.parent
-    run = _table(data, "run", where)
-    engines = dict(_table(data, "engines", where))
-    intake = _table(data, "intake", where)
-    workflows = _table(data, "workflows", where)
-    images = _table(data, "images", where)
-    policy = _table(data, "policy", where)
-    datasets = _table(data, "datasets", where)
-    limits = _table(data, "limits", where)
-    env = _table(data, "env", where)
-    secrets = _table(data, "secrets", where)
 
-    default = {k: str(v) for k, v in engines.items() if isinstance(v, str)}
-    allowed = engines.get("allow")
-    settings = {k: dict(v) for k, v in engines.items() if isinstance(v, dict)}
-    secret_values = {str(k): _secret(v) for k, v in secrets.items()}
+    def get(section: str, key: str, default: object = None) -> Any:
+        return values.get(section, {}).get(key, default)
+
+    engines = values.get("engines", {})
+    languages = {language.short for language in Language}
+    allowed = get("engines", "allow")
+    defaults = Limits()
     return Config(
         source=path,
-        runs_dir=_path(run.get("runs_dir"), base) or _default_runs_dir(),
-        timeout=_duration(run["timeout"], f"{where} [run] timeout") if "timeout" in run else None,
-        keep_runs=bool(run.get("keep_runs", True)),
-        engines={k: v for k, v in default.items() if k != "allow"},
-        allowed_engines=tuple(str(a) for a in allowed) if isinstance(allowed, list) else None,
-        engine_settings=settings,
-        intake=IntakeLimits(**{"max_total_bytes": 20 * 1024**3,  # type: ignore[arg-type]
-                               **intake}),
-        workflow_mirror=_path(workflows.get("mirror"), base),
-        images=ImagePolicy(tuple(str(p) for p in _list(images.get("approved", [])))),
-        require_sign_off=bool(policy.get("require_sign_off", False)),
-        datasets={str(k): Path(str(v)) for k, v in datasets.items()},
+        runs_dir=_path(get("run", "runs_dir"), base) or _default_runs_dir(),
+        timeout=get("run", "timeout", DEFAULT_TIMEOUT),
+        keep_runs=get("run", "keep_runs", True),
+        engines={k: v for k, v in engines.items() if k in languages and isinstance(v, str)},
+        allowed_engines=tuple(allowed) if allowed is not None else None,
+        engine_settings={k: dict(v) for k, v in engines.items() if isinstance(v, dict)},
+        intake=dataclasses.replace(OPERATOR_INTAKE, **dict[str, Any](values.get("intake", {}))),
+        workflow_mirror=_path(get("workflows", "mirror"), base),
+        images=ImagePolicy(tuple(get("images", "approved", []))),
+        require_sign_off=get("policy", "require_sign_off", False),
+        datasets={k: _path(v, base) or Path() for k, v in values.get("datasets", {}).items()},
         limits=Limits(
-            memory=str(limits.get("memory", Limits.memory)),
-            cpus=float(limits.get("cpus", Limits.cpus)),  # type: ignore[arg-type]
-            pids=int(limits.get("pids", Limits.pids)),  # type: ignore[call-overload]
+            memory=get("limits", "memory", defaults.memory),
+            cpus=get("limits", "cpus", defaults.cpus),
+            pids=get("limits", "pids", defaults.pids),
+            disk=get("limits", "disk", defaults.disk),
+            log_bytes=get("limits", "log_size", defaults.log_bytes),
         ),
-        container_user=_step_user(limits.get("user", "1000:1000"), f"{where} [limits] user"),
-        env_allow=tuple(str(v) for v in _list(env.get("allow", list(DEFAULT_ENV_ALLOW)))),
-        secrets=secret_values,
+        container_user=get("limits", "user", "1000:1000"),
+        env_allow=tuple(get("env", "allow", DEFAULT_ENV_ALLOW)),
+        secrets={k: _secret(v, base, f"{path} [secrets] {k}")
+                 for k, v in values.get("secrets", {}).items()},
     )
 
 
-_USER = re.compile(r"^([0-9]+)(?::([0-9]+))?$")
+def describe(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective settings by section and key, as JSON values; secrets shown by name."""
+    limits = config.limits
+    settings: dict[str, dict[str, Any]] = {
+        "run": {"runs_dir": str(config.runs_dir), "timeout": config.timeout,
+                "keep_runs": config.keep_runs},
+        "engines": {**{lang.short: engine for lang, engine in DEFAULT_ENGINES.items()},
+                    **config.engines,
+                    "allow": list(config.allowed_engines)
+                    if config.allowed_engines is not None else None,
+                    **{k: dict(v) for k, v in config.engine_settings.items()}},
+        "intake": dataclasses.asdict(config.intake),
+        "workflows": {"mirror": str(config.workflow_mirror) if config.workflow_mirror else None},
+        "images": {"approved": list(config.images.approved)},
+        "policy": {"require_sign_off": config.require_sign_off},
+        "datasets": {k: str(v) for k, v in config.datasets.items()},
+        "limits": {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids,
+                   "disk": False if limits.disk is None else limits.disk,
+                   "log_size": limits.log_bytes, "user": config.container_user},
+        "env": {"allow": list(config.env_allow)},
+        "secrets": {k: f"<secret:{k}>" for k in config.secrets},
+    }
+    return {name: _redacted(table, config) for name, table in settings.items()}
 
 
-def _step_user(value: object, where: str) -> str:
-    """``UID[:GID]``, numeric and never root: the engine and the steps run as this user."""
-    match = _USER.match(str(value).strip())
-    if not match:
-        raise UsageError(f"{value!r} is not a numeric UID or UID:GID", where=where)
-    uid, gid = int(match.group(1)), int(match.group(2) or match.group(1))
-    if uid == 0 or gid == 0:
-        raise UsageError("steps and engines never run as root (uid or gid 0); give an "
-                         "unprivileged UID:GID such as 1000:1000", where=where)
-    return f"{uid}:{gid}"
-
-
-def _secret(value: object) -> str:
-    """A secret is given inline or as ``{ env = "NAME" }`` / ``{ file = "PATH" }``."""
+def _redacted(value: Any, config: Config) -> Any:
+    """``value`` with every secret in its strings replaced by the secret's name."""
+    if isinstance(value, str):
+        return config.redact(value)
     if isinstance(value, dict):
-        if "env" in value:
-            return os.environ.get(str(value["env"]), "")
-        if "file" in value:
-            return Path(str(value["file"])).read_text().strip()
-    return str(value)
+        return {k: _redacted(v, config) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, config) for v in value]
+    return value
 
 
-def _list(value: object) -> list[object]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+def _secret(value: object, base: Path, where: str) -> str:
+    """A secret is given inline or as ``{ env = "NAME" }`` / ``{ file = "PATH" }``."""
+    if not isinstance(value, dict):
+        return str(value)
+    if "env" in value:
+        return os.environ.get(str(value["env"]), "")
+    file = _path(value["file"], base) or Path()
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the secret file {file}: "
+                         f"{getattr(exc, 'strerror', None) or exc}", where=where) from None
 
 
 def _path(value: object, base: Path) -> Path | None:
+    """A path from the file; a relative one is taken from the file's folder."""
     if value is None:
         return None
     p = Path(str(value)).expanduser()
