@@ -784,7 +784,7 @@ def check_bypass(host: Host, outcome: Outcome, found: dict[str, Any]) -> None:
     workdir = Path(found["cwd"])
     ledger = _ledger(outcome.run_dir)
     refused = [e["argv"] for e in ledger if "refused" in e]
-    ran = [e["argv"] for e in ledger if "refused" not in e]
+    ran = [e["argv"] for e in ledger if "argv" in e and "refused" not in e]  # ended ones
     for attempt in ATTEMPTS:
         code, stderr = found["attempts"][attempt.name]
         sent = [a.replace("{W}", str(workdir)) for a in attempt.expanded(host)]

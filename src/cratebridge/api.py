@@ -12,6 +12,7 @@ from typing import Any
 
 from cratebridge.config import Config, load_config
 from cratebridge.containers.mounts import release_stale
+from cratebridge.containers.reaper import Removed
 from cratebridge.containers.sandbox import find_docker, remove_stale_containers
 from cratebridge.engines.record import FileRecord, ParameterValue
 from cratebridge.engines.registry import Registry
@@ -116,19 +117,21 @@ def engines(config: Config | Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def cleanup(everything: bool = False, config: Config | Path | None = None) -> list[str]:
-    """Remove containers left behind by runs whose process is gone (after a SIGKILL).
+def cleanup(everything: bool = False, config: Config | Path | None = None) -> Removed:
+    """Remove what killed runs of the configured runs folder left: containers, pinned mounts.
 
-    Containers of runs still in progress are left alone unless ``everything``.
-    The bind mounts such runs' brokers made under the runs folder are released too.
+    Containers of runs whose cratebridge process is gone; with ``everything``,
+    every container of this runs folder's runs, in progress or not. Never a
+    container of another runs folder. As root, the bind mounts the brokers of
+    runs no longer running pinned under the runs folder are released too.
+    (A killed run's reaper normally removes all this, and its Slurm jobs, at once.)
     """
-    if os.geteuid() == 0:
-        cfg = config if isinstance(config, Config) else load_config(config)
-        release_stale(cfg.runs_dir)
+    cfg = config if isinstance(config, Config) else load_config(config)
     docker = find_docker()
-    if docker is None:
-        return []
-    return remove_stale_containers(docker, everything)
+    containers, left = remove_stale_containers(docker, cfg.runs_dir, everything) \
+        if docker else ([], [])
+    mounts = release_stale(cfg.runs_dir) if os.geteuid() == 0 else []
+    return Removed(containers=tuple(containers), mounts=tuple(mounts), left=tuple(left))
 
 
 @dataclass
@@ -149,17 +152,22 @@ class ValidationReport:
 def validate(crate: Path) -> ValidationReport:
     """Check a request or result crate: safe to open, bag intact, metadata complete."""
     from cratebridge.intake import IntakeLimits, open_crate, parse_request, verify_bag
+    from cratebridge.intake.parse import load_graph
 
+    limits = IntakeLimits()
     scratch = Path(tempfile.mkdtemp(prefix="cratebridge-validate-"))
     report = ValidationReport(kind="unknown")
     try:
-        opened = open_crate(Path(crate), scratch / "crate", IntakeLimits())
+        opened = open_crate(Path(crate), scratch / "crate", limits)
         if opened.bag_dir is not None:
             try:
                 verify_bag(opened.bag_dir, known=opened.digests)
             except CrateRejected as err:
                 report.problems.append(str(err))
-        metadata = json.loads((opened.root / "ro-crate-metadata.json").read_text())
+        # the parser's loader: bounded, and any JSON (a list, 100,000 nested arrays) is an
+        # error naming the file, never an exception from the shapes the checks below assume
+        metadata = load_graph(opened.root / "ro-crate-metadata.json",
+                              max_bytes=limits.max_metadata_bytes).document
         if _is_result(metadata):
             report.kind = "result"
             report.problems.extend(_result_problems(opened.root, metadata))
@@ -206,6 +214,7 @@ def _status(entity: dict[str, Any]) -> str | None:
 
 
 def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
+    from cratebridge.intake.unpack import safe_relative_path
     from cratebridge.provenance.files import hash_file
 
     graph = _graph(metadata)
@@ -219,8 +228,15 @@ def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
         if _status(entity) == _DONE[1] and "error" not in entity:
             problems.append(f"{eid}: failed CreateAction has no error")
         for rid in _ids(entity.get("result")):
-            target = root / rid
+            if not isinstance(rid, str):
+                problems.append(f"{eid}: a result's @id is not a string")
+                continue
             if rid.startswith(("http:", "https:", "#", "_:")):
+                continue
+            try:  # an absolute or '..' id must not make validate read a host file
+                target = root / str(safe_relative_path(rid, where=f"{eid} result"))
+            except CrateRejected as err:
+                problems.append(str(err))
                 continue
             if not target.exists():
                 problems.append(f"{eid}: result {rid} is not in the crate")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import shlex
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from cratebridge.errors import CratebridgeError
+from cratebridge.errors import CratebridgeError, InternalError, Interrupted
 
 __all__ = ["main"]
 
@@ -23,8 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cratebridge",
         description="Run research workflows from Five Safes RO-Crates inside a TRE.",
-        epilog="Exit codes: 0 success, 1 workflow failed (result crate written), 2 usage, "
-               "3 crate rejected, 4 refused by policy, 5 engine unavailable.",
+        epilog="Exit codes: 0 success, 1 workflow failed or stopped (result crate written), "
+               "2 usage, 3 crate rejected, 4 refused by policy, 5 engine unavailable, "
+               "6 internal error or no result crate could be written (the message names the "
+               "log), 130 interrupted before a run began.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,10 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     engines = sub.add_parser("engines", help="list the installed engine plugins")
     _common(engines, engine=False)
 
-    cleanup = sub.add_parser("cleanup", help="remove containers left by killed runs")
+    cleanup = sub.add_parser("cleanup", help="remove what killed runs of the runs folder "
+                                             "left: containers, pinned mounts")
     cleanup.add_argument("--all", action="store_true",
-                         help="also remove containers of runs still in progress")
+                         help="also remove containers of this runs folder's runs still in "
+                              "progress (never another runs folder's)")
     _common(cleanup, engine=False)
+
+    config = sub.add_parser("config", help="check the operator configuration, or show it")
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="load a configuration file and say whether it "
+                                             "is valid (exit 0) or what is wrong (exit 2)")
+    check.add_argument("file", type=Path, help="the operator configuration (TOML)")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON document: the effective settings, or the error")
+    show = actions.add_parser("show", help="print the effective settings, defaults included")
+    _common(show, engine=False)
     return parser
 
 
@@ -158,14 +175,57 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     from cratebridge import api
 
     removed = api.cleanup(everything=args.all, config=args.config)
-    _emit({"removed": removed}, args.json,
-          lambda: f"removed {len(removed)} container(s)" if removed else "nothing to remove")
+    doc = {"removed": list(removed.containers), "mounts": list(removed.mounts),
+           "left": list(removed.left)}
+
+    def human() -> str:
+        if not removed:
+            return "nothing to remove"
+        return (f"removed {len(removed.containers)} container(s), released "
+                f"{len(removed.mounts)} pinned mount(s)")
+
+    _emit(doc, args.json, human)
+    if removed.left:
+        print(f"cratebridge: warning: docker did not remove {len(removed.left)} container(s) "
+              f"in time: {', '.join(removed.left)}; run cleanup again later", file=sys.stderr)
     return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from cratebridge.config import describe, load_config
+
+    path = args.file if args.config_command == "check" else args.config
+    settings = describe(load_config(path))  # the same loading as a run: errors exit 2
+    if args.config_command == "check":
+        _emit({"valid": True, "config": settings}, args.json, lambda: f"{path}: valid")
+    else:
+        _emit({"config": settings}, args.json, lambda: _as_toml(settings))
+    return 0
+
+
+def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
+    """Effective settings shown as TOML (an unset key as a comment)."""
+    def key(name: str) -> str:
+        return name if name.replace("_", "").replace("-", "").isalnum() else json.dumps(name)
+
+    lines: list[str] = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        for name, value in values.items():
+            if name not in tables:
+                lines.append(f"# {key(name)} is not set" if value is None
+                             else f"{key(name)} = {json.dumps(value)}")
+        for name, table in tables.items():
+            lines.append(f"[{section}.{key(name)}]")
+            lines += [f"{key(k)} = {json.dumps(v, default=str)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "plan": _cmd_plan, "validate": _cmd_validate,
-    "engines": _cmd_engines, "cleanup": _cmd_cleanup,
+    "engines": _cmd_engines, "cleanup": _cmd_cleanup, "config": _cmd_config,
 }
 
 
@@ -175,17 +235,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
+    threading.excepthook = _thread_failed
+    _warnings_to_stderr()
     try:
         return COMMANDS[args.command](args)
     except CratebridgeError as err:
-        if getattr(args, "json", False):
+        return _fail(err, args)
+    except BrokenPipeError:  # the reader went away (``| head``): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (KeyboardInterrupt, Interrupted) as stop:
+        print(f"cratebridge: interrupted{': ' + str(stop) if str(stop) else ''}",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # no traceback reaches a user: it goes to a log
+        from cratebridge.crashlog import write_traceback
+
+        log = write_traceback(exc)
+        return _fail(InternalError(f"internal error: {type(exc).__name__}: {exc}",
+                                   log=str(log) if log else None), args)
+
+
+def _warnings_to_stderr() -> None:
+    """What the library logs as a warning is one line on stderr."""
+    log = logging.getLogger("cratebridge")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("cratebridge: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+
+
+def _thread_failed(hook: threading.ExceptHookArgs) -> None:
+    """A helper thread that failed: one line here, its traceback in a log."""
+    if hook.exc_type is SystemExit or hook.exc_value is None:
+        return
+    from cratebridge.crashlog import write_traceback
+
+    log = write_traceback(hook.exc_value)
+    name = hook.thread.name if hook.thread is not None else "a thread"
+    print(f"cratebridge: warning: {name} failed: {hook.exc_type.__name__}: {hook.exc_value}"
+          + (f" (details: {log})" if log else ""), file=sys.stderr)
+
+
+def _fail(err: CratebridgeError, args: argparse.Namespace) -> int:
+    """Report ``err`` on one line (and as JSON with ``--json``); its exit code."""
+    if getattr(args, "json", False):
+        try:
             json.dump(err.to_json(), sys.stdout, indent=2)
             sys.stdout.write("\n")
-        print(f"cratebridge: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("cratebridge: interrupted", file=sys.stderr)
-        return 130
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    message = " ".join(str(err).split())  # one line, whatever the message holds
+    print(f"cratebridge: error: {message}", file=sys.stderr)
+    return err.exit_code
 
 
 if __name__ == "__main__":

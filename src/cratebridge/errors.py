@@ -12,7 +12,13 @@
     ├── PolicyRefused             (exit 4) the operator's policy says no
     ├── EngineUnavailable         (exit 5) no plugin, plugin fails to load, engine missing
     │   └── FailedToLoadPlugin    an entry point raised on import
+    ├── InternalError             (exit 6) cratebridge could not finish its own work: a
+    │                             failure nobody foresaw (a bug), or no result crate could
+    │                             be written (the disk is full); the traceback is in a log
     └── WorkflowFailed            (exit 1) the workflow ran and failed (result crate written)
+
+    Interrupted                   (exit 130; a BaseException) a signal stopped cratebridge
+                                  before a run began, or a second signal during one
 
 The CLI maps these to exit codes in exactly one place (``cli.py``); nothing else
 turns an error into a process exit.
@@ -26,6 +32,8 @@ __all__ = [
     "CratebridgeError",
     "EngineUnavailable",
     "FailedToLoadPlugin",
+    "InternalError",
+    "Interrupted",
     "MetadataError",
     "PolicyRefused",
     "UnsafeCrate",
@@ -123,6 +131,38 @@ class FailedToLoadPlugin(EngineUnavailable):
         self.plugin = plugin
         self.distribution = distribution
         self.cause = cause
+
+
+class InternalError(CratebridgeError):
+    """cratebridge could not finish its own work; ``log`` holds the traceback, when there is one.
+
+    Raised for a failure nobody foresaw (the CLI wraps any other exception in
+    it), and when even a failed run's result crate cannot be written.
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, where: str | None = None,
+                 log: str | None = None) -> None:
+        super().__init__(message, where=where)
+        self.log = log
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (details: {self.log})" if self.log else text
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "log": self.log}
+
+
+class Interrupted(BaseException):
+    """A signal stopped cratebridge where no result crate can record it (exit 130).
+
+    Not a :class:`CratebridgeError`: like KeyboardInterrupt, it passes
+    through ``except Exception``. ``str()`` names the signal.
+    """
+
+    exit_code = 130
 
 
 class WorkflowFailed(CratebridgeError):

@@ -7,6 +7,7 @@ turns them into exit codes.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -20,23 +21,44 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from cratebridge.budget import DiskWatch
 from cratebridge.config import Config, load_config
+from cratebridge.containers import reaper
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
 from cratebridge.containers.mounts import release_stale
-from cratebridge.containers.sandbox import Sandbox, find_docker, remove_stale_containers
+from cratebridge.containers.sandbox import (
+    Sandbox,
+    find_docker,
+    remove_stale_containers,
+)
+from cratebridge.crashlog import write_traceback
 from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, RunContext
-from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, within
+from cratebridge.engines.process import Stop, stoppable
+from cratebridge.engines.record import RunRecord, RunStatus, within
 from cratebridge.engines.registry import Registry
-from cratebridge.errors import EngineUnavailable, PolicyRefused, UsageError
+from cratebridge.errors import (
+    EngineUnavailable,
+    InternalError,
+    Interrupted,
+    PolicyRefused,
+    UsageError,
+)
+from cratebridge.finish import (
+    DISK_FULL,
+    capped,
+    failed_record,
+    redacted,
+    replace_error,
+    stopped_steps,
+    write_result_crate,
+)
 from cratebridge.intake import open_crate, parse_request, verify_bag
 from cratebridge.intake.request import RunRequest
 
 __all__ = ["Interrupted", "PlanOutcome", "RunOutcome", "plan", "run"]
 
-
-class Interrupted(BaseException):
-    """The run was stopped by a signal or its time limit (not an error of the crate)."""
+_log = logging.getLogger("cratebridge")
 
 
 @dataclass(frozen=True)
@@ -106,8 +128,9 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
     sandbox = Sandbox(run_id=run_id, docker=docker, ledger=folders["broker"] / "ledger.jsonl",
                       writable=(folders["work"],), readable=(run_dir, *host_data),
                       room_tmp=folders["tmp"], user=f"{uid}:{gid}", limits=config.limits,
-                      approved_images=config.images.approved)
-    readable = [run_dir / "request", *host_data]
+                      approved_images=config.images.approved, runs_dir=config.runs_dir)
+    # the crate's root only: a bag's tag files and whatever else came with it stay unseen
+    readable = [opened.root, *host_data]
     if (run_dir / "workflow").is_dir():
         readable.append(run_dir / "workflow")
     room = Room(uid=uid, gid=gid, etc=folders["sandbox"] / "etc", tmp=folders["tmp"],
@@ -185,15 +208,22 @@ def plan(crate: Path, *, engine: str | None = None, config: Config | Path | None
 
 
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into :class:`Interrupted` so the run can still be recorded."""
+def _signals_stop(stop: Stop) -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT ask the run to stop; a second one interrupts at once.
+
+    Asked, the engine's process group is stopped within a tick and the engine
+    still reports the steps it started, so the result crate records them; a
+    second signal raises :class:`~cratebridge.errors.Interrupted`.
+    """
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+        name = signal.Signals(signum).name
+        if not stop.request(name):
+            raise Interrupted(f"stopped by {name}, a second signal")
 
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers (the API used from a worker thread)
         return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         yield
     finally:
@@ -206,13 +236,15 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
         progress: Callable[[ProgressEvent], None] | None = None) -> RunOutcome:
     """Run a request crate and write the result crate at ``out`` (a folder or ``.zip``).
 
-    A workflow that fails still returns an outcome (status FAILED) with a
+    A workflow that fails, or a run that is stopped (a signal, the time
+    limit, the disk budget), still returns an outcome (status FAILED) with a
     result crate; refusals raise :class:`~cratebridge.errors.CrateRejected`,
     :class:`~cratebridge.errors.PolicyRefused` or
     :class:`~cratebridge.errors.EngineUnavailable` and leave no run folder.
+    When not even a failed run's crate can be written (a full disk),
+    :class:`~cratebridge.errors.InternalError` names the run's folder, marked
+    ``INCOMPLETE``.
     """
-    from cratebridge.provenance import build_result_crate, write_result
-
     cfg = config if isinstance(config, Config) else load_config(config)
     reg = registry or Registry.from_entry_points(cfg.allowed_engines)
     out = Path(out).absolute()
@@ -222,99 +254,118 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     run_id = _new_run_id()
     run_dir = cfg.runs_dir / run_id
     run_dir.mkdir(parents=True, mode=0o700)
-    prepared = None
-    try:
-        prepared = _prepare(Path(crate), run_dir, run_id, cfg, reg, engine,
-                            progress or (lambda e: None))
-        plan_ = prepared.engine.plan(prepared.request, prepared.context)
-        _check_images(plan_, cfg)
-    except BaseException:
-        # a refused crate (or an interrupted set-up) leaves no half-made run behind
-        if prepared is not None:
+    stop = Stop()
+    with _signals_stop(stop):
+        prepared = None
+        try:
+            prepared = _prepare(Path(crate), run_dir, run_id, cfg, reg, engine,
+                                progress or (lambda e: None))
+            plan_ = prepared.engine.plan(prepared.request, prepared.context)
+            _check_images(plan_, cfg)
+        except BaseException as exc:
+            # a refused crate (or an interrupted set-up) leaves no half-made run behind
+            if prepared is not None:
+                prepared.engine.release()
+            _discard(run_dir)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise InternalError(f"the disk is full: {exc.strerror}; no run was started",
+                                    where=str(cfg.runs_dir)) from exc
+            raise
+        try:
+            with reaper.guard(prepared.context.sandbox, run_dir):
+                record = _execute(prepared, plan_, cfg, stop)
+        finally:
             prepared.engine.release()
-        _discard(run_dir)
-        raise
-    try:
-        record = _execute(prepared, plan_, cfg)
-    finally:
-        prepared.engine.release()
-    result_dir = build_result_crate(prepared.request, record, run_dir=run_dir,
-                                    dest=run_dir / "result", plan=plan_)
-    written = write_result(result_dir, out, bagit=prepared.bagit, bag_info=prepared.bag_info)
+        written, record = write_result_crate(
+            prepared.request, record, plan_, prepared.context, out, bagit=prepared.bagit,
+            bag_info=prepared.bag_info)
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)
     return RunOutcome(run_id, run_dir, written, record.status, record, _shown(plan_, cfg))
 
 
 def _remove_stale_containers(runs_dir: Path) -> None:
-    """A run killed with SIGKILL could not stop its containers: the next run does.
+    """What a killed run's reaper could not remove, the next run of its runs folder does.
 
-    Nor release the bind mounts its broker pinned: those too.
+    The bind mounts its broker pinned at once; its containers in a thread of
+    their own, each docker call bounded, so that a stuck container never delays
+    this run (one not removed in time is reported as a warning). Only this
+    runs folder's runs are touched, never another's.
     """
     if os.geteuid() == 0:
         release_stale(runs_dir)
     docker = find_docker()
-    if docker is not None:
-        remove_stale_containers(docker)
+    if docker is None:
+        return
+
+    def sweep() -> None:
+        _, left = remove_stale_containers(docker, runs_dir)
+        if left:
+            _log.warning("the sweep of containers left by killed runs of %s could not remove "
+                         "%d in time (%s); `cratebridge cleanup` retries", runs_dir, len(left),
+                         ", ".join(left))
+
+    threading.Thread(target=sweep, name="cratebridge-sweep", daemon=True).start()
 
 
-def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config) -> RunRecord:
-    """Run the engine; whatever happens, return a record (failed when it did not finish)."""
+def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config, stop: Stop) -> RunRecord:
+    """Run the engine; whatever happens, return a record (failed when it did not finish).
+
+    The run's disk is watched meanwhile: past its budget the run is stopped
+    like a signal stops it, and the engine reports the steps it started.
+    """
     context = prepared.context
     started = datetime.now(UTC)
     uid, gid = cfg.step_uid_gid
     broker = Broker(context.sandbox, context.broker_socket, uid, gid, room=context.room)
+    # the time limit stops the run as a signal does, so that its record says why
+    timer = threading.Timer(cfg.timeout, stop.request,
+                            [f"its time limit ([run] timeout = {cfg.timeout:g} s)"]) \
+        if cfg.timeout else None
     try:
-        with _signals_interrupt(), broker.serving():
-            record = prepared.engine.run(plan_, context)
-    except (Interrupted, KeyboardInterrupt) as stop:
+        if stop.is_set():
+            record = failed_record(prepared.engine.name, context, started,
+                                   f"the run was stopped by {stop.reason} before its engine "
+                                   "started")
+        else:
+            if timer is not None:
+                timer.start()
+            with DiskWatch(context.run_dir, cfg.limits.disk, stop.request) as disk, \
+                    stoppable(stop), broker.serving():
+                record = prepared.engine.run(plan_, context)
+            # a run over its budget fails, even when its engine ended before the stop
+            # (or a step passed the budget between two looks)
+            over = disk.reason or disk.check()
+            if over is not None:
+                stop.request(over)
+                if record.status is RunStatus.COMPLETED:
+                    record = replace(replace_error(record, f"the run was stopped by {over}"),
+                                     status=RunStatus.FAILED)
+    except (Interrupted, KeyboardInterrupt) as hard:
         context.sandbox.stop_all()
-        record = _failed(prepared, started, f"run interrupted: {stop or 'SIGINT'}")
+        record = failed_record(prepared.engine.name, context, started,
+                               f"the run was interrupted: {str(hard) or 'SIGINT'}")
     except Exception as exc:  # an engine bug must still leave a result crate behind
         context.sandbox.stop_all()
-        record = _failed(prepared, started, f"engine error: {type(exc).__name__}: {exc}")
+        log = write_traceback(exc, context.logs_dir, "cratebridge-engine-error.log")
+        record = failed_record(prepared.engine.name, context, started,
+                               f"engine error: {type(exc).__name__}: {exc}"
+                               + (f" (traceback in logs/{log.name})" if log else ""))
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if stop.is_set():
+        record = stopped_steps(record, stop)
     leftover = context.sandbox.stop_all()
     if leftover and record.status is RunStatus.COMPLETED:
-        record = _replace_error(record, f"{len(leftover)} container(s) left running were removed")
+        record = replace_error(record, f"{len(leftover)} container(s) left running were removed")
     context.room.sweep_links()  # again: Slurm jobs ran until the broker cancelled them
     record, outside = within(record, context.sandbox.mountable)
     if outside:
-        record = replace(_replace_error(
+        record = replace(replace_error(
             record, f"the engine reported {len(outside)} file(s) outside the run's folder, "
             f"not recorded: {', '.join(str(p) for p in outside[:3])}"), status=RunStatus.FAILED)
-    return _redacted(record, cfg)
-
-
-def _logs_of(context: RunContext) -> tuple[LogRecord, ...]:
-    return tuple(LogRecord(p, p.name) for p in sorted(context.logs_dir.rglob("*"))
-                 if p.is_file())
-
-
-def _failed(prepared: _Prepared, started: datetime, error: str) -> RunRecord:
-    engine = prepared.engine
-    return RunRecord(engine=engine.name, engine_version=None, status=RunStatus.FAILED,
-                     start_time=started, end_time=datetime.now(UTC),
-                     logs=_logs_of(prepared.context), error=error)
-
-
-def _replace_error(record: RunRecord, note: str) -> RunRecord:
-    return replace(record, error=(record.error + "; " if record.error else "") + note)
-
-
-def _redacted(record: RunRecord, cfg: Config) -> RunRecord:
-    """Scrub secret values from every log the record points at, and from its error."""
-    if not cfg.secrets:
-        return record
-    logs = list(record.logs) + [log for step in record.steps for log in step.logs]
-    for log in logs:
-        try:
-            text = log.path.read_text(errors="replace")
-        except OSError:
-            continue
-        clean = cfg.redact(text)
-        if clean != text:
-            log.path.write_text(clean)
-    return replace(record, error=cfg.redact(record.error) if record.error else None)
+    return redacted(capped(record, cfg.limits.log_bytes, context), cfg.secrets, cfg.redact)
 
 
 def environment_allowlist(cfg: Config) -> dict[str, str]:

@@ -30,9 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from cratebridge.budget import CappedLog
 from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
 from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts
+from cratebridge.containers.reaper import dies_with_us
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
 from cratebridge.containers.scheduler import (
     authorise_query,
@@ -189,15 +191,17 @@ class Broker:
         """Run ``argv``; the ledger records ``recorded`` (the mounts' real sources)."""
         started = now()
         env = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        # its own session (the terminal's ^C is cratebridge's to handle), yet killed with it
+        proc = subprocess.Popen(dies_with_us(argv), env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         send = threading.Lock()
         gone = threading.Event()
         cid: list[str] = []  # known once the container is created
         if allowed.command == "run":
             log_path.parent.mkdir(exist_ok=True)
-            log: IO[bytes] | None = log_path.open("wb")
+            log: CappedLog | None = CappedLog(log_path, self.sandbox.limits.log_bytes)
         else:
             log = None
         pumps = [threading.Thread(target=self._pump_out, args=(proc.stdout, sock, STDOUT, send,
@@ -213,6 +217,10 @@ class Broker:
             if found:
                 cid.append(found)
                 self.started.update({found, found[:12], *allowed.names})
+                self.ledger({  # a first line: a run stopped now still knows the step ran
+                    "token": token, "image": allowed.image, "image_id": allowed.image_id,
+                    "container_id": found, "start": started, "labels": allowed.labels,
+                    "stderr": str(log_path)})
                 try:
                     if allowed.cidfile:
                         with send:
@@ -232,6 +240,7 @@ class Broker:
                 "token": token, "image": allowed.image, "image_id": allowed.image_id,
                 "container_id": cid[0] if cid else None, "start": started, "end": now(),
                 "exit_code": code, "labels": allowed.labels, "stderr": str(log_path), "argv": argv,
+                "stderr_cut": log.cut if log is not None else 0,
             })
         if gone.is_set():
             raise OSError("client gone")
@@ -258,11 +267,21 @@ class Broker:
 
     @staticmethod
     def _pump_out(stream: IO[bytes], sock: socket.socket, channel: int, send: threading.Lock,
-                  log: IO[bytes] | None, gone: threading.Event) -> None:
+                  log: CappedLog | None, gone: threading.Event) -> None:
+        """Pass a container's output on to the engine's client.
+
+        Its standard error is also kept in the step's log; past the log cap the
+        engine gets a note instead of the rest, which only the step's log keeps.
+        """
         for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
             if log is not None:
+                was_passed = log.passed
                 log.write(chunk)
-                log.flush()
+                if log.passed:
+                    if was_passed:
+                        continue
+                    chunk = (b"\ncratebridge: this step's standard error passed the log cap; "
+                             b"the rest is kept (head and tail) in the step's log only\n")
             if gone.is_set():
                 continue
             try:

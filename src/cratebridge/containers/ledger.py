@@ -14,13 +14,19 @@ __all__ = ["LedgerEntry", "read_ledger"]
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    """One container; ``end`` and ``exit_code`` are None while it runs (or when the run was killed).
+
+    ``stderr_cut``: bytes cut from the middle of its ``stderr`` log (the log cap).
+    """
+
     token: str
     container: ContainerRecord
     start: datetime
-    end: datetime
-    exit_code: int
+    end: datetime | None
+    exit_code: int | None
     stderr: Path | None
     labels: dict[str, str]
+    stderr_cut: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,12 @@ class Ledger:
 
 
 def read_ledger(path: Path) -> Ledger:
-    """Every container of a run, in the order they finished; refusals apart."""
-    entries: list[LedgerEntry] = []
+    """Every container of a run, in the order they started; refusals apart.
+
+    The broker writes a line when a container starts and another when it ends:
+    the later line of a token replaces the earlier.
+    """
+    entries: dict[str, LedgerEntry] = {}
     refusals: list[str] = []
     if not path.exists():
         return Ledger((), ())
@@ -48,14 +58,16 @@ def read_ledger(path: Path) -> Ledger:
             continue
         if "token" not in data:
             continue  # not a container: a Slurm submission
-        entries.append(LedgerEntry(
+        ended = "end" in data
+        entries[data["token"]] = LedgerEntry(
             token=data["token"],
             container=ContainerRecord(image=data["image"], image_id=data.get("image_id"),
                                       container_id=data.get("container_id")),
             start=datetime.fromisoformat(data["start"]),
-            end=datetime.fromisoformat(data["end"]),
-            exit_code=int(data["exit_code"]),
+            end=datetime.fromisoformat(data["end"]) if ended else None,
+            exit_code=int(data["exit_code"]) if ended else None,
             stderr=Path(data["stderr"]) if data.get("stderr") else None,
             labels=dict(data.get("labels", {})),
-        ))
-    return Ledger(tuple(entries), tuple(refusals))
+            stderr_cut=int(data.get("stderr_cut", 0)),
+        )
+    return Ledger(tuple(entries.values()), tuple(refusals))

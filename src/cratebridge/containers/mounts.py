@@ -14,11 +14,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["OWNER_FILE", "Pinned", "pin_mounts", "release_stale"]
+__all__ = ["OWNER_FILE", "Pinned", "pin_mounts", "release_pins", "release_stale"]
 
 #: In a run's broker folder: ``host:pid`` of the process whose broker made its mounts.
 OWNER_FILE = "owner"
@@ -82,9 +83,7 @@ def release_stale(runs_dir: Path) -> list[str]:
 
     root = os.path.realpath(runs_dir) + os.sep
     released = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
-        points = [line.split()[4].replace("\\040", " ") for line in info]
-    for point in sorted(points, reverse=True):
+    for point in _mount_points():
         run, marker, _ = point.partition(f"{os.sep}broker{os.sep}mounts{os.sep}")
         if not point.startswith(root) or not marker:
             continue
@@ -95,6 +94,32 @@ def release_stale(runs_dir: Path) -> list[str]:
         if _libc.umount2(point.encode(), MNT_DETACH) == 0:
             released.append(point)
     return released
+
+
+def release_pins(run_dir: Path) -> list[str]:
+    """Detach the pinned mounts left in one run's folder (``<run>/broker/mounts/``).
+
+    For a run whose broker is done with them (ended, or killed). Returns the
+    mount points released.
+    """
+    pins = os.path.realpath(run_dir / "broker" / "mounts") + os.sep
+    return [point for point in _mount_points()
+            if point.startswith(pins) and _libc.umount2(point.encode(), MNT_DETACH) == 0]
+
+
+def _mount_points() -> list[str]:
+    """Every mount point of this mount namespace, inner ones first (empty if unreadable)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+            points = [_unescape(line.split()[4]) for line in info]
+    except OSError:
+        return []
+    return sorted(points, reverse=True)
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash come as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def _open_nofollow(path: str) -> int:

@@ -23,6 +23,7 @@ from cratebridge.errors import PolicyRefused
 __all__ = [
     "BROKER_ENV",
     "OWNER_LABEL",
+    "RUNS_LABEL",
     "RUN_LABEL",
     "STEP_LABEL",
     "ImagePolicy",
@@ -34,12 +35,15 @@ __all__ = [
     "owner_alive",
     "owner_id",
     "remove_stale_containers",
+    "runs_label",
     "stale_containers",
 ]
 
 RUN_LABEL = "org.cratebridge.run"
 STEP_LABEL = "org.cratebridge.step"
 OWNER_LABEL = "org.cratebridge.owner"
+#: The runs folder a run belongs to: clean-ups touch only their own folder's containers.
+RUNS_LABEL = "org.cratebridge.runs"
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -84,11 +88,20 @@ class ImagePolicy:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-container resource limits (the operator's ``[limits]``)."""
+    """Resource limits (the operator's ``[limits]``).
+
+    ``memory``, ``cpus`` and ``pids`` hold per step container; ``disk`` is the
+    run's budget in bytes for everything it writes in its folder (work, the
+    steps' ``/tmp``, logs, outputs; ``None``: no budget); ``log_bytes`` caps
+    each stored log (an engine's output, a step's stderr): past it, the head
+    and the tail are kept and the log says how much was cut.
+    """
 
     memory: str = "2g"
     cpus: float = 1.0
     pids: int = 256
+    disk: int | None = 20 * 1024**3
+    log_bytes: int = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,9 @@ class Sandbox:
     engine sees as ``/tmp``. ``approved_images`` are fnmatch patterns,
     optionally ``pattern@sha256:digest`` pins; an empty tuple means any image
     already present locally. ``ledger`` is written by the broker only, in a
-    folder the engine cannot see.
+    folder the engine cannot see. ``runs_dir`` is the runs folder the run
+    belongs to, labelled on every container (see :func:`runs_label`); without
+    it, no clean-up of a runs folder ever finds this run's containers.
     """
 
     run_id: str
@@ -116,6 +131,7 @@ class Sandbox:
     approved_images: tuple[str, ...] = ()
     owner: str = field(default_factory=lambda: owner_id())
     scheduler: str | None = None  # "slurm": the broker's Slurm door is open
+    runs_dir: Path | None = None
 
     @property
     def mountable(self) -> tuple[Path, ...]:
@@ -178,6 +194,7 @@ class Sandbox:
             f"--pids-limit={self.limits.pids}",
             f"--label={RUN_LABEL}={self.run_id}",
             f"--label={OWNER_LABEL}={self.owner}",
+            *([f"--label={runs_label(self.runs_dir)}"] if self.runs_dir is not None else []),
         ]
 
     def containers(self) -> list[str]:
@@ -209,7 +226,10 @@ def owner_id(pid: int | None = None) -> str:
 
 
 def owner_alive(owner: str) -> bool:
-    """Whether the owning process still runs (an owner on another host counts as alive)."""
+    """Whether the owning process still runs (an owner on another host counts as alive).
+
+    A killed process its parent has not yet waited for (a zombie) is gone.
+    """
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True
@@ -219,15 +239,36 @@ def owner_alive(owner: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()[:1]
+    except OSError:
+        return True
+    return state not in (["Z"], ["X"])
 
 
-def stale_containers(docker: str, everything: bool = False) -> list[str]:
-    """Containers of cratebridge runs whose owning process is gone (or all of them)."""
+def runs_label(runs_dir: Path) -> str:
+    """``org.cratebridge.runs=<runs folder>``, the folder's real path (links resolved)."""
+    return f"{RUNS_LABEL}={os.path.realpath(runs_dir)}"
+
+
+#: Seconds any one docker call of a stale-container sweep may take: a container
+#: the daemon cannot remove in time (a stuck or paused one) is left and reported.
+SWEEP_TIMEOUT = 10.0
+
+
+def stale_containers(docker: str, runs_dir: Path, everything: bool = False,
+                     timeout: float = SWEEP_TIMEOUT) -> list[str]:
+    """Containers of runs of ``runs_dir`` whose owning process is gone (or all of them).
+
+    Only containers labelled with this runs folder are ever considered: never
+    another folder's runs, live or dead, nor a container without the label.
+    Raises :class:`subprocess.TimeoutExpired` when docker does not answer in time.
+    """
     out = subprocess.run(
         [docker, "ps", "-a", "--filter", f"label={RUN_LABEL}",
+         "--filter", f"label={runs_label(runs_dir)}",
          "--format", f'{{{{.ID}}}} {{{{.Label "{OWNER_LABEL}"}}}}'],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, timeout=timeout,
     )
     found = []
     for line in out.stdout.splitlines():
@@ -237,12 +278,29 @@ def stale_containers(docker: str, everything: bool = False) -> list[str]:
     return found
 
 
-def remove_stale_containers(docker: str, everything: bool = False) -> list[str]:
-    """Remove the containers :func:`stale_containers` finds; returns their ids."""
-    found = stale_containers(docker, everything)
-    if found:
-        subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False)
-    return found
+def remove_stale_containers(docker: str, runs_dir: Path, everything: bool = False,
+                            timeout: float = SWEEP_TIMEOUT) -> tuple[list[str], list[str]]:
+    """Remove the containers :func:`stale_containers` finds: those removed, and those left.
+
+    Each docker call is bounded by ``timeout``; a container not removed in time
+    (or when docker cannot even list them: ``["?"]``) is left, for the caller
+    to report.
+    """
+    try:
+        found = stale_containers(docker, runs_dir, everything, timeout)
+    except subprocess.TimeoutExpired:
+        return [], ["?"]
+    removed: list[str] = []
+    left: list[str] = []
+    for cid in found:
+        try:
+            done = subprocess.run([docker, "rm", "-f", cid], capture_output=True, check=False,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            left.append(cid)
+            continue
+        (removed if done.returncode == 0 else left).append(cid)
+    return removed, left
 
 
 def find_docker() -> str | None:

@@ -14,16 +14,20 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cratebridge.containers.confine import Room
 from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
 
-__all__ = ["EngineExit", "confined_report", "print_report", "report_of", "run_confined",
-           "run_engine", "stop_group", "sweep", "tail", "watch"]
+__all__ = ["EngineExit", "Stop", "confined_report", "print_report", "report_of",
+           "run_confined", "run_engine", "stop_group", "stoppable", "sweep", "tail", "watch"]
 
 # The errors a confined reader may report; anything else it says is UnsupportedCrate.
 _REPORTABLE: dict[str, type[CrateRejected]] = {
@@ -45,6 +49,55 @@ class EngineExit:
         if self.stopped_by:
             return f"the run was stopped by {self.stopped_by}"
         return None
+
+
+class Stop:
+    """A request to end a run early, made from a signal handler or another thread.
+
+    The first request wins: its ``reason`` ("SIGTERM", "its disk budget ...")
+    is what the run's record says stopped it. :func:`watch` sees the request
+    within one tick, stops the engine's process group and returns, so the
+    engine plugin still reports every step it started.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._reason: str | None = None
+        self.when: datetime | None = None
+        self._lock = threading.Lock()
+
+    def request(self, reason: str) -> bool:
+        """Ask for the stop; False when one was already asked for."""
+        with self._lock:
+            if self._event.is_set():
+                return False
+            self._reason = reason
+            self.when = datetime.now(UTC)
+            self._event.set()
+            return True
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+_STOP: ContextVar[Stop | None] = ContextVar("cratebridge_stop", default=None)
+
+
+@contextmanager
+def stoppable(stop: Stop) -> Iterator[Stop]:
+    """Every engine :func:`watch` waits for inside the block ends early when ``stop`` is asked."""
+    token = _STOP.set(stop)
+    try:
+        yield stop
+    finally:
+        _STOP.reset(token)
 
 
 def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
@@ -105,7 +158,12 @@ def _run_engine(command: Sequence[str], room: Room, env: Mapping[str, str], cwd:
 
 def watch(proc: subprocess.Popen[bytes], deadline: float | None,
            on_tick: Callable[[], None], tick: float) -> EngineExit:
-    """Wait for the engine to end, or its time limit; stop its group when interrupted."""
+    """Wait for the engine to end, its time limit or a :class:`Stop`; stop its group early.
+
+    An exception raised meanwhile (KeyboardInterrupt, a signal handler's)
+    stops the group too, and propagates.
+    """
+    stop = _STOP.get()
     try:
         while True:
             try:
@@ -118,6 +176,10 @@ def watch(proc: subprocess.Popen[bytes], deadline: float | None,
                 stop_group(proc)
                 on_tick()
                 return EngineExit(proc.returncode or -signal.SIGTERM, timed_out=True)
+            if stop is not None and stop.is_set():
+                stop_group(proc)
+                on_tick()
+                return EngineExit(proc.returncode or -signal.SIGTERM, stopped_by=stop.reason)
     except BaseException:
         stop_group(proc)
         raise

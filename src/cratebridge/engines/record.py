@@ -62,11 +62,15 @@ class ContainerRecord:
 
 @dataclass(frozen=True)
 class LogRecord:
-    """A log file and what it is a log of (``about`` is a step id or ``None`` for the run)."""
+    """A log file and what it is a log of (``about`` is a step id or ``None`` for the run).
+
+    ``cut``: bytes cut from its middle by the log cap (``[limits] log_size``).
+    """
 
     path: Path
     name: str
     about: str | None = None
+    cut: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,9 @@ class StepRecord:
 
     ``step`` names the workflow step (the CWL step id, the rule, the process);
     ``name`` names this execution (``step_2`` for a scatter, ``rule[wildcards]``);
-    ``tool`` names the tool the step ran (a CWL file, the rule, the process).
+    ``tool`` names the tool the step ran (a CWL file, the rule, the process);
+    ``error`` says why it failed when more is known than its exit code (it
+    was stopped with its run, by a signal or a limit).
     """
 
     step: str
@@ -91,6 +97,7 @@ class StepRecord:
     logs: tuple[LogRecord, ...] = ()
     command: tuple[str, ...] = ()
     native_id: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ __all__ = [
     "RO_CRATE_1_2_CONTEXT",
     "WFRUN",
     "WFRUN_CONTEXT",
+    "capped_description",
     "data_entity",
     "json_value",
     "link",
@@ -26,6 +27,12 @@ RO_CRATE_1_2 = "https://w3id.org/ro/crate/1.2"
 RO_CRATE_1_2_CONTEXT = "https://w3id.org/ro/crate/1.2/context"
 WFRUN = "https://w3id.org/ro/terms/workflow-run#"
 WFRUN_CONTEXT = "https://w3id.org/ro/terms/workflow-run/context"
+
+
+def capped_description(cut: int) -> str:
+    """What a log entity says when the log cap cut its middle."""
+    return (f"Capped: {cut} bytes were cut from the middle of this log (the operator's "
+            "[limits] log_size); its head and tail are kept, with a note where the cut is.")
 
 
 def data_entity(entity_id: str, placed: Placed, name: str | None = None) -> Node:

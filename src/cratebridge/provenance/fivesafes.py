@@ -14,6 +14,7 @@ from cratebridge.provenance.entities import (
     RO_CRATE_1_2,
     RO_CRATE_1_2_CONTEXT,
     WFRUN_CONTEXT,
+    capped_description,
     data_entity,
     json_value,
     link,
@@ -119,6 +120,8 @@ class FiveSafesResult:
         for log, placed in logs:
             entity = self._put(data_entity(placed.location, placed, log.name))
             entity.setdefault("encodingFormat", "text/plain")
+            if log.cut:
+                entity["description"] = capped_description(log.cut)
             link(entity, "about", str(self.action["@id"]))
         self._nested_crate(run_crate)
         self._sweep_data_entities()

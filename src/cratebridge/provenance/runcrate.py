@@ -29,6 +29,7 @@ from cratebridge.provenance.entities import (
     RO_CRATE_1_1,
     RO_CRATE_1_2,
     WFRUN,
+    capped_description,
     data_entity,
     json_value,
     link,
@@ -264,7 +265,7 @@ class RunCrateBuilder:
             action["additionalProperty"] = ref(self._exit_code(action_id, step.exit_code))
         if step.status is RunStatus.FAILED:
             code = f" with exit code {step.exit_code}" if step.exit_code is not None else ""
-            action["error"] = f"Step {step.name} failed{code}"
+            action["error"] = step.error or f"Step {step.name} failed{code}"
         for log in step.logs:
             self._log(log, self._place_step_file(log.path, False), action_id)
         control_id = f"#step-control-{index}"
@@ -564,6 +565,8 @@ class RunCrateBuilder:
         entity = self._data(placed)
         entity["name"] = log.name
         entity.setdefault("encodingFormat", "text/plain")
+        if log.cut:
+            entity["description"] = capped_description(log.cut)
         link(entity, "about", about)
 
     def _part(self, node: Node) -> Node:

@@ -1,0 +1,236 @@
+"""What a killed run leaves behind is removed: by its reaper at once, by ``cleanup`` later.
+
+A run's engine dies with cratebridge (its room is killed with it), but its step
+containers, its Slurm jobs and the bind mounts its broker pinned would not: a
+``kill -9`` or the OOM killer gives cratebridge no chance to stop them. So
+while a run executes, :func:`guard` keeps a reaper (``python -m
+cratebridge.containers.reaper``) in a session of its own, holding the read end
+of a pipe whose write end only cratebridge holds. A run that ends writes
+``done`` first and the reaper just exits; when the pipe closes without it,
+the run's process is gone, and the reaper removes the run's containers (by
+its run and owner labels), cancels the Slurm jobs its broker submitted (from
+the ledger) and releases its pinned mounts, notes what it removed in the
+ledger, and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cratebridge.containers.mounts import release_pins
+from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labelled_containers
+
+__all__ = ["Removed", "RunRemains", "dies_with_us", "guard", "main", "reap",
+           "submitted_jobs"]
+
+DONE = b"done\n"
+#: Seconds to wait before each sweep for containers: a ``docker run`` killed with
+#: cratebridge may still have its container created (and started) by the daemon.
+SWEEPS = (0.0, 1.0, 2.0)
+COMMAND_TIMEOUT = 60.0
+#: ``setpriv`` (util-linux) runs a program that gets SIGKILL when its parent dies.
+SETPRIV = shutil.which("setpriv", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What a clean-up removed: container ids, Slurm job ids, released mount points.
+
+    ``left``: containers docker did not remove in time (``"?"``: it did not even list them).
+    """
+
+    containers: tuple[str, ...] = ()
+    slurm_jobs: tuple[str, ...] = ()
+    mounts: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.containers or self.slurm_jobs or self.mounts)
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class RunRemains:
+    """Where to find what a run may leave: its containers' labels, its folder and ledger."""
+
+    run_id: str
+    owner: str
+    docker: str
+    run_dir: Path
+    ledger: Path
+
+    @classmethod
+    def of(cls, sandbox: Sandbox, run_dir: Path) -> RunRemains:
+        return cls(sandbox.run_id, sandbox.owner, sandbox.docker, run_dir, sandbox.ledger)
+
+    def to_json(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> RunRemains:
+        return cls(data["run_id"], data["owner"], data["docker"], Path(data["run_dir"]),
+                   Path(data["ledger"]))
+
+
+def dies_with_us(argv: list[str]) -> list[str]:
+    """``argv`` run so that it is killed when the thread that starts it dies (setpriv).
+
+    For the broker's docker clients: a client outliving a killed cratebridge
+    would only wait on a container its reaper removes.
+    """
+    if SETPRIV is None:
+        return argv
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+
+
+@contextmanager
+def guard(sandbox: Sandbox, run_dir: Path) -> Iterator[None]:
+    """Keep a reaper for the run while the block runs; it acts only if this process dies.
+
+    When the block ends (normally or by an exception) the run's own clean-up
+    has run: on a normal end the reaper is told so and exits at once; after
+    an exception it removes whatever is left, as after a kill. Either way the
+    pins of the run's mounts still there are released (a broker thread cut
+    short by a signal leaves its own).
+    """
+    remains = RunRemains.of(sandbox, run_dir)
+    read, write = os.pipe()  # not inheritable: the reaper gets the read end as its stdin only
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cratebridge.containers.reaper",
+             json.dumps(remains.to_json())],
+            stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+            start_new_session=True)
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    ended = False
+    try:
+        yield
+        ended = True
+    finally:
+        try:
+            if ended:
+                os.write(write, DONE)
+        finally:
+            os.close(write)
+        if os.geteuid() == 0:
+            release_pins(run_dir)
+        if ended:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # it exits on its own; never hold the run up for it
+
+
+def reap(remains: RunRemains) -> Removed:
+    """Remove the containers, Slurm jobs and pinned mounts of a run whose process is gone."""
+    containers: list[str] = []
+    jobs: list[str] = []
+    mounts: list[str] = []
+    for number, delay in enumerate(SWEEPS):
+        time.sleep(delay)
+        found = _remove_containers(remains)
+        containers += [c for c in found if c not in containers]
+        if os.geteuid() == 0:
+            mounts += release_pins(remains.run_dir)
+        if number == 0:
+            jobs = _cancel_jobs(remains.ledger)
+        elif not found:
+            break  # nothing new after a pause: no client is creating one any more
+    removed = Removed(tuple(containers), tuple(jobs), tuple(mounts))
+    _note(remains.ledger, removed)
+    return removed
+
+
+def _remove_containers(remains: RunRemains) -> list[str]:
+    try:
+        found = labelled_containers(remains.docker, f"{RUN_LABEL}={remains.run_id}",
+                                    f"{OWNER_LABEL}={remains.owner}")
+        if found:
+            subprocess.run([remains.docker, "rm", "-f", *found], capture_output=True,
+                           check=False, timeout=COMMAND_TIMEOUT)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return found
+
+
+def submitted_jobs(ledger: Path) -> list[str]:
+    """The Slurm jobs a run's broker submitted, from its ledger."""
+    jobs: list[str] = []
+    try:
+        lines = ledger.read_text(errors="replace").splitlines()
+    except OSError:
+        return jobs
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+        job = entry.get("slurm_job") if isinstance(entry, dict) else None
+        if job and entry.get("exit_code") == 0 and str(job) not in jobs:
+            jobs.append(str(job))
+    return jobs
+
+
+def _cancel_jobs(ledger: Path) -> list[str]:
+    jobs = submitted_jobs(ledger)
+    scancel = shutil.which("scancel")
+    if not jobs or scancel is None:
+        return []
+    try:
+        subprocess.run([scancel, *jobs], capture_output=True, check=False,
+                       timeout=COMMAND_TIMEOUT)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return jobs
+
+
+def _note(ledger: Path, removed: Removed) -> None:
+    """A line in the run's ledger saying what the reaper removed (if the folder is still there)."""
+    line = json.dumps({"reaped": removed.to_json(), "time": datetime.now(UTC).isoformat()})
+    try:
+        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The reaper: wait for the end of standard input; unless it said ``done``, reap."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m cratebridge.containers.reaper REMAINS-JSON", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    remains = RunRemains.from_json(json.loads(args[0]))
+    said = b""
+    while chunk := os.read(0, 64):
+        said += chunk
+    if said == DONE:
+        return 0
+    reap(remains)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
