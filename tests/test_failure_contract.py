@@ -270,6 +270,7 @@ def test_an_interrupted_step_is_in_the_result_crate(tmp_path: Path, how: str) ->
     doc = json.loads(out)
     reason = "time limit" if how == "timeout" else how
     assert reason in doc["error"], doc["error"]
+    assert [reason in (s["error"] or "") for s in doc["steps"]] == [True]
     assert_interrupted_step(tmp_path / "r", reason)
     assert run_containers(proc.pid) == []
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,7 +141,8 @@ def sleeping_run(tmp_path: Path, cfg: Path) -> tuple[subprocess.Popen[bytes], st
 
 
 @as_root
-def test_kill_9_of_a_run_leaves_no_process_and_no_container(tmp_path: Path) -> None:
+def test_kill_9_of_a_run_leaves_no_process_no_container_and_a_failed_result(
+        tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc, owner = sleeping_run(tmp_path, config(tmp_path, runs))
     try:
@@ -163,6 +165,15 @@ def test_kill_9_of_a_run_leaves_no_process_and_no_container(tmp_path: Path) -> N
         print(f"nothing of the run left {elapsed:.2f}s after SIGKILL")
         (note,) = reaped(run_dir / "broker" / "ledger.jsonl")
         assert set(started) <= set(note["containers"])
+        # nothing is lost: the reaper wrote the killed run's result crate where --out said
+        result = tmp_path / "r.zip"
+        found, _ = wait_until(lambda: [] if result.is_file() else ["no result yet"], GONE_WITHIN)
+        assert not found, "the killed run has no result crate"
+        action, steps = killed_result(result, tmp_path / "unpacked")
+        assert action["actionStatus"] == "http://schema.org/FailedActionStatus"
+        assert "cratebridge was killed" in action["error"]
+        assert [s["actionStatus"] for s in steps] == ["http://schema.org/FailedActionStatus"]
+        assert "was stopped before it finished" in steps[0]["error"]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -171,6 +182,19 @@ def test_kill_9_of_a_run_leaves_no_process_and_no_container(tmp_path: Path) -> N
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
         release_stale(runs)  # what the reaper should have released: pytest must remove it
+
+
+def killed_result(result: Path, dest: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The outer CreateAction of a Five Safes result zip, and its run crate's step actions."""
+    from cratebridge.intake import open_crate
+
+    root = open_crate(result, dest).root
+    outer = json.loads((root / "ro-crate-metadata.json").read_text())["@graph"]
+    inner = json.loads((root / "provenance" / "ro-crate-metadata.json").read_text())["@graph"]
+    action = next(e for e in outer if e.get("@type") == "CreateAction")
+    steps = [e for e in inner if e.get("@type") == "CreateAction"
+             and str(e["@id"]).startswith("#step-run-")]
+    return action, steps
 
 
 # -- 1b. the reaper itself: a broker's owner killed, for containers, pins and Slurm jobs ------

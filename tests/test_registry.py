@@ -10,7 +10,7 @@ import pytest
 
 from cratebridge.engines import Engine, EngineInfo, EnginePlan, Registry, RunRecord
 from cratebridge.engines.registry import PluginSpec
-from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin
+from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin, UsageError
 from cratebridge.intake.request import Language
 
 
@@ -38,8 +38,24 @@ def test_registry_from_classes_chooses_by_language() -> None:
 
 def test_engine_for_another_language_is_refused() -> None:
     registry = Registry.from_classes(FakeSnakemake)
-    with pytest.raises(EngineUnavailable, match="runs snakemake, but the workflow is cwl"):
+    # asked for by the caller: a usage error (exit 2); chosen by the operator: exit 5
+    with pytest.raises(UsageError, match="runs snakemake, but the workflow is cwl") as asked:
         registry.choose(Language.CWL, "fake-snake", {})
+    assert asked.value.exit_code == 2 and asked.value.where == "--engine"
+    with pytest.raises(EngineUnavailable, match="runs snakemake, but the workflow is cwl"):
+        registry.choose(Language.CWL, None, {"cwl": "fake-snake"})
+
+
+def test_a_plugin_for_another_interface_is_one_clear_error() -> None:
+    class Older(FakeSnakemake):
+        """A fake engine written for an interface of another major version."""
+
+        name = "older"
+        interface = "0.9"
+
+    with pytest.raises(FailedToLoadPlugin, match=r"written for plugin interface 0\.9") as info:
+        Registry.from_classes(Older).load("older")
+    assert info.value.exit_code == 5
 
 
 def test_unknown_engine_names_what_is_installed() -> None:

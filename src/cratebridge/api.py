@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,72 @@ from cratebridge.config import Config, load_config
 from cratebridge.containers.mounts import release_stale
 from cratebridge.containers.reaper import Removed
 from cratebridge.containers.sandbox import find_docker, remove_stale_containers
+from cratebridge.engines.process import Stop
 from cratebridge.engines.record import FileRecord, ParameterValue
 from cratebridge.engines.registry import Registry
 from cratebridge.errors import CratebridgeError, CrateRejected
-from cratebridge.pipeline import PlanOutcome, RunOutcome, plan, run
+from cratebridge.events import RunEvent
+from cratebridge.pipeline import PlanOutcome, RunOutcome, new_run_id, plan, run
 
-__all__ = ["ValidationReport", "cleanup", "describe_plan", "describe_run", "engines", "plan",
-           "run", "validate"]
+__all__ = ["RunHandle", "ValidationReport", "cleanup", "describe_plan", "describe_run",
+           "engines", "plan", "run", "start", "validate", "versions"]
+
+
+class RunHandle:
+    """A run going on in a thread of its own: follow it, cancel it, wait for its outcome.
+
+    Made by :func:`start`. :meth:`cancel` stops the run as SIGTERM does, from
+    any thread: the engine is stopped within half a second and the run still
+    ends with a failed result crate recording every step it started.
+    """
+
+    def __init__(self, run_id: str, target: Callable[[Stop], RunOutcome]) -> None:
+        self.run_id = run_id
+        self._stop = Stop()
+        self._outcome: RunOutcome | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(target,),
+                                        name=f"cratebridge-run-{run_id}", daemon=True)
+
+    def _run(self, target: Callable[[Stop], RunOutcome]) -> None:
+        try:
+            self._outcome = target(self._stop)
+        except BaseException as exc:  # handed to whoever waits
+            self._error = exc
+
+    def cancel(self, reason: str = "a cancel request") -> bool:
+        """Ask the run to stop; False when a stop was asked already."""
+        return self._stop.request(reason)
+
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> RunOutcome:
+        """The run's outcome once it ends; what it raised, raised here.
+
+        Raises :class:`TimeoutError` when ``timeout`` passes first.
+        """
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"run {self.run_id} still going after {timeout}s")
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        return self._outcome
+
+
+def start(crate: Path, out: Path, *, engine: str | None = None,
+          config: Config | Path | None = None,
+          events: Callable[[RunEvent], None] | None = None, run_id: str | None = None,
+          labels: Mapping[str, str] | None = None) -> RunHandle:
+    """Start :func:`run` in a thread; its handle (``run_id`` is known at once)."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    chosen = run_id or new_run_id()
+    handle = RunHandle(chosen, lambda stop: run(
+        crate, out, engine=engine, config=cfg, events=events, run_id=chosen, labels=labels,
+        stop=stop))
+    handle._thread.start()
+    return handle
 
 
 def describe_run(outcome: RunOutcome) -> dict[str, Any]:
@@ -39,7 +100,7 @@ def describe_run(outcome: RunOutcome) -> dict[str, Any]:
         "error": record.error,
         "outputs": [_item(o) for o in record.outputs],
         "steps": [{"name": s.name, "step": s.step, "status": s.status.value,
-                   "exit_code": s.exit_code,
+                   "exit_code": s.exit_code, "error": s.error,
                    "image": s.container.image if s.container else None,
                    "image_id": s.container.image_id if s.container else None}
                   for s in record.steps],
@@ -115,6 +176,21 @@ def engines(config: Config | Path | None = None) -> list[dict[str, Any]]:
             row["problem"] = str(err)
         rows.append(row)
     return rows
+
+
+def versions(config: Config | Path | None = None) -> dict[str, Any]:
+    """``cratebridge version --json``: the core, its plugin interface, Python, each engine."""
+    import platform
+
+    from cratebridge import __version__
+    from cratebridge.engines.interface import INTERFACE_VERSION
+
+    return {"cratebridge": __version__, "interface": INTERFACE_VERSION,
+            "python": platform.python_version(),
+            "engines": [{k: e[k] for k in ("name", "distribution", "version", "language",
+                                           "available", "program", "program_version",
+                                           "problem")}
+                        for e in engines(config)]}
 
 
 def cleanup(everything: bool = False, config: Config | Path | None = None) -> Removed:

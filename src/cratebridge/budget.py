@@ -207,7 +207,9 @@ class CappedLog:
 
     Until the cap, every byte is in the file at once. Past it, the file keeps
     its first ``limit // 2`` bytes and the last ``limit // 2`` are held in
-    memory, to be written after the note at :meth:`close`.
+    memory, to be written after the note at :meth:`close`. A write that fails
+    (a full disk) never stops the reading: what follows is drained into the
+    tail, and the note says how much was not kept.
     """
 
     def __init__(self, path: Path, limit: int) -> None:
@@ -215,40 +217,57 @@ class CappedLog:
         self.limit = limit
         self.half = limit // 2
         self.written = 0
-        self.tail: bytearray | None = None  # set once the cap is passed
+        self.head = 0  # bytes in the file before the note
+        self.tail: bytearray | None = None  # set once the cap is passed (or the disk is full)
 
     @property
     def cut(self) -> int:
-        return 0 if self.tail is None else self.written - self.half - len(self.tail)
+        return 0 if self.tail is None else self.written - self.head - len(self.tail)
 
     @property
     def passed(self) -> bool:
         return self.tail is not None
 
     def write(self, chunk: bytes) -> None:
-        """Keep ``chunk``; a full disk ends the writing, not the step (the run's watch sees it)."""
-        try:
-            self._write(chunk)
-        except OSError:
-            self.tail = self.tail if self.tail is not None else bytearray()
-
-    def _write(self, chunk: bytes) -> None:
         self.written += len(chunk)
         if self.tail is None:
-            if self.written <= self.limit:
-                self.file.write(chunk)
-                self.file.flush()
-                return
-            self.file.seek(self.half)
-            self.tail = bytearray(self.file.read())
-            self.file.seek(self.half)
-            self.file.truncate()
+            if self.head + len(chunk) <= self.limit:
+                try:
+                    self.file.write(chunk)
+                    self.file.flush()
+                    self.head += len(chunk)
+                    return
+                except OSError:  # what did reach the file stays its head
+                    self.head = min(self._size(), self.limit)
+                    self.tail = bytearray()
+            else:  # past the cap: the file keeps half, the rest moves to the tail
+                self.tail = bytearray(self._cut_at(self.half))
         self.tail += chunk
         del self.tail[:max(0, len(self.tail) - self.half)]
+
+    def _size(self) -> int:
+        try:
+            return os.fstat(self.file.fileno()).st_size
+        except OSError:
+            return 0
+
+    def _cut_at(self, size: int) -> bytes:
+        """Keep ``size`` bytes in the file; what stood after them."""
+        try:
+            self.file.seek(size)
+            rest = self.file.read()
+            self.file.seek(size)
+            self.file.truncate()
+        except OSError:
+            rest = b""
+        self.head = min(self.head, size)
+        return rest
 
     def close(self) -> None:
         try:
             if self.tail is not None:
+                self.file.seek(self.head)
+                self.file.truncate()
                 self.file.write(cut_note(self.cut, self.limit) + bytes(self.tail))
             self.file.close()
         except OSError:

@@ -15,15 +15,24 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-from cratebridge.errors import CratebridgeError, InternalError, Interrupted
+from cratebridge import __version__
+from cratebridge.engines.interface import INTERFACE_VERSION
+from cratebridge.errors import CratebridgeError, InternalError, Interrupted, UsageError
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are a :class:`UsageError` (one JSON document under --json)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, where=self.prog)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cratebridge",
         description="Run research workflows from Five Safes RO-Crates inside a TRE.",
         epilog="Exit codes: 0 success, 1 workflow failed or stopped (result crate written), "
@@ -31,12 +40,20 @@ def _parser() -> argparse.ArgumentParser:
                "6 internal error or no result crate could be written (the message names the "
                "log), 130 interrupted before a run began.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"cratebridge {__version__} (plugin interface "
+                                f"{INTERFACE_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a request crate and write the result crate")
     run.add_argument("crate", type=Path, help="request crate: a .zip or a folder")
     run.add_argument("--out", type=Path, required=True,
                      help="where to write the result crate: a folder, or a file ending .zip")
+    run.add_argument("--events", metavar="FILE",
+                     help="write the run's events as JSON lines to FILE ('-': standard output)")
+    run.add_argument("--run-id", help="the run's id (default: a new one); names its folder")
+    run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                     help="a label kept in the result crate (repeatable)")
     _common(run, engine=True)
 
     plan = sub.add_parser("plan", help="dry run: validate, bind inputs, show the engine command")
@@ -49,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 
     engines = sub.add_parser("engines", help="list the installed engine plugins")
     _common(engines, engine=False)
+
+    version = sub.add_parser("version", help="versions: core, plugin interface, plugins, "
+                                             "engines")
+    _common(version, engine=False)
 
     cleanup = sub.add_parser("cleanup", help="remove what killed runs of the runs folder "
                                              "left: containers, pinned mounts")
@@ -93,12 +114,42 @@ def _progress_printer(stream: TextIO) -> Callable[[Any], None]:
     return show
 
 
+def _labels(given: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"a label is KEY=VALUE, not {item!r}", where="--label")
+        labels[key] = value
+    return labels
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from cratebridge import api
+    from cratebridge.events import EventLog
 
+    if args.events == "-" and args.json:
+        raise UsageError("--events - and --json both want standard output; give --events a "
+                         "file", where="--events")
     progress = _progress_printer(sys.stderr) if sys.stderr.isatty() else None
-    outcome = api.run(args.crate, args.out, engine=args.engine, config=args.config,
-                      progress=progress)
+    stream: TextIO | None = None
+    if args.events == "-":
+        stream = sys.stdout
+    elif args.events:
+        try:
+            stream = open(args.events, "a", encoding="utf-8")  # closed below
+        except OSError as exc:
+            raise UsageError(f"cannot write the events: {exc.strerror}",
+                             where=args.events) from None
+    try:
+        outcome = api.run(args.crate, args.out, engine=args.engine, config=args.config,
+                          progress=progress, events=EventLog(stream) if stream else None,
+                          run_id=args.run_id, labels=_labels(args.label))
+    finally:
+        if stream is not None and stream is not sys.stdout:
+            stream.close()
+    if args.events == "-":
+        return outcome.exit_code
     doc = api.describe_run(outcome)
 
     def human() -> str:
@@ -171,6 +222,24 @@ def _cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_version(args: argparse.Namespace) -> int:
+    from cratebridge import api
+
+    doc = api.versions(config=args.config)
+
+    def human() -> str:
+        lines = [f"cratebridge {doc['cratebridge']} (plugin interface {doc['interface']})",
+                 f"python {doc['python']}"]
+        for e in doc["engines"]:
+            found = f"{e['program']} {e['program_version']}" if e["available"] \
+                else "engine not available"
+            lines.append(f"{e['name']}: {e['distribution']} {e['version']}, {found}")
+        return "\n".join(lines)
+
+    _emit(doc, args.json, human)
+    return 0
+
+
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     from cratebridge import api
 
@@ -226,15 +295,21 @@ def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "plan": _cmd_plan, "validate": _cmd_validate,
     "engines": _cmd_engines, "cleanup": _cmd_cleanup, "config": _cmd_config,
+    "version": _cmd_version,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    given = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        args = parser.parse_args(given)
+    except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
+    except UsageError as err:  # one JSON document under --json, as for every error
+        if "--json" not in given:
+            parser.print_usage(sys.stderr)
+        return _fail(err, argparse.Namespace(json="--json" in given))
     threading.excepthook = _thread_failed
     _warnings_to_stderr()
     try:

@@ -24,7 +24,7 @@ from cratebridge.errors import PolicyRefused, UsageError
 from cratebridge.intake.request import Language
 from cratebridge.intake.unpack import IntakeLimits
 
-__all__ = ["DEFAULT_ENV_ALLOW", "Config", "ImagePolicy", "describe", "load_config"]
+__all__ = ["DEFAULT_ENV_ALLOW", "Config", "ImagePolicy", "describe", "load_config", "redact"]
 
 SIGN_OFF = "https://w3id.org/shp#SignOff"
 
@@ -73,10 +73,15 @@ class Config:
 
     def redact(self, text: str) -> str:
         """Text with every secret value replaced by its name."""
-        for name, value in self.secrets.items():
-            if value:
-                text = text.replace(value, f"<secret:{name}>")
-        return text
+        return redact(text, self.secrets)
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    """``text`` with every value of ``secrets`` replaced by ``<secret:NAME>``."""
+    for name, value in secrets.items():
+        if value:
+            text = text.replace(value, f"<secret:{name}>")
+    return text
 
 
 def _default_runs_dir() -> Path:

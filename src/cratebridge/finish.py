@@ -11,14 +11,17 @@ even that can be written, the run's folder is marked and the error says so.
 from __future__ import annotations
 
 import errno
+import pickle
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cratebridge.budget import cap_file, shrink_in_place
+from cratebridge.config import redact
 from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.reaper import LastWords
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge.crashlog import write_traceback
 from cratebridge.engines.interface import EnginePlan, RunContext
@@ -27,8 +30,8 @@ from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, StepReco
 from cratebridge.errors import InternalError
 from cratebridge.intake.request import RunRequest
 
-__all__ = ["DISK_FULL", "capped", "failed_record", "redacted", "replace_error", "stopped_steps",
-           "write_result_crate"]
+__all__ = ["DISK_FULL", "KilledRun", "capped", "failed_record", "last_words", "last_words_for",
+           "redacted", "replace_error", "stopped_steps", "write_result_crate"]
 
 #: errno values that mean "the disk is full", for the run's folder or the result's
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -53,11 +56,12 @@ def _ledger_steps(context: RunContext) -> tuple[StepRecord, ...]:
     """The containers the broker started, as steps, when the engine could not say more."""
     steps = []
     for entry in read_ledger(context.sandbox.ledger).entries:
-        name = entry.labels.get(STEP_LABEL) or entry.token
+        token = entry.labels.get(STEP_LABEL) or entry.token
+        name = f"container {token[:12]} ({entry.container.image})"
         logs = (LogRecord(entry.stderr, f"{name} stderr", about=name, cut=entry.stderr_cut),) \
             if entry.stderr is not None and entry.stderr.is_file() else ()
         steps.append(StepRecord(
-            step=name, name=name, tool=entry.container.image,
+            step=token, name=name, tool=entry.container.image,
             status=RunStatus.COMPLETED if entry.exit_code == 0 else RunStatus.FAILED,
             start_time=entry.start, end_time=entry.end, exit_code=entry.exit_code,
             container=entry.container, logs=logs, native_id=entry.token))
@@ -91,8 +95,7 @@ def capped(record: RunRecord, limit: int, context: RunContext) -> RunRecord:
         log, cut=cap_file(log.path, limit) or cut_by_broker.get(str(log.path), 0) or log.cut))
 
 
-def redacted(record: RunRecord, secrets: Mapping[str, str],
-             redact: Callable[[str], str]) -> RunRecord:
+def redacted(record: RunRecord, secrets: Mapping[str, str]) -> RunRecord:
     """Scrub secret values from every log the record points at, and from its error."""
     if not secrets:
         return record
@@ -102,10 +105,10 @@ def redacted(record: RunRecord, secrets: Mapping[str, str],
             text = log.path.read_text(errors="replace")
         except OSError:
             continue
-        clean = redact(text)
+        clean = redact(text, secrets)
         if clean != text:
             log.path.write_text(clean)
-    return replace(record, error=redact(record.error) if record.error else None)
+    return replace(record, error=redact(record.error, secrets) if record.error else None)
 
 
 def write_result_crate(request: RunRequest, record: RunRecord, plan: EnginePlan,
@@ -151,6 +154,63 @@ def write_result_crate(request: RunRequest, record: RunRecord, plan: EnginePlan,
                     + (f" (traceback in logs/{log.name})" if log else "")))
             if full and makers:
                 attempt = makers.pop(0)(attempt)
+
+
+def _quiet(event: object) -> None:
+    """Progress nobody watches: the killed run's finisher reports to no one."""
+
+
+def last_words_for(request: RunRequest, record_start: datetime, engine: str, plan: EnginePlan,
+                   context: RunContext, out: Path, *, bagit: bool, bag_info: Mapping[str, str],
+                   log_bytes: int, secrets: Mapping[str, str]) -> LastWords:
+    """What the run's reaper needs to write its result crate should cratebridge be killed.
+
+    It travels in the reaper's pipe and stays in its memory (secrets included),
+    never on disk: :func:`last_words` receives it.
+    """
+    killed = KilledRun(request, record_start, engine, plan, replace(context, progress=_quiet),
+                       out, bagit, dict(bag_info), log_bytes, dict(secrets))
+    return LastWords(__name__, pickle.dumps(killed))
+
+
+@dataclass(frozen=True)
+class KilledRun:
+    """Everything :func:`last_words` needs; made by the run itself, read only by its reaper."""
+
+    request: RunRequest
+    started: datetime
+    engine: str
+    plan: EnginePlan
+    context: RunContext
+    out: Path
+    bagit: bool
+    bag_info: dict[str, str]
+    log_bytes: int
+    secrets: dict[str, str]
+
+
+def last_words(payload: bytes) -> None:
+    """In the reaper of a killed run: write its result crate (failed, the steps from the ledger).
+
+    The payload is what :func:`last_words_for` made, handed over by the run's
+    own process through the reaper's pipe: trusted, as the executor's own.
+    """
+    killed: KilledRun = pickle.loads(payload)
+    context = killed.context
+    try:
+        record = failed_record(
+            killed.engine, context, killed.started,
+            "cratebridge was killed while the run went on (SIGKILL, or the OOM killer); its "
+            "reaper removed the run's containers and wrote this crate")
+        steps = tuple(s if s.exit_code is not None else replace(
+            s, error=f"Step {s.name} was stopped before it finished: cratebridge was killed")
+            for s in record.steps)
+        record = capped(replace(record, steps=steps), killed.log_bytes, context)
+        record = redacted(record, killed.secrets)
+        write_result_crate(killed.request, record, killed.plan, context, killed.out,
+                           bagit=killed.bagit, bag_info=killed.bag_info)
+    except Exception as exc:
+        write_traceback(exc, context.logs_dir, "cratebridge-killed-result-error.log")
 
 
 def _room_makers(context: RunContext) -> list[Callable[[RunRecord], RunRecord]]:

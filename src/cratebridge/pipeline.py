@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from cratebridge.containers.sandbox import (
 from cratebridge.crashlog import write_traceback
 from cratebridge.engines.interface import Engine, EnginePlan, ProgressEvent, RunContext
 from cratebridge.engines.process import Stop, stoppable
-from cratebridge.engines.record import RunRecord, RunStatus, within
+from cratebridge.engines.record import FileRecord, RunRecord, RunStatus, within
 from cratebridge.engines.registry import Registry
 from cratebridge.errors import (
     EngineUnavailable,
@@ -44,10 +45,12 @@ from cratebridge.errors import (
     PolicyRefused,
     UsageError,
 )
+from cratebridge.events import RunEvent, fan_out
 from cratebridge.finish import (
     DISK_FULL,
     capped,
     failed_record,
+    last_words_for,
     redacted,
     replace_error,
     stopped_steps,
@@ -56,7 +59,7 @@ from cratebridge.finish import (
 from cratebridge.intake import open_crate, parse_request, verify_bag
 from cratebridge.intake.request import RunRequest
 
-__all__ = ["Interrupted", "PlanOutcome", "RunOutcome", "plan", "run"]
+__all__ = ["Interrupted", "PlanOutcome", "RunOutcome", "new_run_id", "plan", "run"]
 
 _log = logging.getLogger("cratebridge")
 
@@ -96,7 +99,8 @@ class _Prepared:
     bagit: bool
 
 
-def _new_run_id() -> str:
+def new_run_id() -> str:
+    """A fresh run id: the time, and eight random hex digits."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
@@ -231,35 +235,50 @@ def _signals_stop(stop: Stop) -> Iterator[None]:
             signal.signal(s, h)
 
 
+#: A caller's run id: it names the run's folder, so a safe file name
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+
+
 def run(crate: Path, out: Path, *, engine: str | None = None,
         config: Config | Path | None = None, registry: Registry | None = None,
-        progress: Callable[[ProgressEvent], None] | None = None) -> RunOutcome:
+        progress: Callable[[ProgressEvent], None] | None = None,
+        events: Callable[[RunEvent], None] | None = None, run_id: str | None = None,
+        labels: Mapping[str, str] | None = None, stop: Stop | None = None) -> RunOutcome:
     """Run a request crate and write the result crate at ``out`` (a folder or ``.zip``).
 
-    A workflow that fails, or a run that is stopped (a signal, the time
-    limit, the disk budget), still returns an outcome (status FAILED) with a
-    result crate; refusals raise :class:`~cratebridge.errors.CrateRejected`,
+    A workflow that fails, or a run that is stopped (a signal, ``stop``
+    asked from any thread, the time limit, the disk budget), still returns an
+    outcome (status FAILED) with a result crate; refusals raise
+    :class:`~cratebridge.errors.CrateRejected`,
     :class:`~cratebridge.errors.PolicyRefused` or
     :class:`~cratebridge.errors.EngineUnavailable` and leave no run folder.
     When not even a failed run's crate can be written (a full disk),
     :class:`~cratebridge.errors.InternalError` names the run's folder, marked
-    ``INCOMPLETE``.
+    ``INCOMPLETE``. ``events`` hears what happens as it happens
+    (:mod:`cratebridge.events`); ``run_id`` and ``labels`` are the caller's,
+    kept in the run's folder name and the result crate.
     """
     cfg = config if isinstance(config, Config) else load_config(config)
     reg = registry or Registry.from_entry_points(cfg.allowed_engines)
     out = Path(out).absolute()
     if out.exists() and out.is_dir() and any(out.iterdir()):
         raise UsageError("the result folder exists and is not empty", where=str(out))
+    tags = _checked_labels(labels or {})
+    run_id = _checked_run_id(run_id, cfg.runs_dir) if run_id else new_run_id()
     _remove_stale_containers(cfg.runs_dir)
-    run_id = _new_run_id()
     run_dir = cfg.runs_dir / run_id
     run_dir.mkdir(parents=True, mode=0o700)
-    stop = Stop()
+    emit = fan_out(events)
+    emit(RunEvent("accepted", run_id, path=str(crate), labels=dict(tags) or None))
+    stop = stop or Stop()
     with _signals_stop(stop):
         prepared = None
         try:
+            emit(RunEvent("stage", run_id, stage="intake"))
             prepared = _prepare(Path(crate), run_dir, run_id, cfg, reg, engine,
-                                progress or (lambda e: None))
+                                _step_events(run_id, progress, emit))
+            emit(RunEvent("stage", run_id, stage="plan"))
             plan_ = prepared.engine.plan(prepared.request, prepared.context)
             _check_images(plan_, cfg)
         except BaseException as exc:
@@ -268,20 +287,76 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
                 prepared.engine.release()
             _discard(run_dir)
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                raise InternalError(f"the disk is full: {exc.strerror}; no run was started",
-                                    where=str(cfg.runs_dir)) from exc
+                full = InternalError(f"the disk is full: {exc.strerror}; no run was started",
+                                     where=str(cfg.runs_dir))
+                emit(RunEvent("refused", run_id, error=str(full), exit_code=full.exit_code))
+                raise full from exc
+            emit(RunEvent("refused", run_id, error=str(exc) or type(exc).__name__,
+                          exit_code=getattr(exc, "exit_code", None)))
             raise
+        emit(RunEvent("stage", run_id, stage="execute"))
         try:
-            with reaper.guard(prepared.context.sandbox, run_dir):
+            last_words = last_words_for(
+                prepared.request, datetime.now(UTC), prepared.engine.name, plan_,
+                prepared.context, out, bagit=prepared.bagit, bag_info=prepared.bag_info,
+                log_bytes=cfg.limits.log_bytes, secrets=cfg.secrets)
+            with reaper.guard(prepared.context.sandbox, run_dir, last_words):
                 record = _execute(prepared, plan_, cfg, stop)
         finally:
             prepared.engine.release()
+        emit(RunEvent("stage", run_id, stage="package"))
         written, record = write_result_crate(
-            prepared.request, record, plan_, prepared.context, out, bagit=prepared.bagit,
-            bag_info=prepared.bag_info)
+            prepared.request, replace(record, labels=tags), plan_, prepared.context, out,
+            bagit=prepared.bagit, bag_info=prepared.bag_info)
+    _recorded_events(run_id, record, written, emit)
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)
     return RunOutcome(run_id, run_dir, written, record.status, record, _shown(plan_, cfg))
+
+
+def _checked_run_id(run_id: str, runs_dir: Path) -> str:
+    if not _RUN_ID.match(run_id):
+        raise UsageError("a run id is 1 to 64 letters, digits, '.', '_' or '-', starting "
+                         f"with a letter or digit, not {run_id!r}", where="--run-id")
+    if (runs_dir / run_id).exists():
+        raise UsageError(f"a run with id {run_id!r} exists already in {runs_dir}",
+                         where="--run-id")
+    return run_id
+
+
+def _checked_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key) or not isinstance(value, str) or len(value) > 1024 \
+                or any(ord(c) < 32 for c in value):
+            raise UsageError(f"a label is KEY=VALUE, KEY 1 to 64 letters, digits or "
+                             f"'._/-', VALUE up to 1024 printable characters; not {key!r}",
+                             where="--label")
+    return dict(labels)
+
+
+def _step_events(run_id: str, progress: Callable[[ProgressEvent], None] | None,
+                 emit: Callable[[RunEvent], None]) -> Callable[[ProgressEvent], None]:
+    """What the engine reports of its steps, to the caller's progress and as events."""
+    def heard(event: ProgressEvent) -> None:
+        if progress is not None:
+            progress(event)
+        emit(RunEvent("step", run_id, step=event.step, state=event.kind,
+                      detail=event.detail or None))
+    return heard
+
+
+def _recorded_events(run_id: str, record: RunRecord, result: Path,
+                     emit: Callable[[RunEvent], None]) -> None:
+    """The run as recorded: each step's end, each output, and how the run ended."""
+    for step in record.steps:
+        emit(RunEvent("step", run_id, step=step.name, state=step.status.value,
+                      image=step.container.image if step.container else None,
+                      exit_code=step.exit_code, error=step.error))
+    for item in record.outputs:
+        if isinstance(item, FileRecord):
+            emit(RunEvent("output", run_id, parameter=item.parameter, path=str(item.path)))
+    emit(RunEvent("finished", run_id, status=record.status.value, path=str(result),
+                  error=record.error))
 
 
 def _remove_stale_containers(runs_dir: Path) -> None:
@@ -365,7 +440,7 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config, stop: Stop) ->
         record = replace(replace_error(
             record, f"the engine reported {len(outside)} file(s) outside the run's folder, "
             f"not recorded: {', '.join(str(p) for p in outside[:3])}"), status=RunStatus.FAILED)
-    return redacted(capped(record, cfg.limits.log_bytes, context), cfg.secrets, cfg.redact)
+    return redacted(capped(record, cfg.limits.log_bytes, context), cfg.secrets)
 
 
 def environment_allowlist(cfg: Config) -> dict[str, str]:

@@ -15,6 +15,7 @@ ledger, and exits.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from pathlib import Path
 from cratebridge.containers.mounts import release_pins
 from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labelled_containers
 
-__all__ = ["Removed", "RunRemains", "dies_with_us", "guard", "main", "reap",
+__all__ = ["LastWords", "Removed", "RunRemains", "dies_with_us", "guard", "main", "reap",
            "submitted_jobs"]
 
 DONE = b"done\n"
@@ -96,8 +97,22 @@ def dies_with_us(argv: list[str]) -> list[str]:
     return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
 
 
+@dataclass(frozen=True)
+class LastWords:
+    """What the reaper does after reaping a killed run: ``module.last_words(payload)``.
+
+    The payload travels through the reaper's pipe and stays in its memory,
+    never on disk. The reaper knows nothing of what it means (the finisher
+    writes the killed run's result crate with it).
+    """
+
+    module: str
+    payload: bytes
+
+
 @contextmanager
-def guard(sandbox: Sandbox, run_dir: Path) -> Iterator[None]:
+def guard(sandbox: Sandbox, run_dir: Path,
+          last_words: LastWords | None = None) -> Iterator[None]:
     """Keep a reaper for the run while the block runs; it acts only if this process dies.
 
     When the block ends (normally or by an exception) the run's own clean-up
@@ -121,6 +136,7 @@ def guard(sandbox: Sandbox, run_dir: Path) -> Iterator[None]:
         os.close(read)
     ended = False
     try:
+        _say(write, last_words)
         yield
         ended = True
     finally:
@@ -136,6 +152,32 @@ def guard(sandbox: Sandbox, run_dir: Path) -> Iterator[None]:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass  # it exits on its own; never hold the run up for it
+
+
+def _say(pipe: int, last_words: LastWords | None) -> None:
+    """The reaper's first words: its last words' module and payload, each length-prefixed."""
+    parts = (last_words.module.encode(), last_words.payload) if last_words else (b"", b"")
+    data = b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+    view = memoryview(data)
+    try:
+        while view:  # the reaper reads as we write: a payload past the pipe's size is fine
+            view = view[os.write(pipe, view):]
+    except OSError:
+        pass  # the reaper is gone already: the run goes on without one
+
+
+def _hear(fd: int) -> tuple[LastWords | None, bytes]:
+    """What :func:`_say` sent, then the rest of the pipe until it closes."""
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    parts = []
+    for _ in range(2):
+        size = int.from_bytes(data[:8], "big")
+        parts.append(data[8:8 + size])
+        data = data[8 + size:]
+    module, payload = parts
+    return (LastWords(module.decode(), payload) if module else None), data
 
 
 def reap(remains: RunRemains) -> Removed:
@@ -223,12 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     remains = RunRemains.from_json(json.loads(args[0]))
-    said = b""
-    while chunk := os.read(0, 64):
-        said += chunk
+    last_words, said = _hear(0)
     if said == DONE:
         return 0
     reap(remains)
+    if last_words is not None:
+        try:
+            importlib.import_module(last_words.module).last_words(last_words.payload)
+        except Exception:
+            pass  # nobody to tell: the run's process is gone (the finisher logs its own)
     return 0
 
 

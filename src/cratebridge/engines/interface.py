@@ -19,6 +19,7 @@ from cratebridge.engines.record import RunRecord
 from cratebridge.intake.request import Language, RunRequest
 
 __all__ = [
+    "INTERFACE_VERSION",
     "Capabilities",
     "Engine",
     "EngineInfo",
@@ -27,6 +28,10 @@ __all__ = [
     "ProgressEvent",
     "RunContext",
 ]
+
+#: The version of this contract. A plugin states the one it was written for
+#: (``Engine.interface``); the registry loads it only when the major numbers agree.
+INTERFACE_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,8 @@ class Engine(abc.ABC):
     name: ClassVar[str]
     language: ClassVar[Language]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: the plugin interface this engine was written for (see :data:`INTERFACE_VERSION`)
+    interface: ClassVar[str] = INTERFACE_VERSION
 
     def __init__(self, settings: Mapping[str, object] | None = None) -> None:
         """``settings`` is the operator's ``[engines.<name>]`` table (also in RunContext)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -105,7 +106,8 @@ class RunRecord:
     """The whole run, engine-neutral.
 
     ``outputs`` are the workflow's outputs, already copied under the run
-    folder's ``outputs/``; ``error`` is set when ``status`` is FAILED.
+    folder's ``outputs/``; ``error`` is set when ``status`` is FAILED;
+    ``labels`` are the caller's (``--label``), set by the core, not the engine.
     """
 
     engine: str
@@ -119,6 +121,7 @@ class RunRecord:
     error: str | None = None
     command: tuple[str, ...] = ()
     extra_workflow_files: tuple[Path, ...] = field(default=())
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def within(record: RunRecord, roots: tuple[Path, ...]) -> tuple[RunRecord, list[Path]]:

@@ -13,8 +13,8 @@ import importlib.metadata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from cratebridge.engines.interface import Engine
-from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin
+from cratebridge.engines.interface import INTERFACE_VERSION, Engine
+from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin, UsageError
 from cratebridge.intake.request import Language
 
 __all__ = ["DEFAULT_ENGINES", "ENTRY_POINT_GROUP", "PluginSpec", "Registry"]
@@ -106,7 +106,7 @@ class Registry:
         """Import one plugin and return its engine class."""
         spec = self.spec(name)
         if name in self._classes:
-            return self._classes[name]
+            return _of_this_interface(spec, self._classes[name])
         ep = importlib.metadata.EntryPoint(name=spec.name, value=spec.value,
                                            group=ENTRY_POINT_GROUP)
         try:
@@ -118,7 +118,7 @@ class Registry:
                 spec.name, spec.distribution,
                 TypeError(f"{spec.value} is not a cratebridge Engine subclass"),
             )
-        self._classes[name] = loaded
+        self._classes[name] = _of_this_interface(spec, loaded)
         return loaded
 
     def load(self, name: str, settings: Mapping[str, object] | None = None) -> Engine:
@@ -131,9 +131,23 @@ class Registry:
         name = requested or configured.get(language.short) or DEFAULT_ENGINES[language]
         engine = self.load_class(name)
         if engine.language is not language:
-            raise EngineUnavailable(
+            error = UsageError if requested else EngineUnavailable
+            raise error(
                 f"engine {name!r} runs {engine.language.short}, but the workflow is "
                 f"{language.short}",
-                where=f"engine {name}",
+                where="--engine" if requested else f"engine {name}",
             )
         return name
+
+
+def _of_this_interface(spec: PluginSpec, engine: type[Engine]) -> type[Engine]:
+    """``engine``, if it was written for this plugin interface (the same major version)."""
+    wanted = str(getattr(engine, "interface", ""))
+    if wanted.split(".")[0] != INTERFACE_VERSION.split(".")[0]:
+        raise FailedToLoadPlugin(
+            spec.name, spec.distribution,
+            TypeError(f"it was written for plugin interface {wanted or '?'}, and this "
+                      f"cratebridge has interface {INTERFACE_VERSION}: install a version of "
+                      "the plugin made for it"),
+        )
+    return engine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -165,6 +165,19 @@ class FiveSafesResult:
             action["error"] = record.error or "The workflow run failed"
         else:
             action.pop("error", None)
+        self._labels(record.labels)
+
+    def _labels(self, labels: Mapping[str, str]) -> None:
+        """The caller's labels (``--label``), as PropertyValues of the CreateAction."""
+        if not labels:
+            return
+        found = []
+        for key, value in sorted(labels.items()):
+            node = self._put({"@id": f"#label-{fragment(key)}", "@type": "PropertyValue",
+                              "name": key, "value": value,
+                              "description": "A label the TRE agent gave the run"})
+            found.append(ref(str(node["@id"])))
+        self.action["additionalProperty"] = found
 
     def _nested_crate(self, folder: str) -> None:
         metadata = folder + "ro-crate-metadata.json"
