@@ -140,6 +140,17 @@ def sleeping_run(tmp_path: Path, cfg: Path) -> tuple[subprocess.Popen[bytes], st
     return proc, owner
 
 
+def clean_up(proc: subprocess.Popen[bytes], owner: str, runs: Path) -> None:
+    """Whatever a failed test left: the run's process, its containers, its pins."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    ids = containers_of(owner)
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+    release_stale(runs)  # what the reaper should have released: pytest must remove it
+
+
 @as_root
 def test_kill_9_of_a_run_leaves_no_process_no_container_and_a_failed_result(
         tmp_path: Path) -> None:
@@ -175,13 +186,7 @@ def test_kill_9_of_a_run_leaves_no_process_no_container_and_a_failed_result(
         assert [s["actionStatus"] for s in steps] == ["http://schema.org/FailedActionStatus"]
         assert "was stopped before it finished" in steps[0]["error"]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        ids = containers_of(owner)
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-        release_stale(runs)  # what the reaper should have released: pytest must remove it
+        clean_up(proc, owner, runs)
 
 
 def killed_result(result: Path, dest: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -433,13 +438,7 @@ def test_when_the_reaper_dies_too_the_next_run_of_the_folder_removes_the_remains
         assert nxt.returncode == 0, nxt.stderr
         assert containers_of(owner) == [] and mounts_under(run_dir) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        ids = containers_of(owner)
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-        release_stale(runs)
+        clean_up(proc, owner, runs)
 
 
 # -- 5. a stuck container of a dead run never delays the next run ------------------------------
