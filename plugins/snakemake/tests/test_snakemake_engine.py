@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +98,8 @@ def test_failed_rule_names_the_rule_and_keeps_its_stderr(
     record = outcome.record
     assert outcome.status is RunStatus.FAILED and outcome.exit_code == 1
     assert record.error and "head (exit 3)" in record.error
+    # the cause is in the run's error too, not only inside the result crate
+    assert f"its stderr ends: {MARK}" in record.error, record.error
     failed = [s for s in record.steps if s.status is RunStatus.FAILED]
     assert [s.step for s in failed] == ["head"]
     assert any(MARK in log.path.read_text() for log in failed[0].logs)
@@ -152,7 +153,12 @@ def test_plan_is_exact_and_says_how_the_language_was_found(
     command = list(planned.command)
     assert command[1:3] == ["-m", "snakemake"]
     assert command[command.index("--executor") + 1] == "cratebridge"
-    assert "--configfile" in command and "--directory" in command and "--cores" in command
+    assert "--directory" in command and "--cores" in command
+    # Snakemake runs in a working copy of the workflow's folder, in the run's work folder
+    tree = Path(command[command.index("--directory") + 1])
+    assert tree.name == "snakemake" and tree.parent.name == "work"
+    assert Path(command[command.index("--snakefile") + 1]) == tree / "Snakefile"
+    # no request inputs: no --configfile, so a missing configfile: stays Snakemake's error
+    assert "--configfile" not in command and "config.json" not in planned.files
     assert "--sdm" not in command and "--use-conda" not in command
     assert sorted(planned.steps) == ["upper[sample=a]", "upper[sample=b]"]
-    assert json.loads(planned.files["config.json"]) == {}

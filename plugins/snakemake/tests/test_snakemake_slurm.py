@@ -64,3 +64,21 @@ def test_failed_rule_on_slurm(tmp_path: Path, config: Callable[[str], Config], s
     head = next(s for s in outcome.record.steps if s.step == "head")
     assert head.native_id and _sacct([head.native_id])[head.native_id] == "FAILED 3:0"
     assert any("CRATEBRIDGE_FIXTURE_FAILURE" in log.path.read_text() for log in head.logs)
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+@pytest.mark.parametrize(("name", "outputs", "steps"), [
+    ("checkpoint", [f"upper/{p}.txt" for p in "abc"],
+     ["split", "upper[part=a]", "upper[part=b]", "upper[part=c]"]),
+    ("touch-rule", ["done.flag"], ["make", "mark"]),
+])
+def test_checkpoint_targets_and_touch_jobs_on_slurm(
+        tmp_path: Path, config: Callable[[str], Config], slurm: bool, docker_available: bool,
+        name: str, outputs: list[str], steps: list[str]) -> None:
+    spec = RequestSpec(workflow_dir=FIXTURES / name, main_workflow="Snakefile")
+    outcome = run(write_request_zip(spec, tmp_path / f"{name}.zip"), tmp_path / "result",
+                  engine="snakemake", config=config(SLURM))
+    assert outcome.exit_code == 0, outcome.record.error
+    assert sorted(str(o.parameter) for o in outcome.record.outputs) == outputs
+    assert sorted(s.name for s in outcome.record.steps) == steps

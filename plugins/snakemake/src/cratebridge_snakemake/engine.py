@@ -3,7 +3,8 @@
 Snakemake schedules; our executor plugin (``cratebridge``, or
 ``cratebridge-slurm`` when the operator sets ``[engines.snakemake] executor =
 "slurm"``) runs each job's shell command in its rule's image through the
-sandbox's ``docker`` and writes one event per job. See docs/snakemake.md.
+sandbox's ``docker`` and writes one event per job. Snakemake runs in a working
+copy of the workflow's folder, as its author runs it. See docs/snakemake.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -30,10 +32,12 @@ from cratebridge.engines.interface import (
     RunContext,
 )
 from cratebridge.engines.process import run_engine
-from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus, StepRecord
-from cratebridge.errors import EngineUnavailable, UsageError
+from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus
+from cratebridge.errors import EngineUnavailable, UnsupportedCrate, UsageError
 from cratebridge.intake.request import Language, RunRequest
-from cratebridge_snakemake.jobs import image_of
+from cratebridge_snakemake.failures import failure_summary
+from cratebridge_snakemake.images import find_program
+from cratebridge_snakemake.jobs import DEFAULT_SHELL, image_of
 from cratebridge_snakemake.records import Events, read_events, step_records
 from cratebridge_snakemake.workflow import (
     SnakeWorkflow,
@@ -42,13 +46,17 @@ from cratebridge_snakemake.workflow import (
     check_rules,
     load_workflow,
 )
+from cratebridge_snakemake.worktree import make_working_copy
 
 __all__ = ["SnakemakeEngine"]
 
 CONFIG_FILE = "config.json"
 EVENTS_FILE = "events.jsonl"
-SNAKEMAKE_DIR = "snakemake"  # Snakemake's --directory; the only folder containers may write
+# Snakemake's --directory: a working copy of the workflow's folder, the only folder
+# containers may write
+SNAKEMAKE_DIR = "snakemake"
 EXECUTORS = {"local": "cratebridge", "slurm": "cratebridge-slurm"}
+_PROGRAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 class SnakemakeEngine(Engine):
@@ -73,46 +81,61 @@ class SnakemakeEngine(Engine):
 
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
         settings = _Settings.read(context.settings)
-        snakefile = request.workflow.main_file
-        config = bind_config(request)
-        config_path = context.work_dir / CONFIG_FILE
-        config_text = json.dumps(config, indent=2)
+        tree = context.work_dir / SNAKEMAKE_DIR
+        source, relative = _tree_source(request)
         context.work_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(config_text)
+        make_working_copy(source, tree, _owner(context))
+        snakefile = tree / relative
+        config = bind_config(request)
+        files: dict[str, str] = {}
+        config_path = None
+        if config:  # only then: a missing configfile: stays Snakemake's own error
+            config_path = context.work_dir / CONFIG_FILE
+            files[CONFIG_FILE] = json.dumps(config, indent=2)
+            config_path.write_text(files[CONFIG_FILE])
         if settings.executor == "slurm":
             context.use_scheduler("slurm")  # sbatch & co. through the broker
         env = self._env(context)
-        workflow = load_workflow(snakefile, context.work_dir / SNAKEMAKE_DIR, config_path,
-                                 env, room=context.room)
-        check_references(workflow, roots=_roots(request), workdir=context.work_dir / SNAKEMAKE_DIR)
+        workflow = load_workflow(snakefile, tree, config_path, env, room=context.room)
+        check_references(workflow, roots=(*_roots(request), tree), workdir=tree)
         check_rules(workflow, settings.default_container, cluster=settings.executor != "local")
-        command = self._command(snakefile, context, settings)
+        shell = _check_shell(workflow, settings.default_container, context)
+        command = self._command(snakefile, context, settings, config_path, shell)
         notes = [f"language: {request.workflow.language_source}",
                  f"Snakemake {workflow.snakemake_version}, executor {settings.executor} "
                  f"(snakemake --executor {EXECUTORS[settings.executor]})",
-                 f"config keys: {', '.join(sorted(config)) or 'none'}"]
+                 f"working folder: a copy of the workflow's folder {source.name!r} "
+                 f"(work/{SNAKEMAKE_DIR}), main file {relative.as_posix()}",
+                 f"config keys from the request: {', '.join(sorted(config)) or 'none'}"
+                 + (" (--configfile, over the workflow's own configfile)" if config else "")]
+        if shell:
+            notes.append(f"jobs run under {shell} (shell.executable), found in every image")
         notes += _image_notes(workflow, settings.default_container)
         return EnginePlan(
-            engine=self.name, language=Language.SNAKEMAKE, workflow=snakefile,
+            engine=self.name, language=Language.SNAKEMAKE, workflow=request.workflow.main_file,
             command=command, env=env, images=self._images(workflow, settings, context),
-            parameters=config, files={CONFIG_FILE: config_text}, notes=tuple(notes),
+            parameters=config, files=files, notes=tuple(notes),
             steps=tuple(_job_label(j.rule, j.wildcards) for j in workflow.jobs
-                        if workflow.rule(j.rule).kind != "norun"),
+                        if workflow.rule(j.rule).kind != "norun" or j.outputs),
         )
 
-    def _command(self, snakefile: Path, context: RunContext,
-                 settings: _Settings) -> tuple[str, ...]:
+    def _command(self, snakefile: Path, context: RunContext, settings: _Settings,
+                 configfile: Path | None, shell: str | None) -> tuple[str, ...]:
         executor = EXECUTORS[settings.executor]
         work = context.work_dir
         args = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
-                "--directory", str(work / SNAKEMAKE_DIR), "--configfile", str(work / CONFIG_FILE),
-                "--cores", str(settings.cores), "--executor", executor,
-                f"--{executor}-events", str(work / EVENTS_FILE),
-                # no --software-deployment-method: no conda, no apptainer; our executor
-                # runs the containers
-                "--nocolor", "--show-failed-logs", "--printshellcmds"]
+                "--directory", str(work / SNAKEMAKE_DIR)]
+        if configfile is not None:
+            args += ["--configfile", str(configfile)]
+        args += ["--cores", str(settings.cores), "--executor", executor,
+                 f"--{executor}-events", str(work / EVENTS_FILE),
+                 # no --software-deployment-method: no conda, no apptainer; our executor
+                 # runs the containers
+                 "--nocolor", "--show-failed-logs", "--printshellcmds"]
         if settings.default_container:
             args += [f"--{executor}-default-image", settings.default_container]
+        if shell:
+            args += [f"--{executor}-shell", shell]
         if settings.executor == "slurm":
             args += ["--jobs", str(settings.jobs)]
             if settings.status_interval is not None:
@@ -150,7 +173,9 @@ class SnakemakeEngine(Engine):
         for name, content in plan.files.items():
             (context.work_dir / name).write_text(content)
         Path(plan.env["HOME"]).mkdir(parents=True, exist_ok=True)
-        (context.work_dir / SNAKEMAKE_DIR).mkdir(parents=True, exist_ok=True)
+        # a fresh copy: whatever the plan's reading of the Snakefile wrote there is gone
+        tree = context.work_dir / SNAKEMAKE_DIR
+        make_working_copy(_copied_from(plan, tree), tree, _owner(context))
         events_path = context.work_dir / EVENTS_FILE
         stdout = context.logs_dir / "snakemake.stdout.log"
         stderr = context.logs_dir / "snakemake.stderr.log"
@@ -175,13 +200,16 @@ class SnakemakeEngine(Engine):
                            timeout=context.timeout, on_tick=progress)
         finished = datetime.now(UTC)
         events = read_events(events_path)
-        steps = step_records(events, read_ledger(context.sandbox.ledger))
+        steps = step_records(events, read_ledger(context.sandbox.ledger),
+                             jobs_dir=context.work_dir / "jobs")
         ok = ended.exit_code == 0 and not ended.reason
         outputs = _copy_outputs(events, context.work_dir / SNAKEMAKE_DIR,
                                 context.outputs_dir) if ok else ()
         error = None
         if not ok:
-            error = ended.reason or _error_summary(stderr, steps, ended.exit_code)
+            # a failed job's logs are read only where the room or the broker wrote them
+            readable = (context.work_dir, context.sandbox.ledger.parent / "stderr")
+            error = ended.reason or failure_summary(stderr, steps, ended.exit_code, readable)
         logs = [LogRecord(stderr, "snakemake log"), LogRecord(stdout, "snakemake output")]
         logs += [LogRecord(p, f"snakemake run log {p.name}") for p in
                  sorted((context.work_dir / SNAKEMAKE_DIR / ".snakemake" / "log").glob("*.log"))]
@@ -227,6 +255,65 @@ class _Settings:
         return cls(executor, str(default) if default else None, max(cores, 1), max(jobs, 1),
                    tuple(str(r) for r in resources),
                    status_interval)
+
+
+def _tree_source(request: RunRequest) -> tuple[Path, Path]:
+    """The folder Snakemake's working copy is made of, and the main file's path in it.
+
+    The Workflow RO-Crate's folder, as its author runs ``snakemake`` there
+    (``workflow/Snakefile`` and ``config/`` beside it included).
+    """
+    root, main = request.workflow.root, request.workflow.main_file
+    if not main.is_relative_to(root):
+        root = main.parent
+    return root, main.relative_to(root)
+
+
+def _copied_from(plan: EnginePlan, tree: Path) -> Path:
+    """The folder the plan's working copy was made of (the main file's folders up)."""
+    command = list(plan.command)
+    relative = Path(command[command.index("--snakefile") + 1]).relative_to(tree)
+    return plan.workflow.parents[len(relative.parts) - 1]
+
+
+def _owner(context: RunContext) -> tuple[int, int] | None:
+    """The engine's user, who must write in its working copy (when we may give it away)."""
+    return (context.room.uid, context.room.gid) if os.geteuid() == 0 else None
+
+
+def _check_shell(workflow: SnakeWorkflow, default_image: str | None,
+                 context: RunContext) -> str | None:
+    """The program a ``shell.executable(...)`` chose, once every image is known to have it.
+
+    None for the default (``sh``). Raises UnsupportedCrate naming the image
+    and its rules when an image has no such program on its ``PATH``.
+    """
+    name = workflow.shell
+    if name is None or name == DEFAULT_SHELL:
+        return None
+    where = workflow.snakefile.name
+    if not _PROGRAM.fullmatch(name):
+        raise UnsupportedCrate(f"shell.executable({name!r}) is not a program name",
+                               where=where)
+    by_image: dict[str, list[str]] = {}
+    for job in workflow.jobs:
+        if workflow.rule(job.rule).kind == "shell":
+            image = image_of(job.image) or default_image
+            if image and job.rule not in by_image.setdefault(image, []):
+                by_image[image].append(job.rule)
+    docker = context.sandbox.docker
+    labels = [arg for arg in context.sandbox.docker_args() if arg.startswith("--label=")]
+    for image, rules in sorted(by_image.items()):
+        if image_id(docker, image) is None:
+            continue  # refused as absent, with every other image, once the plan is made
+        if find_program(docker, image, name, labels) is None:
+            raise UnsupportedCrate(
+                f"the workflow sets shell.executable({name!r}), and every job's command runs "
+                f"under it in its rule's image, but image {image} (rules: "
+                f"{', '.join(rules)}) has no {name} on its PATH; use an image that has "
+                f"{name}, or drop shell.executable to run the commands under sh",
+                where=where)
+    return name
 
 
 def _roots(request: RunRequest) -> tuple[Path, ...]:
@@ -275,14 +362,3 @@ def _copy_outputs(events: Events, workdir: Path, outputs_dir: Path) -> tuple[Fil
             shutil.copy2(real, dest, follow_symlinks=False)
         records.append(FileRecord(dest, relative.as_posix(), real.is_dir()))
     return tuple(records)
-
-
-def _error_summary(stderr: Path, steps: tuple[StepRecord, ...], code: int) -> str:
-    failed = [s for s in steps if s.status is RunStatus.FAILED]
-    if failed:
-        names = ", ".join(f"{s.name} (exit {s.exit_code})" for s in failed)
-        return f"snakemake exited {code}: rule(s) failed: {names}"
-    text = stderr.read_text(errors="replace") if stderr.exists() else ""
-    tail = [line.strip() for line in text.splitlines()
-            if "Error" in line or "error" in line.lower()][-3:]
-    return f"snakemake exited {code}" + (": " + " | ".join(tail) if tail else "")

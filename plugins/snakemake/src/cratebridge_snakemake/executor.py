@@ -7,7 +7,10 @@ Snakemake's package-name discovery). It runs jobs on this machine, at most
 job's shell command>`` through the cratebridge sandbox shim, and writes one
 ``started`` and one ``finished`` JSON line per job to ``--cratebridge-events``
 from the executor API (rule, wildcards, inputs, outputs, image, times, exit).
-Rules that do nothing (``rule all``) are reported done at once.
+Rules that run nothing are reported done at once; those that make files
+(``touch()`` outputs, made by Snakemake itself) get their two events too,
+with no image. The workflow's final targets are written when the executor
+starts and again when it shuts down, after checkpoints have updated the DAG.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from snakemake_interface_executor_plugins.settings import (
     ExecutorSettingsBase,
 )
 
-from cratebridge_snakemake.jobs import EventLog, JobSpec, now, spec_for
+from cratebridge_snakemake.jobs import DEFAULT_SHELL, EventLog, JobSpec, now, spec_for
 
-__all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_targets"]
+__all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_norun",
+           "record_targets"]
 
 common_settings = CommonSettings(
     non_local_exec=False,
@@ -44,7 +48,7 @@ common_settings = CommonSettings(
 
 @dataclass
 class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
-    """``--cratebridge-events`` and ``--cratebridge-default-image``."""
+    """``--cratebridge-events``, ``--cratebridge-default-image`` and ``--cratebridge-shell``."""
 
     events: str | None = field(default=None, metadata={
         "help": "JSON-lines file the executor appends one event per job to", "type": str,
@@ -54,6 +58,10 @@ class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
         "help": "image for rules without a container: directive (operator setting)",
         "type": str,
         "env_var": False, "required": False})
+    shell: str | None = field(default=None, metadata={
+        "help": "program each job's command runs under (the Snakefile's shell.executable, "
+                "checked at plan time to be in every image); default sh",
+        "type": str, "env_var": False, "required": False})
 
 
 class JobFailed(Exception):
@@ -66,15 +74,39 @@ def events_of(workflow: Any) -> EventLog:
     return EventLog(Path(path).absolute())
 
 
-def record_targets(workflow: Any, events: EventLog) -> None:
-    """The workflow's final files: inputs of a target rule that runs nothing, else outputs."""
+def shell_of(workflow: Any) -> str:
+    return getattr(workflow.executor_settings, "shell", None) or DEFAULT_SHELL
+
+
+def record_targets(workflow: Any, events: EventLog, final: bool = False) -> None:
+    """The workflow's final files: inputs of a target rule that runs nothing, else outputs.
+
+    Written when the executor starts and, with ``final``, when it shuts down:
+    by then a checkpoint may have replaced the target jobs, and the engine
+    reads the last of these events.
+    """
     workdir = str(workflow.workdir_init)
     files: list[str] = []
-    for job in sorted(workflow.dag.targetjobs, key=lambda j: j.jobid):
+    for job in sorted(workflow.dag.targetjobs, key=lambda j: j.jobid or 0):
         chosen = job.input if job.rule.norun else job.output
         files += [os.path.normpath(os.path.join(workdir, str(f))) for f in chosen]
-    events.write("workflow", targets=files, workdir=workdir,
+    events.write("workflow", targets=files, workdir=workdir, final=final,
                  default_target=getattr(workflow, "default_target", None))
+
+
+def record_norun(job: Any, workdir: str, events: EventLog) -> None:
+    """A job that runs no command but makes files (``touch()`` outputs): its two events.
+
+    Snakemake itself makes the files once the job is reported done, so the
+    job has no image and no container; its record still names its inputs
+    and outputs.
+    """
+    if not job.output:
+        return
+    spec = spec_for(job, workdir, None, norun=True)
+    start = now()
+    events.started(spec, start=start)
+    events.finished(spec, start=start, exit_code=None, status="success")
 
 
 class Executor(RealExecutor):  # type: ignore[misc]
@@ -85,6 +117,7 @@ class Executor(RealExecutor):  # type: ignore[misc]
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=int(cores) + 2)
         self.events = events_of(self.workflow)
         self.default_image = getattr(self.workflow.executor_settings, "default_image", None)
+        self.shell = shell_of(self.workflow)
         self.docker = shutil.which("docker") or "docker"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         record_targets(self.workflow, self.events)
@@ -109,7 +142,7 @@ class Executor(RealExecutor):  # type: ignore[misc]
                                   "by cratebridge; every job runs in its own container")
             return
         if job.is_norun:
-            self.events.write("norun", jobid=job.jobid, rule=job.rule.name)
+            record_norun(job, str(self.workflow.workdir_init), self.events)
             self.report_job_submission(job_info)
             self.report_job_success(job_info)
             return
@@ -120,12 +153,18 @@ class Executor(RealExecutor):  # type: ignore[misc]
     def _run(self, job: Any) -> None:
         self.workflow.async_run(job.prepare())
         try:
-            spec = spec_for(job, str(self.workflow.workdir_init), self.default_image)
-        except ValueError as exc:
+            spec = spec_for(job, str(self.workflow.workdir_init), self.default_image,
+                            self.shell)
+        except (ValueError, OSError) as exc:
             raise JobFailed(str(exc)) from None
         start = now()
         self.events.started(spec, start=start)
-        code = self._container(spec)
+        try:
+            code = self._container(spec)
+        except OSError as exc:  # docker could not even be started
+            error = f"rule {spec.rule}: its container could not be started: {exc.strerror}"
+            self.events.finished(spec, start=start, exit_code=None, error=error)
+            raise JobFailed(error) from None
         self.events.finished(spec, start=start, exit_code=code)
         if code != 0:
             raise JobFailed(f"rule {spec.rule}: container {spec.image} exited with status "
@@ -163,3 +202,4 @@ class Executor(RealExecutor):  # type: ignore[misc]
 
     def shutdown(self) -> None:
         self.pool.shutdown()
+        record_targets(self.workflow, self.events, final=True)

@@ -12,6 +12,9 @@ Besides rules and jobs it reports every file the workflow refers to
 so that the engine can refuse, before anything runs, a workflow that reaches
 outside its crate. Includes and configfiles are recorded as Snakemake reads
 them, also when reading fails, so the parent can tell where an error came from.
+A ``shell.executable(...)`` the Snakefile sets is reported as ``shell`` (the
+program's name): Snakemake's own default (bash when the host has it) is not a
+choice of the workflow's, and the jobs then run under ``sh``.
 """
 
 from __future__ import annotations
@@ -83,6 +86,24 @@ def _current_document(workflow: Any) -> str | None:
 
 
 @contextlib.contextmanager
+def _recording_shell(chosen: list[str | None]) -> Iterator[None]:
+    """Record what the Snakefile passes to ``shell.executable`` (the last call wins)."""
+    from snakemake.shell import shell
+
+    original = shell.__dict__["executable"]
+
+    def recorded(cls: Any, cmd: Any) -> Any:
+        chosen.append(os.path.basename(str(cmd)) if cmd else None)
+        return original.__func__(cls, cmd)
+
+    shell.executable = classmethod(recorded)
+    try:
+        yield
+    finally:
+        shell.executable = original
+
+
+@contextlib.contextmanager
 def _recording(found: list[dict[str, Any]]) -> Iterator[None]:
     """Record ``include:``, ``configfile:`` and ``workdir:`` as Snakemake meets them.
 
@@ -146,10 +167,12 @@ def _rule_references(rule: Any) -> list[dict[str, Any]]:
     return found
 
 
-def inspect(snakefile: Path, workdir: Path, configfile: Path,
+def inspect(snakefile: Path, workdir: Path, configfile: Path | None,
             references: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Load the workflow and its DAG (as for a dry run) and describe them.
 
+    ``configfile`` is the request's inputs, merged over the workflow's own
+    configfile as ``--configfile`` does (None when the request has none).
     ``references`` receives the includes, configfiles and workdirs as they are
     met, so a caller still has them when loading fails.
     """
@@ -162,10 +185,12 @@ def inspect(snakefile: Path, workdir: Path, configfile: Path,
     )
 
     found: list[dict[str, Any]] = [] if references is None else references
-    with SnakemakeApi(OutputSettings(quiet={"all"})) as api, _recording(found):
+    shell: list[str | None] = []
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api, _recording(found), \
+            _recording_shell(shell):
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(configfiles=[configfile]),
+            config_settings=ConfigSettings(configfiles=[configfile] if configfile else []),
             snakefile=snakefile,
             workdir=workdir,
         )
@@ -180,6 +205,7 @@ def inspect(snakefile: Path, workdir: Path, configfile: Path,
         return {
             "snakemake_version": _version(),
             "default_target": default,
+            "shell": shell[-1] if shell else None,
             "rules": [
                 {"name": rule.name, "kind": rule_kind(rule), "image": _image(rule),
                  "local": rule.name in workflow._localrules,
@@ -202,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cratebridge_snakemake.inspect")
     parser.add_argument("--snakefile", type=Path, required=True)
     parser.add_argument("--directory", type=Path, required=True)
-    parser.add_argument("--configfile", type=Path, required=True)
+    parser.add_argument("--configfile", type=Path)
     opts = parser.parse_args(argv)
     references: list[dict[str, Any]] = []
     try:
         described = inspect(opts.snakefile.absolute(), opts.directory.absolute(),
-                            opts.configfile.absolute(), references)
+                            opts.configfile.absolute() if opts.configfile else None,
+                            references)
     except Exception as exc:  # any Snakemake error: report it as data, not a traceback
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
                           "references": references}))
@@ -217,4 +244,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the report is out: end now, not when threads the Snakefile started (and may never
+    # stop, e.g. a producer for from_queue()) are done
+    os._exit(status)

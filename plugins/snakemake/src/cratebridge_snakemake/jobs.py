@@ -3,7 +3,9 @@
 Shared by the local and the Slurm executors. A job's shell command (the
 rule's ``shell:`` formatted by Snakemake for this job) runs as ``sh -c`` in
 the rule's ``container:`` image through ``docker``, which during a
-cratebridge run is the sandbox shim. The job's working directory (Snakemake's
+cratebridge run is the sandbox shim; under the program a
+``shell.executable(...)`` chose (checked at plan time to be in the image)
+when the workflow sets one. The job's working directory (Snakemake's
 ``--directory``) is mounted read-write at the same path; the workflow's own
 folder and every input outside the working directory are mounted read-only
 at their host paths, so the command sees the same paths Snakemake formatted.
@@ -15,16 +17,22 @@ import json
 import os
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cratebridge.containers.sandbox import STEP_LABEL
 
-__all__ = ["EventLog", "JobSpec", "docker_argv", "image_of", "named_files", "now", "spec_for"]
+__all__ = ["DEFAULT_SHELL", "EventLog", "JobSpec", "docker_argv", "image_of", "job_script",
+           "named_files", "now", "spec_for"]
 
 DOCKER_PREFIX = "docker://"
+DEFAULT_SHELL = "sh"  # images need not have bash; see docs/snakemake.md
+# A longer command goes to the shell as a file: one argument may hold at most 128 KiB
+# (MAX_ARG_STRLEN); Snakemake's own limit for the same reason.
+MAX_INLINE_SCRIPT = 16 * 4096 - 1
+SCRIPTS_DIR = ".snakemake/cratebridge-scripts"  # in the workdir, which every job mounts
 
 
 def now() -> str:
@@ -50,11 +58,15 @@ class JobSpec:
     inputs: list[tuple[str, str]]
     outputs: list[tuple[str, str]]
     logs: list[str]
-    image: str
+    image: str | None  # None: the job runs no command (Snakemake makes its touch() files)
     image_source: str
     shellcmd: str
     workdir: str
     argv: list[str] = field(default_factory=list)
+    shell: str = DEFAULT_SHELL
+    prefix: str | None = None  # shell.prefix(...) / shell.suffix(...) of the Snakefile
+    suffix: str = ""
+    script_file: str | None = None  # the script, when too long for one argument
 
 
 def _absolute(path: str, workdir: str) -> str:
@@ -80,23 +92,20 @@ def _job_name(rule: str, wildcards: dict[str, str]) -> str:
     return f"{rule}[{','.join(f'{k}={v}' for k, v in wildcards.items())}]"
 
 
-def spec_for(job: Any, workdir: str, default_image: str | None) -> JobSpec:
+def spec_for(job: Any, workdir: str, default_image: str | None,
+             shell: str = DEFAULT_SHELL, norun: bool = False) -> JobSpec:
     """Describe a Snakemake job (``JobExecutorInterface``) and build its container command.
 
-    Raises ``ValueError`` for a job that cannot run in a container: no shell
-    command, or no image and no operator default.
+    ``shell`` is the program the command runs under (by name, on the image's
+    ``PATH``). With ``norun``, describe a job that runs nothing (no image, no
+    command). Raises ``ValueError`` for a job that cannot run in a container:
+    no shell command, or no image and no operator default.
     """
     rule = job.rule
-    if not rule.is_shell:
-        raise ValueError(f"rule {rule.name}: only shell: rules run in containers under "
-                         "cratebridge (run:, script:, wrapper:, notebook: are refused)")
-    image = image_of(job.container_img_url)
-    source = "container"
-    if image is None:
-        image, source = default_image, "operator default"
-    if image is None:
-        raise ValueError(f"rule {rule.name} has no container: directive and no default "
-                         "image is configured")
+    image: str | None = None
+    source = "none"
+    if not norun:
+        image, source = _image_for(job, default_image)
     wildcards = {str(k): str(v) for k, v in dict(job.wildcards_dict).items()}
     spec = JobSpec(
         token=uuid.uuid4().hex, jobid=int(job.jobid), rule=rule.name,
@@ -104,14 +113,71 @@ def spec_for(job: Any, workdir: str, default_image: str | None) -> JobSpec:
         inputs=named_files(job.input, workdir, "input"),
         outputs=named_files(job.output, workdir, "output"),
         logs=[_absolute(str(f), workdir) for f in job.log],
-        image=image, image_source=source, shellcmd=str(job.shellcmd), workdir=workdir,
+        image=image, image_source=source, shellcmd="" if norun else str(job.shellcmd),
+        workdir=workdir, shell=shell or DEFAULT_SHELL, **({} if norun else _affixes()),
     )
+    if norun:
+        return spec
+    script = job_script(spec)
+    if len(script.encode()) > MAX_INLINE_SCRIPT:
+        spec = replace(spec, script_file=_write_script(script, workdir, spec.token))
     basedir = str(rule.basedir) if rule.basedir else None
-    return JobSpec(**{**asdict(spec), "argv": docker_argv(spec, basedir)})
+    return replace(spec, argv=docker_argv(spec, basedir))
+
+
+def _write_script(script: str, workdir: str, token: str) -> str:
+    folder = os.path.join(workdir, SCRIPTS_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{token}.sh")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(script + "\n")
+    return os.path.realpath(path)
+
+
+def _image_for(job: Any, default_image: str | None) -> tuple[str, str]:
+    rule = job.rule
+    if not rule.is_shell:
+        raise ValueError(f"rule {rule.name}: only shell: rules run in containers under "
+                         "cratebridge (run:, script:, wrapper:, notebook: are refused)")
+    image = image_of(job.container_img_url)
+    if image is not None:
+        return image, "container"
+    if default_image is None:
+        raise ValueError(f"rule {rule.name} has no container: directive and no default "
+                         "image is configured")
+    return default_image, "operator default"
+
+
+def _affixes() -> dict[str, Any]:
+    """The Snakefile's ``shell.prefix(...)`` and ``shell.suffix(...)``, as Snakemake keeps them."""
+    from snakemake.shell import shell
+
+    prefix = getattr(shell, "_process_prefix", None)
+    suffix = getattr(shell, "_process_suffix", "")
+    return {"prefix": None if prefix is None else str(prefix), "suffix": str(suffix or "")}
+
+
+def job_script(spec: JobSpec) -> str:
+    """The text given to the shell's ``-c``: the job's command with Snakemake's affixes.
+
+    Under the default ``sh`` it starts with ``set -eu``; under bash, as
+    Snakemake does, with ``set -euo pipefail;`` unless the Snakefile set its own
+    ``shell.prefix``.
+    """
+    if spec.shell == DEFAULT_SHELL:
+        body = " ".join((spec.prefix or "", spec.shellcmd, spec.suffix)).strip()
+        return "set -eu\n" + body
+    prefix = spec.prefix
+    if prefix is None:
+        prefix = "set -euo pipefail; " if spec.shell == "bash" else ""
+    return " ".join((prefix, spec.shellcmd, spec.suffix)).strip()
 
 
 def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
     """``docker run ...`` for a job; the sandbox shim adds the hardening flags."""
+    if spec.image is None:
+        raise ValueError(f"rule {spec.rule} runs no command and needs no container")
     work = os.path.realpath(spec.workdir)
     mounts = [f"--volume={work}:{work}"]
     seen = {work}
@@ -123,10 +189,13 @@ def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
             continue
         seen.add(real)
         mounts.append(f"--volume={real}:{real}:ro")
+    # the default shell by its path; a chosen one by name, found on the image's PATH by
+    # Docker as the plan's check found it
+    entrypoint = "/bin/sh" if spec.shell == DEFAULT_SHELL else spec.shell
     return [
         "docker", "run", "--rm", f"--label={STEP_LABEL}={spec.token}",
-        f"--workdir={work}", *mounts, "--env=HOME=/tmp", "--entrypoint=/bin/sh",
-        spec.image, "-c", "set -eu\n" + spec.shellcmd,
+        f"--workdir={work}", *mounts, "--env=HOME=/tmp", f"--entrypoint={entrypoint}",
+        spec.image, *([spec.script_file] if spec.script_file else ["-c", job_script(spec)]),
     ]
 
 
@@ -157,7 +226,8 @@ class EventLog:
         data.pop("argv")
         self.write("started", **data, command=spec.argv, **extra)
 
-    def finished(self, spec: JobSpec, start: str, exit_code: int | None, **extra: Any) -> None:
+    def finished(self, spec: JobSpec, start: str, exit_code: int | None,
+                 status: str | None = None, **extra: Any) -> None:
         self.write("finished", token=spec.token, jobid=spec.jobid, rule=spec.rule,
                    start=start, end=now(), exit_code=exit_code,
-                   status="success" if exit_code == 0 else "failed", **extra)
+                   status=status or ("success" if exit_code == 0 else "failed"), **extra)

@@ -25,7 +25,7 @@ from snakemake_executor_plugin_slurm import common_settings
 from snakemake_interface_common.exceptions import WorkflowError
 
 from cratebridge.containers.shim import BROKER_ENV
-from cratebridge_snakemake.executor import events_of, record_targets
+from cratebridge_snakemake.executor import events_of, record_norun, record_targets, shell_of
 from cratebridge_snakemake.jobs import now, spec_for
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
@@ -33,13 +33,17 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 @dataclass
 class ExecutorSettings(SlurmSettings):  # type: ignore[misc]
-    """The Slurm plugin's settings plus ``events`` and ``default_image``."""
+    """The Slurm plugin's settings plus ``events``, ``default_image`` and ``shell``."""
 
     events: str | None = field(default=None, metadata={
         "help": "JSON-lines file the executor appends one event per job to", "type": str,
         "env_var": False, "required": False})
     default_image: str | None = field(default=None, metadata={
         "help": "image for rules without a container: directive (operator setting)",
+        "type": str, "env_var": False, "required": False})
+    shell: str | None = field(default=None, metadata={
+        "help": "program each job's command runs under (the Snakefile's shell.executable, "
+                "checked at plan time to be in every image); default sh",
         "type": str, "env_var": False, "required": False})
 
 
@@ -50,6 +54,7 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         super().__post_init__(test_mode)
         self.cb_events = events_of(self.workflow)
         self.cb_default_image = getattr(self.workflow.executor_settings, "default_image", None)
+        self.cb_shell = shell_of(self.workflow)
         self.cb_docker = shutil.which("docker") or "docker"
         sandbox = os.environ.get(BROKER_ENV)
         if not sandbox:
@@ -63,7 +68,8 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
             raise WorkflowError("group jobs are not supported by cratebridge")
         self.workflow.async_run(job.prepare())
         try:
-            spec = spec_for(job, str(self.workflow.workdir_init), self.cb_default_image)
+            spec = spec_for(job, str(self.workflow.workdir_init), self.cb_default_image,
+                            self.cb_shell)
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
         jobs_dir = self.cb_events.path.parent / "jobs"
@@ -78,3 +84,14 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         self.cb_events.started(spec, start=now(), scheduler="slurm")
         return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
                f"{shlex.quote(str(spec_path))}"
+
+    def shutdown(self) -> None:
+        # Jobs that run nothing are Snakemake's local jobs here, never ours: record
+        # those that made files, and the targets as the checkpoints left them.
+        workdir = str(self.workflow.workdir_init)
+        dag = self.workflow.dag
+        for job in sorted(dag.jobs, key=lambda j: j.jobid or 0):
+            if job.is_norun and dag.finished(job):
+                record_norun(job, workdir, self.cb_events)
+        record_targets(self.workflow, self.cb_events, final=True)
+        super().shutdown()

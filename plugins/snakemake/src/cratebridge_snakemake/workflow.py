@@ -89,6 +89,7 @@ class SnakeWorkflow:
     rules: tuple[SnakeRule, ...]
     jobs: tuple[SnakeJob, ...]
     references: tuple[SnakeReference, ...] = ()
+    shell: str | None = None  # the program a shell.executable(...) chose, by name
 
     def rule(self, name: str) -> SnakeRule:
         return next(r for r in self.rules if r.name == name)
@@ -99,35 +100,51 @@ class SnakeWorkflow:
         return tuple(r for r in self.rules if r.name in used)
 
 
-def load_workflow(snakefile: Path, workdir: Path, configfile: Path, env: Mapping[str, str],
-                  room: Room, timeout: float = 300) -> SnakeWorkflow:
-    """Build the DAG as ``snakemake -n`` does, confined in ``room``; runs no job."""
+def load_workflow(snakefile: Path, workdir: Path, configfile: Path | None,
+                  env: Mapping[str, str], room: Room, timeout: float = 300) -> SnakeWorkflow:
+    """Build the DAG as ``snakemake -n`` does, confined in ``room``; runs no job.
+
+    ``configfile`` (the request's inputs) is merged over the workflow's own
+    ``configfile:``, as ``--configfile`` does; None when there is none, so
+    that Snakemake reports a missing ``configfile:`` itself.
+    """
+    where = str(snakefile)
     if not snakefile.is_file():
-        raise UnsupportedCrate("the workflow's main file is missing", where=str(snakefile))
+        raise UnsupportedCrate("the workflow's main file is missing", where=where)
     workdir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "cratebridge_snakemake.inspect", "--snakefile",
-               str(snakefile), "--directory", str(workdir), "--configfile", str(configfile)]
+               str(snakefile), "--directory", str(workdir)]
+    if configfile is not None:
+        command += ["--configfile", str(configfile)]
     out, err = run_confined(command, room=room, env=env, cwd=workdir, timeout=timeout,
-                            what="reading the Snakefile", where=str(snakefile))
+                            what="reading the Snakefile", where=where)
     try:
         data = json.loads(out.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         raise UnsupportedCrate(f"Snakemake could not read the workflow: {tail(err)}",
-                               where=str(snakefile)) from None
+                               where=where) from None
     references = _references(data.get("references", ()))
     if "error" in data:
         _withhold_foreign_error(snakefile, workdir, references)
-        raise UnsupportedCrate(f"Snakemake could not read the workflow (check that every "
-                               f"config key it uses is given as an input): {data['error']}",
-                               where=str(snakefile))
+        raise UnsupportedCrate(f"Snakemake could not read the workflow: {data['error']}"
+                               + _hint(str(data["error"])), where=where)
     return SnakeWorkflow(
         snakefile=snakefile, snakemake_version=data["snakemake_version"],
         default_target=data.get("default_target"),
         rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"],
                               r.get("snakefile")) for r in data["rules"]),
         jobs=tuple(_job(j) for j in data["jobs"]),
-        references=references,
+        references=references, shell=data.get("shell"),
     )
+
+
+def _hint(error: str) -> str:
+    """What to do about a failed load, where the error alone may mislead."""
+    if "KeyError" in error:
+        return ("; a config key the workflow uses is set neither by its own configfile nor "
+                "by a request input of that name (each input's FormalParameter name is a "
+                "config key, given over the workflow's configfile)")
+    return ""
 
 
 def _job(data: Mapping[str, Any]) -> SnakeJob:
@@ -148,13 +165,15 @@ def _withhold_foreign_error(snakefile: Path, workdir: Path,
 
     Snakemake's error may quote the file it failed on; when the workflow had
     included or loaded a file outside the Snakefile's folder (the only part of
-    the crate known here), that quote could be anything on the host.
+    the crate known here), that quote could be anything on the host. When the
+    Snakefile is in the working copy (``workdir``), all of the copy counts.
     """
-    folder = _real(snakefile.parent)
+    work = _real(workdir)
+    folder = work if _inside(_real(snakefile), (work,)) else _real(snakefile.parent)
     for ref in references:
         if ref.kind not in (RefKind.INCLUDE, RefKind.CONFIGFILE):
             continue
-        allowed = (folder, _real(workdir)) if ref.kind is RefKind.CONFIGFILE else (folder,)
+        allowed = (folder, work) if ref.kind is RefKind.CONFIGFILE else (folder,)
         if ref.path is None or not _inside(_real(Path(ref.path)), allowed):
             raise UnsafeCrate(
                 f"Snakemake could not read the workflow, and its {ref.kind.value} "
