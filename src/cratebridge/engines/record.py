@@ -14,9 +14,11 @@ __all__ = [
     "FileRecord",
     "LogRecord",
     "ParameterValue",
+    "PlannedStep",
     "RunRecord",
     "RunStatus",
     "StepRecord",
+    "SubworkflowRecord",
     "within",
 ]
 
@@ -102,6 +104,50 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class PlannedStep:
+    """A step as the workflow (or a nested workflow) defines it, whether it ran or not.
+
+    ``step`` is its path from the top workflow, as :attr:`StepRecord.step` gives
+    it: step ``rev`` of the nested workflow that step ``revsort`` runs is
+    ``revsort/rev``. ``tool`` is what it runs (as :attr:`StepRecord.tool`);
+    ``workflow`` says that is itself a workflow, whose steps are those under
+    ``step/``. ``position`` orders the steps of one workflow so that a step
+    comes after every step it takes outputs from. ``condition`` is the
+    condition it runs under (CWL ``when``), if any; ``skipped`` says it did
+    not run because that condition was false.
+    """
+
+    step: str
+    tool: str
+    position: int
+    workflow: bool = False
+    condition: str | None = None
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class SubworkflowRecord:
+    """One run of a nested workflow: the step ``step`` (a path, as in :class:`PlannedStep`)
+    ran the workflow ``tool``.
+
+    The executions it orchestrated are the step records (and nested runs)
+    whose ``step`` lies under ``step/``. ``inputs`` and ``outputs`` are the
+    nested workflow's, named by its own parameters; their files are files its
+    steps read or wrote.
+    """
+
+    step: str
+    name: str
+    tool: str
+    status: RunStatus
+    start_time: datetime | None
+    end_time: datetime | None
+    inputs: tuple[FileRecord | ParameterValue, ...] = ()
+    outputs: tuple[FileRecord | ParameterValue, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """The whole run, engine-neutral.
 
@@ -121,6 +167,8 @@ class RunRecord:
     error: str | None = None
     command: tuple[str, ...] = ()
     extra_workflow_files: tuple[Path, ...] = field(default=())
+    planned: tuple[PlannedStep, ...] = ()
+    subworkflows: tuple[SubworkflowRecord, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -134,9 +182,12 @@ def within(record: RunRecord, roots: tuple[Path, ...]) -> tuple[RunRecord, list[
     real_roots = [Path(os.path.realpath(r)) for r in roots]
     dropped: list[Path] = []
 
-    def keep(path: Path) -> bool:
+    def inside(path: Path) -> bool:
         real = Path(os.path.realpath(path))
-        if any(real == r or r in real.parents for r in real_roots):
+        return any(real == r or r in real.parents for r in real_roots)
+
+    def keep(path: Path) -> bool:
+        if inside(path):
             return True
         dropped.append(path)
         return False
@@ -145,10 +196,18 @@ def within(record: RunRecord, roots: tuple[Path, ...]) -> tuple[RunRecord, list[
                ) -> tuple[FileRecord | ParameterValue, ...]:
         return tuple(i for i in items if not isinstance(i, FileRecord) or keep(i.path))
 
+    def quietly(items: tuple[FileRecord | ParameterValue, ...]
+                ) -> tuple[FileRecord | ParameterValue, ...]:
+        # a nested run's files are its steps' files: those already said what was dropped
+        return tuple(i for i in items if not isinstance(i, FileRecord) or inside(i.path))
+
     def logs(items: tuple[LogRecord, ...]) -> tuple[LogRecord, ...]:
         return tuple(log for log in items if keep(log.path))
 
     steps = tuple(replace(s, inputs=values(s.inputs), outputs=values(s.outputs),
                           logs=logs(s.logs)) for s in record.steps)
-    kept = replace(record, outputs=values(record.outputs), steps=steps, logs=logs(record.logs))
+    nested = tuple(replace(s, inputs=quietly(s.inputs), outputs=quietly(s.outputs))
+                   for s in record.subworkflows)
+    kept = replace(record, outputs=values(record.outputs), steps=steps, logs=logs(record.logs),
+                   subworkflows=nested)
     return kept, dropped

@@ -2,7 +2,9 @@
 
 The crate lives at ``prefix`` inside the result folder (``""`` when the run
 crate is the result crate). Files outside that prefix (the request payload,
-the outputs) are referred to with relative ``../`` paths.
+the outputs) are referred to with relative ``../`` paths. Nested workflows
+are described by :mod:`cratebridge.provenance.nesting`,
+container images by :mod:`cratebridge.provenance.images`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from cratebridge.intake.request import InputBinding, InputKind, RunRequest
 from cratebridge.provenance.entities import (
     RO_CRATE_1_1,
     RO_CRATE_1_2,
-    WFRUN,
     capped_description,
     data_entity,
     json_value,
@@ -36,7 +37,9 @@ from cratebridge.provenance.entities import (
     value_type,
 )
 from cratebridge.provenance.graph import Graph, Node, fragment, iso, ref, refs
+from cratebridge.provenance.images import image_entity
 from cratebridge.provenance.locations import Placed, Placer
+from cratebridge.provenance.nesting import COMPUTATIONAL_WORKFLOW, NestedWorkflows, is_file
 
 __all__ = ["RunCrateBuilder", "RunCrateSpec"]
 
@@ -78,7 +81,7 @@ class RunCrateSpec:
     license: Node
 
 
-class RunCrateBuilder:
+class RunCrateBuilder(NestedWorkflows):
     """Builds the run crate graph; copies step files (not outputs) as it goes."""
 
     def __init__(
@@ -101,11 +104,14 @@ class RunCrateBuilder:
         self._mapped: dict[Path, str] = {}
         self._tool_params: dict[str, set[str]] = {}
         self._steps: dict[str, str] = {}
+        self._step_count: dict[str, int] = {}
+        self._run_actions: dict[str, str] = {"": WORKFLOW_RUN_ID}
         self._images: dict[tuple[str, str | None], str] = {}
         self._action_by_name: dict[str, str] = {}
         self._values = 0
         self._up = "../" * self.spec.prefix.count("/")
         self.main_id = self.local_id(spec.main_location)
+        self._workflows: dict[str, str] = {"": self.main_id}  # by the path of their step
 
     # -- identifiers ---------------------------------------------------------
 
@@ -128,9 +134,13 @@ class RunCrateBuilder:
         self._descriptor_and_root(with_steps)
         self._workflow()
         self._engine()
+        self._planned_steps()
         steps = enumerate(self.record.steps)
         control_ids = [self._step_execution(index, step) for index, step in steps]
+        nested = enumerate(self.record.subworkflows)
+        control_ids += [self._subworkflow_execution(index, run) for index, run in nested]
         self._workflow_action()
+        self._skipped_notes()
         if with_steps:
             self._organize_action(control_ids)
         for log, placed in run_logs:
@@ -204,9 +214,7 @@ class RunCrateBuilder:
         main["@type"] = ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]
         main["name"] = self.request.workflow.name or main["name"]
         main["programmingLanguage"] = ref(language.value)
-        main["conformsTo"] = ref(
-            "https://bioschemas.org/profiles/ComputationalWorkflow/1.0-RELEASE"
-        )
+        main["conformsTo"] = ref(COMPUTATIONAL_WORKFLOW)
         self._part(main)
 
     def _parameter(self, owner: str, direction: str, name: str, kind: str) -> str:
@@ -248,7 +256,7 @@ class RunCrateBuilder:
 
     def _step_execution(self, index: int, step: StepRecord) -> str:
         """Add one step execution (CreateAction + ControlAction); return the ControlAction id."""
-        tool_id = self._tool(step.tool)
+        tool_id = self._tool(step.tool, self._owner(step.step) or self.main_id)
         howto_id = self._howto(step.step, tool_id)
         action_id = f"#step-run-{index}"
         self._action_by_name.setdefault(step.name, action_id)
@@ -283,24 +291,35 @@ class RunCrateBuilder:
             control["error"] = action["error"]
         return control_id
 
-    def _tool(self, tool: str) -> str:
-        known = self._tools.get(tool)
-        if known is not None:
-            return known
-        node = self._tool_file(tool) or {
-            "@id": f"#tool-{fragment(tool)}",
-            "@type": "SoftwareApplication",
-            "name": tool,
-        }
-        tool_id = str(node["@id"])
-        if node.get("@type") == ["File", "SoftwareSourceCode"]:
-            self._part(node)
-        else:
-            self.graph.add(node)
-        self._tools[tool] = tool_id
-        main = self.graph.get(self.main_id)
-        assert main is not None
-        main.setdefault("hasPart", []).append(ref(tool_id))
+    def _tool(self, tool: str, owner: str | None, workflow: bool = False) -> str:
+        """The entity of ``tool``, added on first use; listed in ``owner``'s ``hasPart``.
+
+        ``owner`` is the workflow that ran it (``None`` when it did not run);
+        ``workflow``: the tool is a nested workflow that ran.
+        """
+        tool_id = self._tools.get(tool)
+        if tool_id is None:
+            node = self._tool_file(tool) or {
+                "@id": f"#tool-{fragment(tool)}",
+                "@type": "SoftwareApplication",
+                "name": tool,
+            }
+            tool_id = str(node["@id"])
+            if is_file(node):
+                self._part(node)
+            else:
+                self.graph.add(node)
+            self._tools[tool] = tool_id
+        if workflow:  # also when first met at a step that did not run
+            known = self.graph.get(tool_id)
+            assert known is not None
+            self._as_workflow(known)
+        if owner is not None:
+            owner_node = self.graph.get(owner)
+            assert owner_node is not None
+            parts = owner_node.setdefault("hasPart", [])
+            if ref(tool_id) not in parts:
+                parts.append(ref(tool_id))
         return tool_id
 
     def _tool_file(self, tool: str) -> Node | None:
@@ -314,62 +333,31 @@ class RunCrateBuilder:
         candidate = (src / name).resolve()  # an absolute path stays as it is
         if not candidate.is_relative_to(src) or not candidate.is_file():
             return None
-        location = self.spec.workflow_location + candidate.relative_to(src).as_posix()
+        relative = candidate.relative_to(src).as_posix()
+        location = self.spec.workflow_location + relative
         file_id = self.local_id(location)
+        # named as in the workflow folder: the engine's URI holds the host's run folder
         if anchor:
             return {
                 "@id": f"{file_id}#{fragment(anchor)}",
                 "@type": "SoftwareSourceCode",
-                "name": tool,
+                "name": f"{relative}#{anchor}",
             }
         if file_id == self.main_id:
             return None
-        node = data_entity(file_id, Placed(location, False, self.placer.digest_of(location)), tool)
+        node = data_entity(file_id, Placed(location, False, self.placer.digest_of(location)),
+                           relative)
         node["@type"] = ["File", "SoftwareSourceCode"]
         return node
-
-    def _howto(self, step_name: str, tool_id: str) -> str:
-        known = self._steps.get(step_name)
-        if known is not None:
-            return known
-        step_id = f"{self.main_id}#step/{fragment(step_name)}"
-        self.graph.add(
-            {
-                "@id": step_id,
-                "@type": "HowToStep",
-                "name": step_name,
-                "position": str(len(self._steps)),
-                "workExample": ref(tool_id),
-            }
-        )
-        self._steps[step_name] = step_id
-        main = self.graph.get(self.main_id)
-        assert main is not None
-        main.setdefault("step", []).append(ref(step_id))
-        return step_id
 
     def _image(self, container: ContainerRecord) -> str:
         key = (container.image, container.image_id)
         known = self._images.get(key)
-        if known is not None:
-            return known
-        registry, name, tag, digest = _split_image(container.image)
-        sha256 = _sha256(container.image_id) or _sha256(digest)
-        image_id = f"#container-image-{len(self._images)}"
-        node: Node = {
-            "@id": image_id,
-            "@type": "ContainerImage",
-            "additionalType": ref(WFRUN + "DockerImage"),
-            "name": name,
-            "registry": registry,
-        }
-        if tag:
-            node["tag"] = tag
-        if sha256:
-            node["sha256"] = sha256
-        self.graph.add(node)
-        self._images[key] = image_id
-        return image_id
+        if known is None:
+            known = f"#container-image-{len(self._images)}"
+            self.graph.add(image_entity(known, container))
+            self._images[key] = known
+        return known
 
     def _exit_code(self, action_id: str, code: int) -> str:
         value_id = f"{action_id}-exit-code"
@@ -573,22 +561,3 @@ class RunCrateBuilder:
         added = self.graph.add(node)
         self._has_part[str(added["@id"])] = None
         return added
-
-
-def _split_image(image: str) -> tuple[str, str, str | None, str | None]:
-    """``(registry, name, tag, digest)`` of a Docker image reference."""
-    rest, _, digest = image.partition("@")
-    first, slash, remainder = rest.partition("/")
-    registry = "docker.io"
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        registry, rest = first, remainder
-    name, tag = rest, None
-    if ":" in rest.rsplit("/", 1)[-1]:
-        name, tag = rest.rsplit(":", 1)
-    return registry, name, tag, digest or None
-
-
-def _sha256(digest: str | None) -> str | None:
-    if digest and digest.startswith("sha256:"):
-        return digest.split(":", 1)[1]
-    return None

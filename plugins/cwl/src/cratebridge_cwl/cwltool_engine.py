@@ -27,7 +27,7 @@ from cratebridge.engines.process import EngineExit, confined_report, run_engine
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate
 from cratebridge.intake.request import Language, RunRequest
-from cratebridge_cwl.records import read_events, step_records, values_to_records
+from cratebridge_cwl.records import read_events, step_records, values_to_records, with_nesting
 from cratebridge_cwl.workflow import CwlStep, CwlWorkflow, bind_inputs
 
 __all__ = ["CwltoolEngine"]
@@ -190,12 +190,12 @@ class CwltoolEngine(Engine):
         error = None
         if status is RunStatus.FAILED:
             error = ended.reason or _error_summary(stderr, steps, ended.exit_code)
-        return RunRecord(
+        return with_nesting(RunRecord(
             engine=self.name, engine_version=self.info().version, status=status,
             start_time=started, end_time=finished, outputs=outputs, steps=steps,
             logs=(LogRecord(stderr, "cwltool log"), LogRecord(stdout, "cwltool output object")),
             error=error, command=tuple(plan.command),
-        )
+        ), events_path)
 
 
 def run_held_or_new(engine: CwltoolEngine, plan: EnginePlan, context: RunContext,

@@ -6,6 +6,10 @@ FILE -- <cwltool arguments>``. Every CommandLineTool job is given a step token
 when it finishes, its inputs, outputs and status are written to the events
 file. Output files are hard-linked under ``--keep`` as soon as a job ends,
 because cwltool deletes intermediate outputs at the end of a workflow.
+Each job names its step by its path from the top workflow (``revsort/rev``
+for step ``rev`` of the nested workflow step ``revsort`` runs), and the
+workflow's shape is written beside the events (:func:`write_shape`), so that
+the record can show nested workflows and the steps that did not run.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from cwltool.command_line_tool import CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
 from cwltool.main import main as cwltool_main
-from cwltool.workflow import default_make_tool
+from cwltool.workflow import Workflow, default_make_tool
 
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
+from cratebridge_cwl.records import shape_path
 
-__all__ = ["EventLog", "JobReport", "main", "now", "recording_job"]
+__all__ = ["EventLog", "JobReport", "main", "now", "recording_job", "workflow_shape",
+           "write_shape"]
 
 
 class EventLog:
@@ -182,20 +188,118 @@ def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
     return RecordingJob
 
 
-def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
-    class RecordingCommandLineTool(CommandLineTool):
-        def make_job_runner(self, runtimeContext: RuntimeContext) -> type[JobBase]:
-            base = super().make_job_runner(runtimeContext)
-            part_of = str(getattr(runtimeContext, "part_of", "") or "")
-            step = part_of.removeprefix("step ") or self.tool.get("id", "tool").split("#")[-1]
-            return recording_job(base, log, step, str(self.tool.get("id", "")))
+def _short(identifier: str) -> str:
+    return identifier.split("#")[-1].split("/")[-1]
 
+
+def _local(owner: str, identifier: str) -> str:
+    """``identifier`` relative to the process ``owner`` (``rev/reversed``, ``data``)."""
+    own = owner.partition("#")[2]
+    name = identifier.partition("#")[2] or identifier
+    return name[len(own) + 1:] if own and name.startswith(own + "/") else name
+
+
+def _sources(owner: str, source: Any) -> list[str]:
+    if source is None:
+        return []
+    return [_local(owner, str(s)) for s in (source if isinstance(source, list) else [source])]
+
+
+def _process_id(process: Any, step_id: str) -> str:
+    """The id of the process a step runs; one written inside the step is named ``<step>/run``.
+
+    cwltool gives such a process a random blank id (``_:<uuid>``), and its
+    parameters ids under ``<step>/run``: the same, whichever engine loads it.
+    """
+    own = str(process.tool.get("id", ""))
+    return f"{step_id}/run" if not own or own.startswith("_:") else own
+
+
+def workflow_shape(workflow: Workflow, own: str | None = None) -> dict[str, Any]:
+    """The workflow as written: its inputs, its outputs' sources and its steps, nested ones too.
+
+    Each step gives its name, the tool it runs, its condition (``when``) and
+    where each of its inputs comes from (an input of its workflow, or
+    ``step/output``); a step that runs a workflow gives that workflow's shape.
+    ``own`` is the workflow's id when it is not its own (see :func:`_process_id`).
+    """
+    own = own or str(workflow.tool.get("id", ""))
+    steps = []
+    for step in workflow.steps:
+        inner = step.embedded_tool
+        tool = _process_id(inner, str(step.id))
+        shaped: dict[str, Any] = {
+            "name": _short(step.id), "tool": tool,
+            "when": step.tool.get("when"),
+            "in": {_short(str(port["id"])): {"source": _sources(own, port.get("source")),
+                                              "valueFrom": "valueFrom" in port}
+                   for port in step.tool.get("inputs", [])},
+        }
+        if isinstance(inner, Workflow):
+            shaped["workflow"] = workflow_shape(inner, tool)
+        steps.append(shaped)
+    return {
+        "tool": own,
+        "inputs": [_local(own, str(p["id"])) for p in workflow.tool.get("inputs", [])],
+        "outputs": {_local(own, str(p["id"])): _sources(own, p.get("outputSource"))
+                    for p in workflow.tool.get("outputs", [])},
+        "steps": steps,
+    }
+
+
+def write_shape(events: Path, workflow: Workflow) -> None:
+    """Write ``workflow``'s shape beside the events file (replacing any written before).
+
+    Call it for each workflow the engine makes: outer workflows are made after
+    the workflows their steps run, so the last one written is the whole workflow.
+    """
+    target = shape_path(events)
+    partial = target.with_name(target.name + ".part")
+    try:
+        partial.write_text(json.dumps(workflow_shape(workflow)))
+        os.replace(partial, target)
+    except OSError:
+        pass  # the record then shows the steps that ran, not nested: never fail the run for it
+
+
+def _name_steps(workflow: Workflow, prefix: str = "") -> None:
+    """Give each recording tool the path of the step it runs as (``revsort/rev`` when nested)."""
+    for step in workflow.steps:
+        name = f"{prefix}/{_short(step.id)}" if prefix else _short(step.id)
+        inner = step.embedded_tool
+        if isinstance(inner, Workflow):
+            _name_steps(inner, name)
+        elif isinstance(inner, _RecordingTool):
+            inner.cb_step = name
+
+
+class _RecordingTool(CommandLineTool):
+    """cwltool's CommandLineTool, whose jobs record themselves (see :func:`recording_job`)."""
+
+    cb_log: EventLog
+    cb_step: str | None = None
+
+    def make_job_runner(self, runtimeContext: RuntimeContext) -> type[JobBase]:
+        base = super().make_job_runner(runtimeContext)
+        part_of = str(getattr(runtimeContext, "part_of", "") or "")
+        step = self.cb_step or part_of.removeprefix("step ") or \
+            self.tool.get("id", "tool").split("#")[-1]
+        return recording_job(base, self.cb_log, step, str(self.tool.get("id", "")))
+
+
+def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
         if isinstance(toolpath_object, dict) and toolpath_object.get("class") == \
                 "CommandLineTool":
             # cwltool hands a CommentedMap (a dict); keep the checker from narrowing it
-            return RecordingCommandLineTool(cast(Any, toolpath_object), loading_context)
-        return default_make_tool(toolpath_object, loading_context)
+            tool = _RecordingTool(cast(Any, toolpath_object), loading_context)
+            tool.cb_log = log
+            return tool
+        made = default_make_tool(toolpath_object, loading_context)
+        if isinstance(made, Workflow):
+            _name_steps(made)
+            write_shape(log.events, made)
+        return made
 
     return make_tool
 

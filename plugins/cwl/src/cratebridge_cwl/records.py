@@ -1,10 +1,17 @@
-"""Turning the driver's job events and the sandbox ledger into engine-neutral step records."""
+"""Turning the driver's job events and the sandbox ledger into engine-neutral step records.
+
+Beside the events, the driver writes the workflow's shape (:data:`SHAPE_FILE`):
+its steps, nested workflows and conditions, as written. With it a record also
+lists the steps that did not run (a ``when`` that was false) and the runs of
+nested workflows, named by step paths (``revsort/rev``) whatever the engine.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,11 +21,18 @@ from cratebridge.engines.record import (
     FileRecord,
     LogRecord,
     ParameterValue,
+    PlannedStep,
+    RunRecord,
     RunStatus,
     StepRecord,
+    SubworkflowRecord,
 )
 
-__all__ = ["read_events", "step_records", "values_to_records"]
+__all__ = ["SHAPE_FILE", "read_events", "shape_path", "step_records", "values_to_records",
+           "with_nesting"]
+
+#: The workflow's shape, written by the driver beside its events file.
+SHAPE_FILE = "workflow-shape.json"
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -106,3 +120,180 @@ def step_records(events: list[dict[str, Any]], ledger: Ledger) -> tuple[StepReco
             logs=logs, command=tuple(done["command"]) if done else (), native_id=token,
         ))
     return tuple(records)
+
+
+# -- nested workflows and steps that did not run ---------------------------------------
+
+
+def shape_path(events: Path) -> Path:
+    """Where the driver writing ``events`` writes the workflow's shape."""
+    return events.with_name(SHAPE_FILE)
+
+
+def _read_shape(events: Path) -> dict[str, Any] | None:
+    try:
+        shape = json.loads(shape_path(events).read_text())
+    except (OSError, ValueError):
+        return None
+    return shape if isinstance(shape, dict) and isinstance(shape.get("steps"), list) else None
+
+
+def with_nesting(record: RunRecord, events: Path) -> RunRecord:
+    """``record`` with every step as written and the runs of its nested workflows.
+
+    Needs the shape the driver wrote beside ``events``; without it (or with
+    one that does not read) the record is returned as it is.
+    """
+    shape = _read_shape(events)
+    if shape is None:
+        return record
+    try:
+        return _nested(record, shape)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return record  # written in the engine's room: a record without nesting beats none
+
+
+def _nested(record: RunRecord, shape: dict[str, Any]) -> RunRecord:
+    steps = list(_walk(shape, ""))
+    tools = {path: str(step["tool"]) for path, step, _ in steps}
+    # a tool written inside its step has a random id; the shape names it after the step
+    record = replace(record, steps=tuple(
+        replace(s, tool=tools[s.step]) if s.tool.startswith("_:") and s.step in tools else s
+        for s in record.steps))
+    ran = _ran(record.steps)
+    planned = tuple(_planned(steps, ran, record.status))
+    return replace(record, planned=planned,
+                   subworkflows=_subworkflow_runs(steps, ran, record))
+
+
+Shaped = tuple[str, dict[str, Any], int]
+
+
+def _walk(shape: dict[str, Any], prefix: str) -> Iterator[Shaped]:
+    """Every step of a workflow shape, nested ones after theirs: (path, step, position).
+
+    A workflow's steps come in the order of their positions, whatever order the engine
+    gave them in.
+    """
+    positions = _positions(shape)
+    for step in sorted(shape.get("steps", []), key=lambda s: positions[str(s["name"])]):
+        path = f"{prefix}/{step['name']}" if prefix else str(step["name"])
+        yield path, step, positions[str(step["name"])]
+        if isinstance(step.get("workflow"), dict):
+            yield from _walk(step["workflow"], path)
+
+
+def _ran(steps: tuple[StepRecord, ...]) -> set[str]:
+    """The step paths with an execution, and every workflow step above them."""
+    paths: set[str] = set()
+    for record in steps:
+        parts = record.step.split("/")
+        paths.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return paths
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _positions(workflow: dict[str, Any]) -> dict[str, int]:
+    """Each step's place in an order that runs a step after those it takes outputs from."""
+    steps = [str(s["name"]) for s in workflow.get("steps", [])]
+    needs = {str(s["name"]): {src.split("/")[0] for port in s.get("in", {}).values()
+                              for src in port.get("source", []) if "/" in src} & set(steps)
+             for s in workflow.get("steps", [])}
+    order: list[str] = []
+    # ties go by name, not by the order the engine lists steps in (Toil's is not cwltool's)
+    for _ in steps:
+        ready = sorted(n for n in steps if n not in order and needs[n] <= set(order))
+        # a cycle is not valid CWL: take what is left by name
+        order.append((ready or sorted(n for n in steps if n not in order))[0])
+    return {name: index for index, name in enumerate(order)}
+
+
+def _planned(steps: list[Shaped], ran: set[str], status: RunStatus) -> Iterator[PlannedStep]:
+    """The steps of the workflow and of the nested workflows that ran."""
+    for path, step, position in steps:
+        parent = _parent(path)
+        if parent and parent not in ran:
+            continue  # inside a nested workflow that did not run: only that step is shown
+        condition = step.get("when")
+        yield PlannedStep(
+            step=path, tool=str(step["tool"]), position=position,
+            workflow=isinstance(step.get("workflow"), dict),
+            condition=str(condition) if condition is not None else None,
+            # a run that failed may have stopped before it: only a finished run says so
+            skipped=condition is not None and path not in ran and status is RunStatus.COMPLETED)
+
+
+def _subworkflow_runs(steps: list[Shaped], ran: set[str],
+                      record: RunRecord) -> tuple[SubworkflowRecord, ...]:
+    """One run per nested workflow step that ran, outer ones first."""
+    nested = [(path, step) for path, step, _ in steps
+              if isinstance(step.get("workflow"), dict) and path in ran]
+    runs: dict[str, SubworkflowRecord] = {}
+    # innermost first: an outer run is made of its inner ones
+    for path, step in sorted(nested, key=lambda item: -item[0].count("/")):
+        runs[path] = _subworkflow_run(path, step, record, ran, runs)
+    return tuple(runs[path] for path, _ in nested)
+
+
+def _subworkflow_run(path: str, step: dict[str, Any], record: RunRecord, ran: set[str],
+                     runs: dict[str, SubworkflowRecord]) -> SubworkflowRecord:
+    """The run of the nested workflow at ``path``, from the runs of its steps.
+
+    Its inputs are what its steps read straight from its inputs; its outputs
+    what its output sources wrote.
+    """
+    workflow: dict[str, Any] = step["workflow"]
+    inner = [s for s in record.steps if s.step.startswith(path + "/")]
+    starts = [s.start_time for s in inner if s.start_time is not None]
+    ends = [s.end_time for s in inner if s.end_time is not None]
+    failed = sorted({s.name for s in inner if s.status is RunStatus.FAILED})
+    failed_runs = sorted(r.name for p, r in runs.items()
+                         if _parent(p) == path and r.status is RunStatus.FAILED)
+    missing = [s["name"] for s in workflow.get("steps", [])
+               if f"{path}/{s['name']}" not in ran and s.get("when") is None]
+    error = None
+    if failed:
+        error = f"Nested workflow {path} failed: step(s) {', '.join(failed)} failed"
+    elif failed_runs:
+        error = f"Nested workflow {path} failed: nested workflow(s) {', '.join(failed_runs)} " \
+                "failed"
+    elif missing and record.status is RunStatus.FAILED:
+        error = f"Nested workflow {path} did not finish: step(s) {', '.join(missing)} did not run"
+
+    def values(direction: str, inner_path: str, port: str, name: str
+               ) -> list[FileRecord | ParameterValue]:
+        """The values of ``port`` of the step at ``inner_path``, named ``name``."""
+        found: Iterable[FileRecord | ParameterValue]
+        if inner_path in runs:
+            found = getattr(runs[inner_path], direction)
+        else:
+            found = (v for s in record.steps if s.step == inner_path
+                     for v in getattr(s, direction))
+        return [replace(v, parameter=name) for v in found if v.parameter == port]
+
+    # in an order of their own, not the engine's
+    positions = _positions(workflow)
+    inner_steps = sorted(workflow.get("steps", []), key=lambda s: positions[str(s["name"])])
+    inputs: list[FileRecord | ParameterValue] = []
+    for name in sorted(workflow.get("inputs", [])):
+        for inner_step in inner_steps:
+            ports = [p for p, link in inner_step.get("in", {}).items()
+                     if link.get("source") == [name] and not link.get("valueFrom")]
+            found = values("inputs", f"{path}/{inner_step['name']}", ports[0], name) \
+                if ports else []
+            if found:
+                inputs.extend(found)
+                break
+    outputs: list[FileRecord | ParameterValue] = []
+    for name, sources in sorted(workflow.get("outputs", {}).items()):
+        for source in sources:
+            inner_step, _, port = source.partition("/")
+            outputs.extend(values("outputs", f"{path}/{inner_step}", port, name))
+    return SubworkflowRecord(
+        step=path, name=path.rsplit("/", 1)[-1], tool=str(step["tool"]),
+        status=RunStatus.FAILED if error else RunStatus.COMPLETED,
+        start_time=min(starts) if starts else None, end_time=max(ends) if ends else None,
+        inputs=tuple(inputs), outputs=tuple(outputs), error=error)

@@ -8,7 +8,9 @@ nodes, and there each CWL job gets a step token (a Docker label the sandbox
 ledger records) and, when it ends, writes its inputs, outputs and status to
 the events file. The run folder must be on a filesystem every worker sees.
 Output files are hard-linked under ``--keep`` as soon as a job ends, because
-Toil deletes the worker's copies when the job returns.
+Toil deletes the worker's copies when the job returns. Before its container
+starts, each job makes sure the step user (``--step-user``) can read every
+input Toil staged for it, and fails, saying which, when it cannot.
 """
 
 from __future__ import annotations
@@ -16,21 +18,31 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import stat
 import sys
 from argparse import Namespace
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
+from cwltool.loghandler import _logger
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
-from cratebridge_cwl.driver import EventLog, JobReport, recording_job
+from cratebridge_cwl.driver import EventLog, JobReport, recording_job, write_shape
 from cratebridge_cwl.offline import OfflineFetcher
 
-__all__ = ["RecordingToilCommandLineTool", "main"]
+__all__ = ["UNREADABLE", "RecordingToilCommandLineTool", "main", "open_to_step_user"]
+
+#: What a job logs when its container could not read an input (the engine quotes the
+#: line in the run's error; ``toil_engine.UNREADABLE`` is the same text, kept there so
+#: that every Toil worker need not import the engine).
+UNREADABLE = "cannot be read by the step user"
+
+#: The staged entries a step reads (``Create*`` entries are written from literals).
+_READ_TYPES = ("File", "Directory", "WritableFile", "WritableDirectory")
 
 
 def _short(identifier: str) -> str:
@@ -117,22 +129,141 @@ def _scatter_index(toil_name: str) -> int | None:
     return int(positions[-1]) if positions else None
 
 
+# -- the step user reads what Toil staged ----------------------------------------------
+
+
+def _step_may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+    """Whether ``uid:gid`` has ``bits`` (4 read, 1 search) on a file with this stat.
+
+    By the mode alone, as the kernel decides for a process with no
+    capabilities: the owner's bits for the owner, the group's for the group.
+    """
+    if st.st_uid == uid:
+        have = st.st_mode >> 6
+    elif st.st_gid == gid:
+        have = st.st_mode >> 3
+    else:
+        have = st.st_mode
+    return have & bits == bits
+
+
+def _tree(top: str) -> Iterator[tuple[str, os.stat_result]]:
+    """``top`` (links followed, as its bind mount will be) and, for a folder, all below it.
+
+    Below the top, links are not followed: the container sees them as links.
+    """
+    try:
+        yield top, os.stat(top)
+    except OSError:
+        return  # missing: cwltool reports a missing input itself
+    if not os.path.isdir(top):
+        return
+    for folder, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                yield path, st
+
+
+def open_to_step_user(paths: Iterable[str], user: tuple[int, int],
+                      within: Path | None) -> list[str]:
+    """Make staged inputs readable by the step user; return those that stay unreadable.
+
+    Toil stages a Directory (a workflow input, or a folder an earlier step
+    made) as a fresh folder of its own with mode 0711: anyone may pass it,
+    only its owner may list it. The step's container runs as the operator's
+    step user, which need not be the uid the engine runs as, so a step could
+    find its input folder unlistable, fail to read it, and still exit 0.
+    Folders and files the engine owns inside ``within`` (the run's work
+    folder, itself in a 0700 run folder) get read (and search, for folders)
+    for all; anything else the step user cannot read is returned, and the
+    job fails before its container starts.
+    """
+    uid, gid = user
+    engine = os.geteuid()
+    unreadable: list[str] = []
+    for top in dict.fromkeys(paths):
+        # links below the top are never followed, so all of it is where the top is
+        ours = within is not None and Path(os.path.realpath(top)).is_relative_to(within)
+        for path, st in _tree(top):
+            folder = stat.S_ISDIR(st.st_mode)
+            if _step_may(st, uid, gid, 5 if folder else 4):
+                continue
+            if ours and st.st_uid == engine:
+                try:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | (0o555 if folder else 0o444))
+                    continue
+                except OSError:
+                    pass
+            unreadable.append(path)
+    return unreadable
+
+
+def _staged_paths(job: Any) -> list[str]:
+    """The host paths of the inputs a job's container will read, from its path mappers."""
+    found: list[str] = []
+    for mapper in (getattr(job, "pathmapper", None), getattr(job, "generatemapper", None)):
+        if mapper is None:
+            continue
+        for _location, entry in mapper.items_exclude_children():
+            resolved = str(entry.resolved)
+            if entry.staged and entry.type in _READ_TYPES and resolved.startswith("/"):
+                found.append(resolved)
+    return found
+
+
+def readable_inputs_job(base: type[JobBase], user: tuple[int, int],
+                        within: Path | None) -> type[JobBase]:
+    """A subclass of ``base`` whose container starts only if the step user can read its inputs.
+
+    A job that cannot read one fails (``permanentFail``, so the run fails)
+    and logs, with :data:`UNREADABLE`, the paths it could not read.
+    """
+
+    class ReadableInputsJob(base):  # type: ignore[valid-type,misc]
+        def _execute(self, runtime: list[str], env: MutableMapping[str, str],
+                     runtimeContext: RuntimeContext,
+                     monitor_function: Callable[..., None] | None = None) -> None:
+            unreadable = open_to_step_user(_staged_paths(self), user, within)
+            if unreadable:
+                shown = ", ".join(unreadable[:5]) + (
+                    f" (and {len(unreadable) - 5} more)" if len(unreadable) > 5 else "")
+                _logger.error("[job %s] cratebridge: input %s %s (uid %d, gid %d)",
+                              self.name, shown, UNREADABLE, *user)
+                self.output_callback({}, "permanentFail")
+                return
+            super()._execute(runtime, env, runtimeContext, monitor_function)
+
+    ReadableInputsJob.__name__ = base.__name__
+    return ReadableInputsJob
+
+
 class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore[misc]
     """Toil's CommandLineTool, whose jobs record themselves (see :func:`_recording_job`).
 
-    The event file, the keep folder and the workflow step are instance
-    attributes so that they travel with the pickled tool to every worker.
+    The event file, the keep folder, the workflow step and the step user are
+    instance attributes so that they travel with the pickled tool to every worker.
     """
 
     cb_events: str
     cb_keep: str
     cb_step: str | None = None
+    cb_step_user: tuple[int, int] | None = None
+    cb_open_within: str | None = None
 
     def make_job_runner(self, runtimeContext: RuntimeContext) -> type[JobBase]:
         base = super().make_job_runner(runtimeContext)
         step = self.cb_step or _short(str(self.tool.get("id", "tool")))
         log = EventLog(Path(self.cb_events), Path(self.cb_keep))
-        return recording_job(base, log, step, str(self.tool.get("id", "")), _toil_report(step))
+        job = recording_job(base, log, step, str(self.tool.get("id", "")), _toil_report(step))
+        if self.cb_step_user is None:
+            return job
+        within = Path(self.cb_open_within) if self.cb_open_within else None
+        return readable_inputs_job(job, self.cb_step_user, within)
 
 
 def _name_steps(workflow: Workflow, prefix: str = "") -> None:
@@ -146,19 +277,23 @@ def _name_steps(workflow: Workflow, prefix: str = "") -> None:
             inner.cb_step = name
 
 
-def _make_tool_factory(events: Path, keep: Path,
-                       toil_make_tool: Callable[..., Any]) -> Callable[..., Any]:
+def _make_tool_factory(events: Path, keep: Path, toil_make_tool: Callable[..., Any],
+                       step_user: tuple[int, int] | None = None,
+                       open_within: Path | None = None) -> Callable[..., Any]:
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
         if isinstance(toolpath_object, MutableMapping) and \
                 toolpath_object.get("class") == "CommandLineTool":
             tool = RecordingToilCommandLineTool(toolpath_object, loading_context)
             tool.cb_events, tool.cb_keep = str(events), str(keep)
+            tool.cb_step_user = step_user
+            tool.cb_open_within = str(open_within) if open_within else None
             return tool
         made = toil_make_tool(toolpath_object, loading_context)
         if isinstance(made, Workflow):
             # Outer workflows are made after their steps, so the last call names
             # every step with its full path.
             _name_steps(made)
+            write_shape(events, made)  # the nesting, for the record (the last is the whole)
         return made
 
     return make_tool
@@ -176,16 +311,31 @@ def _offline_options(get_options: Callable[[list[str]], Namespace]) -> Callable[
     return options
 
 
+def _user(text: str) -> tuple[int, int]:
+    uid, _, gid = text.partition(":")
+    try:
+        return int(uid), int(gid or uid)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a numeric UID[:GID]: {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(prog="cratebridge-toil-driver")
     own.add_argument("--events", type=Path, required=True)
     own.add_argument("--keep", type=Path, required=True)
+    own.add_argument("--step-user", type=_user, default=None, metavar="UID:GID",
+                     help="the user every step container runs as: each job checks that it "
+                          "can read the inputs Toil staged")
+    own.add_argument("--open-within", type=Path, default=None, metavar="DIR",
+                     help="staged inputs the engine made under DIR are opened to the step user")
     own.add_argument("toil_args", nargs=argparse.REMAINDER)
     opts = own.parse_args(argv)
     rest = opts.toil_args[1:] if opts.toil_args[:1] == ["--"] else opts.toil_args
+    within = Path(os.path.realpath(opts.open_within)) if opts.open_within else None
     # toil-cwl-runner reads both hooks from its module when main() runs.
     cwltoil.toil_make_tool = _make_tool_factory(
-        opts.events.absolute(), opts.keep.absolute(), cwltoil.toil_make_tool)
+        opts.events.absolute(), opts.keep.absolute(), cwltoil.toil_make_tool,
+        opts.step_user, within)
     cwltoil.get_options = _offline_options(cwltoil.get_options)
     return int(cwltoil.main(rest))
 

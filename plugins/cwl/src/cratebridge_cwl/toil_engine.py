@@ -9,13 +9,16 @@ Images, input binding and offline loading are those of the cwltool engine.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,18 +34,28 @@ from cratebridge.engines.interface import (
     RunContext,
 )
 from cratebridge.engines.process import EngineExit
-from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, StepRecord
+from cratebridge.engines.record import (
+    FileRecord,
+    LogRecord,
+    ParameterValue,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+)
 from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_cwl.cwltool_engine import CwltoolEngine, run_held_or_new
-from cratebridge_cwl.records import read_events, values_to_records
+from cratebridge_cwl.records import read_events, values_to_records, with_nesting
 from cratebridge_cwl.toil_records import toil_step_records
 from cratebridge_cwl.workflow import bind_inputs
 
-__all__ = ["ToilEngine", "ToilSettings"]
+__all__ = ["UNREADABLE", "ToilEngine", "ToilSettings"]
 
 JOB_FILE = "job.json"
 SLURM_COMMENT = "cratebridge-run:"
+#: What the driver logs for a job whose container could not read an input (the same
+#: text as ``toil_driver.UNREADABLE``); the run's error quotes those lines.
+UNREADABLE = "cannot be read by the step user"
 
 
 @dataclass(frozen=True)
@@ -160,7 +173,9 @@ class ToilEngine(Engine):
         env = self._cwltool.environment(context)
         work = context.work_dir
         command = (sys.executable, "-m", "cratebridge_cwl.toil_driver",
-                   "--events", str(work / "events.jsonl"), "--keep", str(work / "kept"), "--",
+                   "--events", str(work / "events.jsonl"), "--keep", str(work / "kept"),
+                   # each job checks that its container's user can read what Toil staged
+                   "--step-user", context.sandbox.user, "--open-within", str(work), "--",
                    *self.toil_args(settings, context), str(request.workflow.main_file),
                    str(work / JOB_FILE))
         notes = [f"language: {request.workflow.language_source}",
@@ -201,6 +216,9 @@ class ToilEngine(Engine):
                                   # the plan's job order, not the work folder's copy:
                                   # that one the engine could have changed
                                   dict(plan.parameters), context.logs_dir / "toil-jobs")
+        # before the job store goes: a tool's default file is read from it
+        steps = _out_of_job_store(steps, work / "jobstore", work / "kept" / "job-store",
+                                  context.run_dir, Path(plan.workflow).parent)
         status = RunStatus.COMPLETED if ended.exit_code == 0 and not ended.reason \
             else RunStatus.FAILED
         logs = [LogRecord(stderr, "toil-cwl-runner log"),
@@ -210,12 +228,12 @@ class ToilEngine(Engine):
             logs.append(LogRecord(stats, "Toil job statistics (toil stats --raw)"))
         if status is RunStatus.COMPLETED and not settings.keep_job_store:
             shutil.rmtree(work / "jobstore", ignore_errors=True)
-        return RunRecord(
+        return with_nesting(RunRecord(
             engine=self.name, engine_version=self.info().version, status=status,
             start_time=started, end_time=finished, outputs=_outputs(stdout), steps=steps,
             logs=tuple(logs), command=tuple(plan.command),
             error=_error(ended, stderr, steps) if status is RunStatus.FAILED else None,
-        )
+        ), events_path)
 
 
 class _Progress:
@@ -261,6 +279,69 @@ def _job_store_stats(work: Path, logs: Path) -> Path | None:
     return target
 
 
+def _out_of_job_store(steps: tuple[StepRecord, ...], store: Path, kept: Path,
+                      run_dir: Path, workflow_dir: Path) -> tuple[StepRecord, ...]:
+    """Step files that are Toil job store files, recorded where they outlive the job store.
+
+    Toil reads a tool's default files (``default: {class: File, location: ...}``)
+    from copies in its job store, which goes when the run succeeds. Such a
+    file is recorded as the workflow's own file it is a copy of (same name and
+    checksum, under ``workflow_dir``), as the cwltool engine records it, or as
+    the file a job store link leads to in the run folder; any other job store
+    file is hard-linked (or copied) under ``kept``. One that leads out of the
+    run folder is left as it is, for the core to refuse.
+    """
+    run, real_store = Path(os.path.realpath(run_dir)), Path(os.path.realpath(store))
+
+    def moved(value: FileRecord | ParameterValue) -> FileRecord | ParameterValue:
+        if not isinstance(value, FileRecord) or not value.path.is_relative_to(store):
+            return value
+        real = Path(os.path.realpath(value.path))
+        if not real.is_relative_to(run) or not real.exists():
+            return value
+        if not real.is_relative_to(real_store):
+            return replace(value, path=real)
+        original = None if real.is_dir() else _same_file_in(workflow_dir, real)
+        if original is not None:
+            return replace(value, path=original)
+        target = kept / value.path.relative_to(store)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if real.is_dir():
+                shutil.copytree(real, target, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(str(real), str(target))
+        return replace(value, path=target)
+
+    return tuple(replace(step, inputs=tuple(map(moved, step.inputs)),
+                         outputs=tuple(map(moved, step.outputs))) for step in steps)
+
+
+def _same_file_in(folder: Path, copy: Path) -> Path | None:
+    """A regular file under ``folder`` with the name and content of ``copy``, if any."""
+    digest = _sha256(copy)
+    for candidate in sorted(folder.rglob(glob.escape(copy.name))) if folder.is_dir() else []:
+        if candidate.is_file() and not candidate.is_symlink() and \
+                candidate.stat().st_size == copy.stat().st_size and _sha256(candidate) == digest:
+            return candidate
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def _cancel_slurm_jobs(run_id: str) -> None:
     """Cancel this run's Slurm jobs still queued or running (after a stop or a failure)."""
     squeue = shutil.which("squeue")
@@ -277,13 +358,18 @@ def _cancel_slurm_jobs(run_id: str) -> None:
 def _error(ended: EngineExit, stderr: Path, steps: tuple[StepRecord, ...]) -> str:
     if ended.reason:
         return ended.reason
-    failed = [s for s in steps if s.status is RunStatus.FAILED]
-    if failed:
-        names = ", ".join(f"{s.name} (exit {s.exit_code})" for s in failed)
-        return f"toil-cwl-runner exited {ended.exit_code}: step(s) failed: {names}"
     try:
         lines = stderr.read_text(errors="replace").splitlines()
     except OSError:
         lines = []
-    tail = [line for line in lines if "[E]" in line or "ERROR" in line][-3:]
+    # a job whose container could not read its inputs says so before it starts
+    unreadable = list(dict.fromkeys(
+        line.split("cratebridge: ", 1)[-1].strip() for line in lines if UNREADABLE in line))
+    failed = [s for s in steps if s.status is RunStatus.FAILED]
+    if failed:
+        names = ", ".join(f"{s.name} (exit {s.exit_code})" if s.exit_code is not None
+                          else s.name for s in failed)
+        return f"toil-cwl-runner exited {ended.exit_code}: step(s) failed: {names}" + (
+            "; " + " | ".join(unreadable[:3]) if unreadable else "")
+    tail = unreadable[:3] or [line for line in lines if "[E]" in line or "ERROR" in line][-3:]
     return f"toil-cwl-runner exited {ended.exit_code}" + (": " + " | ".join(tail) if tail else "")
