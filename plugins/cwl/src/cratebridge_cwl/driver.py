@@ -40,8 +40,8 @@ from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
 from cratebridge_cwl.records import shape_path
 
-__all__ = ["EventLog", "JobReport", "main", "now", "recording_job", "workflow_shape",
-           "write_shape"]
+__all__ = ["EventLog", "JobReport", "main", "name_steps", "now", "recording_job", "short_id",
+           "workflow_shape", "write_shape"]
 
 
 class EventLog:
@@ -188,7 +188,8 @@ def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
     return RecordingJob
 
 
-def _short(identifier: str) -> str:
+def short_id(identifier: str) -> str:
+    """The last part of a CWL identifier (``file.cwl#step/rev`` -> ``rev``)."""
     return identifier.split("#")[-1].split("/")[-1]
 
 
@@ -229,9 +230,9 @@ def workflow_shape(workflow: Workflow, own: str | None = None) -> dict[str, Any]
         inner = step.embedded_tool
         tool = _process_id(inner, str(step.id))
         shaped: dict[str, Any] = {
-            "name": _short(step.id), "tool": tool,
+            "name": short_id(step.id), "tool": tool,
             "when": step.tool.get("when"),
-            "in": {_short(str(port["id"])): {"source": _sources(own, port.get("source")),
+            "in": {short_id(str(port["id"])): {"source": _sources(own, port.get("source")),
                                               "valueFrom": "valueFrom" in port}
                    for port in step.tool.get("inputs", [])},
         }
@@ -262,14 +263,17 @@ def write_shape(events: Path, workflow: Workflow) -> None:
         pass  # the record then shows the steps that ran, not nested: never fail the run for it
 
 
-def _name_steps(workflow: Workflow, prefix: str = "") -> None:
-    """Give each recording tool the path of the step it runs as (``revsort/rev`` when nested)."""
+def name_steps(workflow: Workflow, recording: type[Any], prefix: str = "") -> None:
+    """Give each ``recording`` tool the path of the step it runs as (``revsort/rev`` nested).
+
+    Both CWL engines name steps so, each with its own recording tool class.
+    """
     for step in workflow.steps:
-        name = f"{prefix}/{_short(step.id)}" if prefix else _short(step.id)
+        name = f"{prefix}/{short_id(step.id)}" if prefix else short_id(step.id)
         inner = step.embedded_tool
         if isinstance(inner, Workflow):
-            _name_steps(inner, name)
-        elif isinstance(inner, _RecordingTool):
+            name_steps(inner, recording, name)
+        elif isinstance(inner, recording):
             inner.cb_step = name
 
 
@@ -297,7 +301,7 @@ def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
             return tool
         made = default_make_tool(toolpath_object, loading_context)
         if isinstance(made, Workflow):
-            _name_steps(made)
+            name_steps(made, _RecordingTool)
             write_shape(log.events, made)
         return made
 

@@ -31,7 +31,14 @@ from cwltool.loghandler import _logger
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
-from cratebridge_cwl.driver import EventLog, JobReport, recording_job, write_shape
+from cratebridge_cwl.driver import (
+    EventLog,
+    JobReport,
+    name_steps,
+    recording_job,
+    short_id,
+    write_shape,
+)
 from cratebridge_cwl.offline import OfflineFetcher
 
 __all__ = ["UNREADABLE", "RecordingToilCommandLineTool", "main", "open_to_step_user"]
@@ -43,10 +50,6 @@ UNREADABLE = "cannot be read by the step user"
 
 #: The staged entries a step reads (``Create*`` entries are written from literals).
 _READ_TYPES = ("File", "Directory", "WritableFile", "WritableDirectory")
-
-
-def _short(identifier: str) -> str:
-    return identifier.split("#")[-1].split("/")[-1]
 
 
 def _sha1(path: str) -> str | None:
@@ -257,24 +260,13 @@ class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore
 
     def make_job_runner(self, runtimeContext: RuntimeContext) -> type[JobBase]:
         base = super().make_job_runner(runtimeContext)
-        step = self.cb_step or _short(str(self.tool.get("id", "tool")))
+        step = self.cb_step or short_id(str(self.tool.get("id", "tool")))
         log = EventLog(Path(self.cb_events), Path(self.cb_keep))
         job = recording_job(base, log, step, str(self.tool.get("id", "")), _toil_report(step))
         if self.cb_step_user is None:
             return job
         within = Path(self.cb_open_within) if self.cb_open_within else None
         return readable_inputs_job(job, self.cb_step_user, within)
-
-
-def _name_steps(workflow: Workflow, prefix: str = "") -> None:
-    """Give each tool the workflow step path it runs as (``sub/step`` when nested)."""
-    for step in workflow.steps:
-        name = f"{prefix}/{_short(step.id)}" if prefix else _short(step.id)
-        inner = step.embedded_tool
-        if isinstance(inner, Workflow):
-            _name_steps(inner, name)
-        elif isinstance(inner, RecordingToilCommandLineTool):
-            inner.cb_step = name
 
 
 def _make_tool_factory(events: Path, keep: Path, toil_make_tool: Callable[..., Any],
@@ -292,7 +284,7 @@ def _make_tool_factory(events: Path, keep: Path, toil_make_tool: Callable[..., A
         if isinstance(made, Workflow):
             # Outer workflows are made after their steps, so the last call names
             # every step with its full path.
-            _name_steps(made)
+            name_steps(made, RecordingToilCommandLineTool)
             write_shape(events, made)  # the nesting, for the record (the last is the whole)
         return made
 
