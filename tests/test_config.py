@@ -88,3 +88,15 @@ def test_image_policy_patterns_and_pins() -> None:
         policy.check("tre/tool:1", "sha256:other")
     with pytest.raises(PolicyRefused, match="not on the operator's approved list"):
         policy.check("evil/miner:latest", "sha256:1")
+
+
+def test_a_registered_language_names_its_engine(tmp_path: Path) -> None:
+    # the short names of registered languages come from their entry points' names
+    path = write(tmp_path, '[engines]\ncwl = "toil"\ntoy = "toy-engine"\n')
+    assert load_config(path, languages=["toy"]).engines == {"cwl": "toil", "toy": "toy-engine"}
+    with pytest.raises(UsageError, match=r"\[engines\] toy: unknown key") as info:
+        load_config(path, languages=[])
+    assert "takes cwl, nextflow, snakemake, allow" in str(info.value)
+    path = write(tmp_path, '[engines]\ntoys = "toy-engine"\n')
+    with pytest.raises(UsageError, match=r"did you mean 'toy'\?\); \[engines\] takes .*toy"):
+        load_config(path, languages=["toy"])

@@ -100,3 +100,72 @@ def test_help_and_engines_import_no_engine(tmp_path: Path) -> None:
             "('cwltool', 'toil', 'snakemake', 'schema_salad')]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- languages -----------------------------------------------------------------------------
+
+TOY = Language("https://example.org/toy", "toy", "Toy", "https://example.org/toy",
+               files=("*.toy",), words=("toy language",))
+
+
+class FakeToy(FakeSnakemake):
+    """A fake engine of a language of its own."""
+
+    name = "toy"
+    language = TOY
+
+
+def test_languages_are_the_builtins_then_the_registered_ones() -> None:
+    assert Registry().languages() == (Language.CWL, Language.NEXTFLOW, Language.SNAKEMAKE)
+    registry = Registry.from_classes(FakeToy, languages=[TOY])
+    assert registry.languages()[-1] is TOY
+    # no built-in default: the engine named like the language, or what the operator says
+    assert registry.choose(TOY, None, {}) == "toy"
+    with pytest.raises(EngineUnavailable, match=r'\[engines\] toy = "<engine>"'):
+        Registry.from_classes(FakeSnakemake, languages=[TOY]).choose(TOY, None, {})
+
+
+def test_an_engine_of_an_unknown_language_is_refused() -> None:
+    with pytest.raises(FailedToLoadPlugin, match="language toy is not a known language"):
+        Registry.from_classes(FakeToy).load("toy")
+
+
+def test_a_broken_language_plugin_is_one_clear_error() -> None:
+    registry = Registry(language_specs=[PluginSpec("toy", "no_such_module_xyz:TOY",
+                                                   "cratebridge-toy", "1.0")])
+    with pytest.raises(FailedToLoadPlugin) as info:
+        registry.languages()
+    assert "language plugin 'toy' from cratebridge-toy" in str(info.value)
+    assert info.value.where == "entry point cratebridge.languages:toy"
+    assert info.value.exit_code == 5
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    ("tests.test_registry:FakeToy", "is not a cratebridge Language"),
+    ("tests.test_registry:CWL_AGAIN", "clashes with the known language cwl"),
+])
+def test_a_language_entry_point_must_be_a_new_language(value: str, match: str) -> None:
+    name = "toy" if "FakeToy" in value else "cwl-again"
+    registry = Registry(language_specs=[PluginSpec(name, value, "cratebridge-toy", "1.0")])
+    with pytest.raises(FailedToLoadPlugin, match=match):
+        registry.languages()
+
+
+def test_a_language_entry_point_is_named_by_its_short_name() -> None:
+    registry = Registry(language_specs=[PluginSpec("toys", "tests.test_registry:TOY",
+                                                   "cratebridge-toy", "1.0")])
+    with pytest.raises(FailedToLoadPlugin, match="must be the language's short name"):
+        registry.languages()
+
+
+def test_the_allow_list_keeps_languages_of_allowed_distributions_only() -> None:
+    specs = [PluginSpec("toy", "x:Toy", "cratebridge-toy", "1"),
+             PluginSpec("snake", "x:S", "cratebridge-snake", "1")]
+    languages = [PluginSpec("toy", "tests.test_registry:TOY", "cratebridge-toy", "1")]
+    assert Registry(specs, allowed=["snake"], language_specs=languages).languages() == \
+        (Language.CWL, Language.NEXTFLOW, Language.SNAKEMAKE)
+    assert Registry(specs, allowed=["toy"], language_specs=languages).languages()[-1] == TOY
+
+
+CWL_AGAIN = Language(Language.CWL.value, "cwl-again", "CWL again", "https://example.org/",
+                     files=("*.cwl2",))

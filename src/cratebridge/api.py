@@ -1,4 +1,4 @@
-"""The library surface behind the CLI: run, plan, validate, engines, cleanup."""
+"""The library surface behind the CLI: run, plan, validate, verify, engines, cleanup."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from cratebridge.engines.registry import Registry
 from cratebridge.errors import CratebridgeError, CrateRejected
 from cratebridge.events import RunEvent
 from cratebridge.pipeline import PlanOutcome, RunOutcome, new_run_id, plan, run
+from cratebridge.verify import VerifyOutcome, verify
 
-__all__ = ["RunHandle", "ValidationReport", "cleanup", "describe_plan", "describe_run",
-           "engines", "plan", "run", "start", "validate", "versions"]
+__all__ = ["RunHandle", "ValidationReport", "VerifyOutcome", "cleanup", "describe_plan",
+           "describe_run", "engines", "plan", "run", "start", "validate", "verify", "versions"]
 
 
 class RunHandle:
@@ -227,6 +228,7 @@ class ValidationReport:
 
 def validate(crate: Path) -> ValidationReport:
     """Check a request or result crate: safe to open, bag intact, metadata complete."""
+    from cratebridge.engines.registry import Registry
     from cratebridge.intake import IntakeLimits, open_crate, parse_request, verify_bag
     from cratebridge.intake.parse import load_graph
 
@@ -249,8 +251,9 @@ def validate(crate: Path) -> ValidationReport:
             report.problems.extend(_result_problems(opened.root, metadata))
         else:
             report.kind = "request"
-            try:
-                parse_request(opened.root)
+            try:  # in any language an installed plugin registers
+                registry = Registry.from_entry_points(load_config(None).allowed_engines)
+                parse_request(opened.root, languages=registry.languages())
             except CrateRejected as err:
                 report.problems.append(str(err))
     except CrateRejected as err:
@@ -290,6 +293,8 @@ def _status(entity: dict[str, Any]) -> str | None:
 
 
 def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
+    from urllib.parse import unquote
+
     from cratebridge.intake.unpack import safe_relative_path
     from cratebridge.provenance.files import hash_file
 
@@ -310,7 +315,7 @@ def _result_problems(root: Path, metadata: dict[str, Any]) -> list[str]:
             if rid.startswith(("http:", "https:", "#", "_:")):
                 continue
             try:  # an absolute or '..' id must not make validate read a host file
-                target = root / str(safe_relative_path(rid, where=f"{eid} result"))
+                target = root / str(safe_relative_path(unquote(rid), where=f"{eid} result"))
             except CrateRejected as err:
                 problems.append(str(err))
                 continue

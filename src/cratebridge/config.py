@@ -12,17 +12,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cratebridge.config_schema import DEFAULT_ENV_ALLOW, DEFAULT_TIMEOUT, OPERATOR_INTAKE, check
 from cratebridge.containers.sandbox import ImagePolicy, Limits
-from cratebridge.engines.registry import DEFAULT_ENGINES
+from cratebridge.engines.registry import DEFAULT_ENGINES, language_names
 from cratebridge.errors import PolicyRefused, UsageError
-from cratebridge.intake.request import Language
+from cratebridge.intake.request import BUILTIN_LANGUAGES
 from cratebridge.intake.unpack import IntakeLimits
+from cratebridge.provenance.entities import Publisher
 
 __all__ = ["DEFAULT_ENV_ALLOW", "Config", "ImagePolicy", "describe", "load_config", "redact"]
 
@@ -49,6 +50,7 @@ class Config:
     container_user: str = "1000:1000"
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     secrets: Mapping[str, str] = field(default_factory=dict)
+    publisher: Publisher | None = None
 
     def check_sign_off(self, statuses: Mapping[str, str | None]) -> None:
         """Refuse when a completed sign-off is required and absent.
@@ -91,11 +93,14 @@ def _default_runs_dir() -> Path:
     return Path.home() / ".cache" / "cratebridge" / "runs"
 
 
-def load_config(path: Path | None) -> Config:
+def load_config(path: Path | None, languages: Iterable[str] | None = None) -> Config:
     """Read the operator's TOML file (``None``: ``$CRATEBRIDGE_CONFIG``, else the defaults).
 
-    Raises :class:`UsageError` naming the file, the section and key, and what
-    was expected, for an unknown section or key or a value that does not fit.
+    ``[engines]`` takes the short names of the built-in languages and of
+    ``languages`` as keys (default: those installed plugins register, found by
+    name without importing them). Raises :class:`UsageError` naming the file,
+    the section and key, and what was expected, for an unknown section or key
+    or a value that does not fit.
     """
     if path is None:
         env = os.environ.get("CRATEBRIDGE_CONFIG")
@@ -111,10 +116,13 @@ def load_config(path: Path | None) -> Config:
         raise UsageError(f"cannot read the configuration file: {exc}", where=where) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"not valid TOML: {exc}", where=where) from None
-    return _build(check(data, where), path)
+    builtin = frozenset(lang.short for lang in BUILTIN_LANGUAGES)
+    shorts = language_names() if languages is None else builtin | frozenset(languages)
+    return _build(check(data, where, shorts), path, shorts)
 
 
-def _build(values: Mapping[str, Mapping[str, object]], path: Path) -> Config:
+def _build(values: Mapping[str, Mapping[str, object]], path: Path,
+           languages: frozenset[str]) -> Config:
     """The settings from values the schema has parsed (so their types hold)."""
     base = path.parent
 
@@ -122,7 +130,6 @@ def _build(values: Mapping[str, Mapping[str, object]], path: Path) -> Config:
         return values.get(section, {}).get(key, default)
 
     engines = values.get("engines", {})
-    languages = {language.short for language in Language}
     allowed = get("engines", "allow")
     defaults = Limits()
     return Config(
@@ -149,7 +156,20 @@ def _build(values: Mapping[str, Mapping[str, object]], path: Path) -> Config:
         env_allow=tuple(get("env", "allow", DEFAULT_ENV_ALLOW)),
         secrets={k: _secret(v, base, f"{path} [secrets] {k}")
                  for k, v in values.get("secrets", {}).items()},
+        publisher=_publisher(values.get("publisher"), f"{path} [publisher]"),
     )
+
+
+def _publisher(table: Mapping[str, object] | None, where: str) -> Publisher | None:
+    if table is None:
+        return None
+    missing = [key for key in ("name", "url") if not table.get(key)]
+    if missing:
+        raise UsageError(f"needs {' and '.join(missing)} (the TRE's name and web address)",
+                         where=where)
+    identifier = table.get("identifier")
+    return Publisher(str(table["name"]), str(table["url"]),
+                     str(identifier) if identifier else None)
 
 
 def describe(config: Config) -> dict[str, dict[str, Any]]:
@@ -173,6 +193,8 @@ def describe(config: Config) -> dict[str, dict[str, Any]]:
                    "log_size": limits.log_bytes, "user": config.container_user},
         "env": {"allow": list(config.env_allow)},
         "secrets": {k: f"<secret:{k}>" for k in config.secrets},
+        "publisher": {"name": config.publisher.name, "url": config.publisher.url,
+                      "identifier": config.publisher.identifier} if config.publisher else {},
     }
     return {name: _redacted(table, config) for name, table in settings.items()}
 

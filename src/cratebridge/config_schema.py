@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cratebridge.containers.sandbox import Limits
@@ -231,6 +231,13 @@ def _user(value: object) -> str:
     return f"{uid}:{gid}"
 
 
+def _web_address(value: object) -> str:
+    text = _text(value)
+    if not text.startswith(("https://", "http://")) or any(c.isspace() for c in text):
+        raise Invalid
+    return text
+
+
 def _secret(value: object) -> object:
     """Inline, or ``{ env = "NAME" }`` / ``{ file = "PATH" }``: checked, not yet read."""
     if isinstance(value, str):
@@ -255,6 +262,7 @@ TIME_LIMIT = Kind('a duration such as 90 (seconds), "30m", "2h" or "1d", or fals
                   _time_limit)
 DISK = Kind(_SIZE_EXAMPLE + ', or false (no budget)', _disk)
 USER = Kind('a numeric UID or UID:GID such as "1000:1000"', _user)
+WEB_ADDRESS = Kind("an http:// or https:// address", _web_address)
 SECRET = Kind('a string, { env = "NAME" } or { file = "PATH" }', _secret)
 
 
@@ -375,25 +383,44 @@ SECTIONS: Mapping[str, Section] = {s.name: s for s in (
         Key("allow", STRINGS, list(DEFAULT_ENV_ALLOW), "the only caller variables engines see"),
     )),
     Section("secrets", "values scrubbed from every log and error", free=SECRET),
+    Section("publisher", "the TRE, named as publisher of every result crate", (
+        Key("name", NAME, None, "the TRE's name, such as \"TRE 72 at the University of X\""),
+        Key("url", WEB_ADDRESS, None, "the TRE's web address (https://...)"),
+        Key("identifier", WEB_ADDRESS, None, "a persistent id such as a ROR URL "
+            "(default: the url)"),
+    )),
 )}
 
 
 # -- checking a file ---------------------------------------------------------------------------
 
-def check(data: Mapping[str, object], source: str) -> dict[str, dict[str, object]]:
+def check(data: Mapping[str, object], source: str,
+          languages: Iterable[str] = ()) -> dict[str, dict[str, object]]:
     """Every section of ``data`` with its values parsed, or :class:`UsageError`.
 
     The error names ``source`` (the file), the section and key, and what was
     expected. Sub-tables (``[engines.NAME]``) come back as given, after checking.
+    ``languages`` are the short names of the languages plugins register: each is
+    a key of ``[engines]`` too, beside the built-in languages.
     """
+    sections = dict(SECTIONS)
+    sections["engines"] = with_languages(SECTIONS["engines"], languages)
     values: dict[str, dict[str, object]] = {}
     for name, table in data.items():
-        section = SECTIONS.get(name)
+        section = sections.get(name)
         if section is None:
             raise UsageError(f"unknown section{_hint(name, SECTIONS)}; known sections: "
                              f"{', '.join(SECTIONS)}", where=f"{source} [{name}]")
         values[name] = _check_table(section, table, source)
     return values
+
+
+def with_languages(engines: Section, languages: Iterable[str]) -> Section:
+    """The ``[engines]`` section with a key for each of ``languages`` it lacks."""
+    extra = sorted(set(languages) - {key.name for key in engines.keys})
+    keys = tuple(Key(short, NAME, None, f"the engine for {short} workflows (a plugin's "
+                 "language)") for short in extra)
+    return dataclasses.replace(engines, keys=engines.keys + keys)
 
 
 def _check_table(section: Section, table: object, source: str) -> dict[str, object]:

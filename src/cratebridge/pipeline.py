@@ -117,7 +117,7 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
     request = parse_request(opened.root, workflow_mirror=config.workflow_mirror,
                             workflow_dest=run_dir / "workflow", dataset_map=config.datasets,
                             bagit=opened.bag_dir is not None, bag_info=bag_info,
-                            limits=config.intake)
+                            limits=config.intake, languages=registry.languages())
     config.check_sign_off({r.additional_type: r.status for r in request.reviews})
     name = registry.choose(request.workflow.language, engine_name, config.engines)
     engine = registry.load(name, config.engine_settings.get(name, {}))
@@ -299,7 +299,7 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
             last_words = last_words_for(
                 prepared.request, datetime.now(UTC), prepared.engine.name, plan_,
                 prepared.context, out, bagit=prepared.bagit, bag_info=prepared.bag_info,
-                log_bytes=cfg.limits.log_bytes, secrets=cfg.secrets)
+                log_bytes=cfg.limits.log_bytes, secrets=cfg.secrets, publisher=cfg.publisher)
             with reaper.guard(prepared.context.sandbox, run_dir, last_words):
                 record = _execute(prepared, plan_, cfg, stop)
         finally:
@@ -307,7 +307,7 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
         emit(RunEvent("stage", run_id, stage="package"))
         written, record = write_result_crate(
             prepared.request, replace(record, labels=tags), plan_, prepared.context, out,
-            bagit=prepared.bagit, bag_info=prepared.bag_info)
+            bagit=prepared.bagit, bag_info=prepared.bag_info, publisher=cfg.publisher)
     _recorded_events(run_id, record, written, emit)
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)

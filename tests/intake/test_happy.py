@@ -152,6 +152,24 @@ def test_language_declared(tmp_path: Path, language: object, expected: Language)
     assert request.workflow.language is expected
 
 
+TOY = Language("https://example.org/toy", "toy", "Toy", "https://example.org/toy",
+               files=("*.toy",), words=("toy language",))
+
+
+@pytest.mark.parametrize("language", [{"@id": "https://example.org/toy"}, {"@id": "#toy"}])
+def test_a_registered_language_is_recognised(tmp_path: Path, language: object) -> None:
+    metadata = corpus.workflow_crate_metadata(language=language)
+    metadata["@graph"].append({"@id": "#toy", "@type": "ComputerLanguage",
+                               "name": "The Toy Language"})
+    folder = corpus.write_workflow_crate(tmp_path / "wf", metadata)
+    request = parse_request(folder, languages=(*intake.BUILTIN_LANGUAGES, TOY))
+    assert request.workflow.language is TOY
+    # without the plugin's language: refused, naming the languages cratebridge knows
+    with pytest.raises(CrateRejected, match=r"none of the languages cratebridge knows "
+                                            r"\(Common Workflow Language \(https://"):
+        parse_request(folder)
+
+
 def test_workflow_run_crate_reuses_its_completed_action(tmp_path: Path) -> None:
     metadata = corpus.workflow_crate_metadata()
     root = corpus.entity(metadata, "./")

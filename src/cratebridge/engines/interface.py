@@ -138,7 +138,10 @@ class Engine(abc.ABC):
     """One workflow engine, for one language.
 
     Subclasses set ``name``, ``language`` and ``capabilities`` as class
-    attributes, so that ``cratebridge engines`` can describe them.
+    attributes, so that ``cratebridge engines`` can describe them. ``language``
+    is a built-in :class:`~cratebridge.intake.request.Language` or one the
+    plugin's distribution registers under the ``cratebridge.languages`` entry
+    points; the registry refuses to load an engine of any other.
     """
 
     name: ClassVar[str]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from cratebridge.intake.bag import verify_bag
 from cratebridge.intake.parse import parse_request
 from cratebridge.intake.request import (
+    BUILTIN_LANGUAGES,
     Agent,
     CrateKind,
     InputBinding,
@@ -26,6 +27,7 @@ from cratebridge.intake.resolve import resolve_workflow
 from cratebridge.intake.unpack import IntakeLimits, OpenedCrate, open_crate
 
 __all__ = [
+    "BUILTIN_LANGUAGES",
     "Agent",
     "CrateKind",
     "InputBinding",

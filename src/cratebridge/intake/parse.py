@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 from cratebridge.errors import MetadataError, PolicyRefused, UnsafeCrate, UnsupportedCrate
 from cratebridge.intake.request import (
+    BUILTIN_LANGUAGES,
     Agent,
     CrateKind,
     InputBinding,
     InputKind,
+    Language,
+    Organization,
     Project,
     ReviewAction,
     RunRequest,
@@ -215,6 +218,7 @@ def parse_request(
     bagit: bool = False,
     bag_info: Mapping[str, str] | None = None,
     limits: IntakeLimits | None = None,
+    languages: Sequence[Language] = BUILTIN_LANGUAGES,
 ) -> RunRequest:
     """Parse the crate in ``crate_dir`` (the folder holding ``ro-crate-metadata.json``).
 
@@ -223,7 +227,9 @@ def parse_request(
     ``workflow_dest`` (default: ``crate_dir.parent / "workflow-mirror"``).
     ``dataset_map`` maps TRE-local dataset identifiers (``_:localid:...``,
     ``#dataset-x``, URLs) to operator paths. ``bagit`` and ``bag_info`` are passed
-    through from :func:`cratebridge.intake.unpack.open_crate`.
+    through from :func:`cratebridge.intake.unpack.open_crate`. ``languages``: the
+    languages the workflow may be in (default: the built-ins; a run passes the
+    registry's).
 
     Raises :class:`MetadataError`, :class:`UnsafeCrate` or
     :class:`UnsupportedCrate` (exit 3), or :class:`PolicyRefused` for an unmapped
@@ -245,6 +251,7 @@ def parse_request(
         workflow_mirror=workflow_mirror,
         dest=workflow_dest,
         limits=limits,
+        languages=languages,
     )
     inputs = _inputs(graph, action, crate_dir, dataset_map or {}) if action else ()
     return RunRequest(
@@ -491,7 +498,9 @@ def _agent(graph: CrateGraph, action: Entity | None) -> Agent | None:
     if not found:
         return None
     entity = graph.get(found[0]) or {}
-    return Agent(id=found[0], name=text(entity, "name"))
+    affiliations = tuple(Organization(o, text(graph.get(o) or {}, "name"))
+                         for o in ids(entity.get("affiliation")))
+    return Agent(id=found[0], name=text(entity, "name"), affiliations=affiliations)
 
 
 def _project(graph: CrateGraph) -> Project | None:

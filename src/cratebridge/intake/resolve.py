@@ -17,20 +17,20 @@ import json
 import re
 import shutil
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
 from cratebridge.errors import MetadataError, UnsafeCrate, UnsupportedCrate, UsageError
 from cratebridge.intake.parse import CrateGraph, Entity, ids, load_graph, text
-from cratebridge.intake.request import Language, WorkflowRef
+from cratebridge.intake.request import BUILTIN_LANGUAGES, Language, WorkflowRef
 from cratebridge.intake.unpack import METADATA_NAME, IntakeLimits, open_crate, safe_relative_path
 
 __all__ = ["MirrorEntry", "read_mirror_index", "resolve_workflow"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CHUNK = 1 << 20
-_FILE_HINT = ".cwl for CWL, main.nf or .nf for Nextflow, Snakefile or .smk for Snakemake"
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,15 @@ def resolve_workflow(
     workflow_mirror: Path | None = None,
     dest: Path | None = None,
     limits: IntakeLimits | None = None,
+    languages: Sequence[Language] = BUILTIN_LANGUAGES,
 ) -> WorkflowRef:
     """Resolve the crate's mainEntity ``main_id`` to a workflow folder, entry file and language.
 
     URLs are looked up only in ``workflow_mirror``; the mirrored zip is checked
     against its sha-256 and unpacked (safely, within ``limits``) under ``dest``
-    (default ``crate_dir.parent / "workflow-mirror"``).
+    (default ``crate_dir.parent / "workflow-mirror"``). The workflow's language is
+    one of ``languages`` (the registry's :meth:`~cratebridge.engines.Registry.languages`
+    in a run), found by its ``programmingLanguage`` or else by its file name.
 
     Raises :class:`UnsupportedCrate` (URL not in the mirror, unknown language,
     no workflow file), :class:`UnsafeCrate` (path escapes, mirror checksum
@@ -67,7 +70,7 @@ def resolve_workflow(
     where = graph.where(main_id)
     if _SCHEME.match(main_id):
         target = dest or crate_dir.parent / "workflow-mirror"
-        return _from_mirror(main_id, graph, workflow_mirror, target, limits)
+        return _from_mirror(main_id, graph, workflow_mirror, target, limits, languages)
     if main_id.startswith(("#", "_:")):
         raise UnsupportedCrate(
             f"mainEntity {main_id!r} is neither a file or folder in the crate nor a URL; "
@@ -80,10 +83,11 @@ def resolve_workflow(
     if not path.is_relative_to(base):
         raise UnsafeCrate(f"mainEntity resolves to {path}, outside the crate", where=where)
     if path.is_dir():
-        return _from_folder(main_id, path, entity, graph, limits, source="crate")
+        return _from_folder(main_id, path, entity, graph, limits, languages, source="crate")
     if path.is_file():
-        language, how = _language(graph, entity, path)
-        return WorkflowRef(main_id, base, path, language, how, _name(entity), "crate")
+        language, how = _language(graph, entity, path, languages)
+        return WorkflowRef(main_id, base, path, language, how, _name(entity), "crate",
+                           *_identity(main_id, entity))
     raise MetadataError(
         f"mainEntity {str(rel)!r} is described but not in the crate; add the workflow",
         where=where,
@@ -99,15 +103,17 @@ def _from_folder(
     outer: Entity,
     outer_graph: CrateGraph,
     limits: IntakeLimits,
+    languages: Sequence[Language],
     *,
     source: str,
 ) -> WorkflowRef:
     """A Workflow RO-Crate unpacked in ``folder``; without metadata, recognise its main file."""
     metadata = folder / METADATA_NAME
     if not metadata.is_file():
-        main_file = _guess_main_file(folder, outer_graph.where(main_id))
-        language, how = _language(outer_graph, outer, main_file)
-        return WorkflowRef(main_id, folder, main_file, language, how, _name(outer), source)
+        main_file = _guess_main_file(folder, outer_graph.where(main_id), languages)
+        language, how = _language(outer_graph, outer, main_file, languages)
+        return WorkflowRef(main_id, folder, main_file, language, how, _name(outer), source,
+                           *_identity(main_id, outer))
     label = f"{folder.name}/{METADATA_NAME}"
     graph = load_graph(metadata, max_bytes=limits.max_metadata_bytes, label=label)
     inner_ids = ids(graph.root.get("mainEntity"))
@@ -125,13 +131,15 @@ def _from_folder(
             f"workflow file {str(rel)!r} is described but not in {folder.name}/; add it",
             where=where,
         )
-    language, how = _language(graph, inner, main_file)
+    language, how = _language(graph, inner, main_file, languages)
     name = _name(inner) or _name(graph.root) or _name(outer)
-    return WorkflowRef(main_id, folder, main_file, language, how, name, source)
+    return WorkflowRef(main_id, folder, main_file, language, how, name, source,
+                       *_identity(main_id, inner, graph.root, outer))
 
 
-def _guess_main_file(folder: Path, where: str) -> Path:
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and _language_of_file(p))
+def _guess_main_file(folder: Path, where: str, languages: Sequence[Language]) -> Path:
+    candidates = sorted(p for p in folder.iterdir()
+                        if p.is_file() and _language_of_file(p, languages))
     if len(candidates) == 1:
         return candidates[0]
     found = ", ".join(p.name for p in candidates) or "no workflow file"
@@ -147,30 +155,46 @@ def _name(entity: Entity) -> str | None:
     return text(entity, "name")
 
 
+def _identity(main_id: str, *entities: Entity) -> tuple[str | None, str | None]:
+    """The workflow's ``version`` and web ``url``: the first entity stating each wins;
+    a workflow named by its URL (from the mirror) has that URL."""
+    version = next((v for e in entities if (v := _version(e))), None)
+    urls = [u for e in entities for key in ("url", "sameAs") for u in ids(e.get(key))]
+    url = next((u for u in (*urls, main_id) if u.startswith(("https://", "http://"))), None)
+    return version, url
+
+
+def _version(entity: Entity) -> str | None:
+    value = entity.get("version", entity.get("softwareVersion"))
+    return str(value) if isinstance(value, str | int | float) and str(value) else None
+
+
 # -- language ------------------------------------------------------------------------------
 
 
-def _language(graph: CrateGraph, entity: Entity, main_file: Path) -> tuple[Language, str]:
+def _language(graph: CrateGraph, entity: Entity, main_file: Path,
+              languages: Sequence[Language]) -> tuple[Language, str]:
     """The workflow language and a sentence saying how it was decided."""
     entity_id = str(entity["@id"])
     declared = ids(entity.get("programmingLanguage"))
     for language_id in declared:
-        language = _language_of_entity(graph, language_id)
+        language = _language_of_entity(graph, language_id, languages)
         if language is not None:
             return language, (
                 f"programmingLanguage {language_id!r} of {entity_id!r} in {graph.source}"
             )
     if declared:
         raise UnsupportedCrate(
-            f"workflow language {', '.join(declared)} is not CWL, Nextflow or Snakemake; "
-            "no cratebridge engine can run it",
+            f"workflow language {', '.join(declared)} is none of the languages cratebridge "
+            f"knows ({_known(languages)}); no installed engine can run it: install the "
+            "plugin of its language or fix programmingLanguage",
             where=graph.where(entity_id),
         )
-    language = _language_of_file(main_file)
+    language = _language_of_file(main_file, languages)
     if language is None:
         raise UnsupportedCrate(
             f"{entity_id!r} names no programmingLanguage and the file name "
-            f"{main_file.name!r} is not one cratebridge recognises ({_FILE_HINT}); "
+            f"{main_file.name!r} is not one cratebridge recognises ({_file_hint(languages)}); "
             "add programmingLanguage to the workflow entity",
             where=graph.where(entity_id),
         )
@@ -180,35 +204,41 @@ def _language(graph: CrateGraph, entity: Entity, main_file: Path) -> tuple[Langu
     )
 
 
-def _language_of_entity(graph: CrateGraph, language_id: str) -> Language | None:
-    for language in Language:
+def _language_of_entity(graph: CrateGraph, language_id: str,
+                        languages: Sequence[Language]) -> Language | None:
+    for language in languages:
         if language_id == language.value:
             return language
     words = [language_id]
     entity = graph.get(language_id) or {}
     for key in ("name", "alternateName", "identifier", "url"):
         words.extend(ids(entity.get(key)))
-    return _language_of_words(" ".join(words).lower())
+    return _language_of_words(" ".join(words), languages)
 
 
-def _language_of_words(words: str) -> Language | None:
-    if "nextflow" in words:
-        return Language.NEXTFLOW
-    if "snakemake" in words:
-        return Language.SNAKEMAKE
-    if "cwl" in words or "common workflow language" in words:
-        return Language.CWL
-    return None
+def _language_of_words(text: str, languages: Sequence[Language]) -> Language | None:
+    """The language whose word found in ``text`` is longest (the most specific; the
+    first in ``languages`` on a tie): "nextflow" wins over a "cwl" in the same text."""
+    best: tuple[int, Language] | None = None
+    for language in languages:
+        word = language.word_in(text)
+        if word is not None and (best is None or len(word) > best[0]):
+            best = (len(word), language)
+    return best[1] if best else None
 
 
-def _language_of_file(path: Path) -> Language | None:
-    if path.suffix == ".cwl":
-        return Language.CWL
-    if path.name == "main.nf" or path.suffix == ".nf":
-        return Language.NEXTFLOW
-    if path.name == "Snakefile" or path.suffix == ".smk":
-        return Language.SNAKEMAKE
-    return None
+def _language_of_file(path: Path, languages: Sequence[Language]) -> Language | None:
+    return next((language for language in languages if language.recognises_file(path.name)),
+                None)
+
+
+def _known(languages: Sequence[Language]) -> str:
+    return ", ".join(f"{language.name} ({language.value})" for language in languages)
+
+
+def _file_hint(languages: Sequence[Language]) -> str:
+    return "; ".join(f"{' or '.join(language.files)} for {language.name}"
+                     for language in languages if language.files)
 
 
 # -- the mirror ----------------------------------------------------------------------------
@@ -261,6 +291,7 @@ def _from_mirror(
     mirror: Path | None,
     dest: Path,
     limits: IntakeLimits,
+    languages: Sequence[Language],
 ) -> WorkflowRef:
     entity, where = graph.require(main_id, "mainEntity"), graph.where(main_id)
     advice = (
@@ -285,7 +316,8 @@ def _from_mirror(
     if target.exists():
         shutil.rmtree(target)  # a previous resolution in this run folder
     opened = open_crate(archive, target, limits)
-    return _from_folder(main_id, opened.root, entity, graph, limits, source=f"mirror:{entry.file}")
+    return _from_folder(main_id, opened.root, entity, graph, limits, languages,
+                        source=f"mirror:{entry.file}")
 
 
 def _mirror_zip(mirror: Path, entry: MirrorEntry) -> Path:
