@@ -1,6 +1,6 @@
 """cratebridge: run workflows from Five Safes RO-Crates inside a Trusted Research Environment.
 
-The public API: :func:`run`, :func:`plan`, :func:`validate`, :func:`engines`.
+The public API: :func:`run`, :func:`plan`, :func:`validate`, :func:`verify`, :func:`engines`.
 They return typed outcomes and raise :mod:`cratebridge.errors` exceptions.
 Nothing heavy is imported until one of them is called.
 """
@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["__version__", "cleanup", "engines", "plan", "run", "validate"]
+__all__ = ["__version__", "cleanup", "engines", "plan", "run", "validate", "verify"]
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from cratebridge.api import cleanup, engines, plan, run, validate
+    from cratebridge.api import cleanup, engines, plan, run, validate, verify
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("run", "plan", "validate", "engines", "cleanup"):
+    if name in ("run", "plan", "validate", "verify", "engines", "cleanup"):
         from cratebridge import api
 
         return getattr(api, name)

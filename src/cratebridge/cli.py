@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 workflow failed or stopped (result crate written), "
                "2 usage, 3 crate rejected, 4 refused by policy, 5 engine unavailable, "
                "6 internal error or no result crate could be written (the message names the "
-               "log), 130 interrupted before a run began.",
+               "log), 7 verify: the re-run's outputs differ from the recorded ones, "
+               "130 interrupted before a run began.",
     )
     parser.add_argument("--version", action="version",
                         version=f"cratebridge {__version__} (plugin interface "
@@ -59,6 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="dry run: validate, bind inputs, show the engine command")
     plan.add_argument("crate", type=Path)
     _common(plan, engine=True)
+
+    verify = sub.add_parser(
+        "verify", help="re-run a result crate's request and compare outputs with the record",
+        description="Rebuild the request of the result crate RESULT, run it again with the "
+                    "same inputs and images, and compare every output with its recorded "
+                    "sha512 and every step's image id with the recorded one.",
+        epilog="Exit codes: 0 every output identical; 7 an output is different, missing or "
+               "extra, or a step's image changed; 1 the re-run failed; 2 usage; 3 RESULT is "
+               "not an intact result crate of a Five Safes request; 4 refused by policy; "
+               "5 engine unavailable; 6 internal error. Without --out the re-run's result "
+               "crate is written in the verify folder (runs_dir/verify-ID), removed when "
+               "everything is identical and kept otherwise.")
+    verify.add_argument("result", type=Path, metavar="RESULT",
+                        help="result crate: a .zip or a folder")
+    verify.add_argument("--out", type=Path, metavar="PATH",
+                        help="where to write the re-run's result crate: a folder, or a file "
+                             "ending .zip (default: in the verify folder)")
+    _common(verify, engine=True)
 
     validate = sub.add_parser("validate", help="check a request or result crate")
     validate.add_argument("crate", type=Path)
@@ -190,6 +209,34 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from cratebridge import api
+
+    progress = _progress_printer(sys.stderr) if sys.stderr.isatty() else None
+    outcome = api.verify(args.result, args.out, engine=args.engine, config=args.config,
+                         progress=progress)
+
+    def human() -> str:
+        lines = [f"{o.status.value:<10} {o.path}" for o in outcome.outputs]
+        lines += [f"image      step {i.step}: {i.image} was {i.recorded_id}, now {i.new_id}"
+                  for i in outcome.images]
+        counts = {s: sum(o.status.value == s for o in outcome.outputs)
+                  for s in ("identical", "different", "missing", "extra")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        changed = f", {len(outcome.images)} image(s) changed" if outcome.images else ""
+        lines.append(f"{outcome.status.value}: {summary or 'no outputs'}{changed}")
+        if outcome.rerun.record.error:
+            lines.append(f"re-run error: {outcome.rerun.record.error}")
+        if outcome.rerun_result:
+            lines.append(f"re-run result crate: {outcome.rerun_result}")
+        if outcome.kept:
+            lines.append(f"verify folder kept: {outcome.kept}")
+        return "\n".join(lines)
+
+    _emit(outcome.to_json(), args.json, human)
+    return outcome.exit_code
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from cratebridge import api
 
@@ -293,7 +340,7 @@ def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _cmd_run, "plan": _cmd_plan, "validate": _cmd_validate,
+    "run": _cmd_run, "plan": _cmd_plan, "validate": _cmd_validate, "verify": _cmd_verify,
     "engines": _cmd_engines, "cleanup": _cmd_cleanup, "config": _cmd_config,
     "version": _cmd_version,
 }

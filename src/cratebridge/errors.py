@@ -15,7 +15,9 @@
     ├── InternalError             (exit 6) cratebridge could not finish its own work: a
     │                             failure nobody foresaw (a bug), or no result crate could
     │                             be written (the disk is full); the traceback is in a log
-    └── WorkflowFailed            (exit 1) the workflow ran and failed (result crate written)
+    ├── WorkflowFailed            (exit 1) the workflow ran and failed (result crate written)
+    └── OutputsDiffer             (exit 7) verify: the re-run succeeded, but an output or a
+                                  step's image is not the recorded one
 
     Interrupted                   (exit 130; a BaseException) a signal stopped cratebridge
                                   before a run began, or a second signal during one
@@ -35,6 +37,7 @@ __all__ = [
     "InternalError",
     "Interrupted",
     "MetadataError",
+    "OutputsDiffer",
     "PolicyRefused",
     "UnsafeCrate",
     "UnsupportedCrate",
@@ -169,6 +172,20 @@ class WorkflowFailed(CratebridgeError):
     """The workflow ran and failed; a result crate was still written."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, result_path: str | None = None) -> None:
+        super().__init__(message)
+        self.result_path = result_path
+
+
+class OutputsDiffer(CratebridgeError):
+    """``cratebridge verify``: the re-run succeeded but did not reproduce the result crate.
+
+    An output is different, missing or extra, or a step ran in an image whose
+    local id is not the recorded one; ``result_path`` is the re-run's result crate.
+    """
+
+    exit_code = 7
 
     def __init__(self, message: str, *, result_path: str | None = None) -> None:
         super().__init__(message)

@@ -29,6 +29,7 @@ from cratebridge.engines.process import Stop
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus, StepRecord
 from cratebridge.errors import InternalError
 from cratebridge.intake.request import RunRequest
+from cratebridge.provenance.entities import Publisher
 
 __all__ = ["DISK_FULL", "KilledRun", "capped", "failed_record", "last_words", "last_words_for",
            "redacted", "replace_error", "stopped_steps", "write_result_crate"]
@@ -113,7 +114,8 @@ def redacted(record: RunRecord, secrets: Mapping[str, str]) -> RunRecord:
 
 def write_result_crate(request: RunRequest, record: RunRecord, plan: EnginePlan,
                        context: RunContext, out: Path, *, bagit: bool,
-                       bag_info: Mapping[str, str]) -> tuple[Path, RunRecord]:
+                       bag_info: Mapping[str, str],
+                       publisher: Publisher | None = None) -> tuple[Path, RunRecord]:
     """Write the result crate at ``out``; the path and the record it holds.
 
     When the full crate cannot be written (a full disk; a file the builder
@@ -134,7 +136,8 @@ def write_result_crate(request: RunRequest, record: RunRecord, plan: EnginePlan,
         shutil.rmtree(run_dir / "result", ignore_errors=True)
         try:
             result_dir = build_result_crate(request, attempt, run_dir=run_dir,
-                                            dest=run_dir / "result", plan=plan)
+                                            dest=run_dir / "result", plan=plan,
+                                            publisher=publisher)
             return write_result(result_dir, out, bagit=bagit, bag_info=bag_info), attempt
         except Exception as exc:  # the crate of a failed run must still be written
             tries += 1
@@ -162,14 +165,15 @@ def _quiet(event: object) -> None:
 
 def last_words_for(request: RunRequest, record_start: datetime, engine: str, plan: EnginePlan,
                    context: RunContext, out: Path, *, bagit: bool, bag_info: Mapping[str, str],
-                   log_bytes: int, secrets: Mapping[str, str]) -> LastWords:
+                   log_bytes: int, secrets: Mapping[str, str],
+                   publisher: Publisher | None = None) -> LastWords:
     """What the run's reaper needs to write its result crate should cratebridge be killed.
 
     It travels in the reaper's pipe and stays in its memory (secrets included),
     never on disk: :func:`last_words` receives it.
     """
     killed = KilledRun(request, record_start, engine, plan, replace(context, progress=_quiet),
-                       out, bagit, dict(bag_info), log_bytes, dict(secrets))
+                       out, bagit, dict(bag_info), log_bytes, dict(secrets), publisher)
     return LastWords(__name__, pickle.dumps(killed))
 
 
@@ -187,6 +191,7 @@ class KilledRun:
     bag_info: dict[str, str]
     log_bytes: int
     secrets: dict[str, str]
+    publisher: Publisher | None = None
 
 
 def last_words(payload: bytes) -> None:
@@ -208,7 +213,8 @@ def last_words(payload: bytes) -> None:
         record = capped(replace(record, steps=steps), killed.log_bytes, context)
         record = redacted(record, killed.secrets)
         write_result_crate(killed.request, record, killed.plan, context, killed.out,
-                           bagit=killed.bagit, bag_info=killed.bag_info)
+                           bagit=killed.bagit, bag_info=killed.bag_info,
+                           publisher=killed.publisher)
     except Exception as exc:
         write_traceback(exc, context.logs_dir, "cratebridge-killed-result-error.log")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from cratebridge.intake.request import CrateKind
 from cratebridge.provenance import build_result_crate
 from cratebridge.testing.validator import find_shared_dir
 
-from .conftest import SHA_A, T0, Run, make_run
+from .conftest import AGENT, SHA_A, T0, Run, make_run
 
 VALIDATOR = Path(sys.executable).parent / "rocrate-validator"
 PROFILES = (find_shared_dir() or Path("/nonexistent")) / "validator-profiles"
@@ -87,11 +86,11 @@ def test_outer_action_updated(failed_run: Run, tmp_path: Path) -> None:
     assert action["actionStatus"] == "http://schema.org/FailedActionStatus"
     assert action["error"] == "step report failed: exit code 1"
     assert action["startTime"].endswith("+00:00") and action["endTime"]
-    assert _ids(action["result"]) == ["outputs/summary.csv"]
+    assert _ids(action["result"]) == ["provenance/outputs/summary.csv"]
     assert _ids(action["subjectOf"]) == ["provenance/"]
-    summary = graph["outputs/summary.csv"]
+    summary = graph["provenance/outputs/summary.csv"]
     assert summary["encodingFormat"] == "text/csv" and len(summary["sha512"]) == 128
-    assert _ids(graph["logs/engine.log"]["about"]) == ["#query-1"]
+    assert _ids(graph["provenance/logs/engine.log"]["about"]) == ["#query-1"]
 
 
 def test_every_step_action_has_a_container_image(five_safes_run: Run, tmp_path: Path) -> None:
@@ -148,7 +147,7 @@ def test_workflow_structure(five_safes_run: Run, tmp_path: Path) -> None:
     threshold = [
         n for n in graph.values() if n.get("name") == "threshold" and n["@type"] == "PropertyValue"
     ]
-    assert threshold and all(n["value"] == 3 for n in threshold)
+    assert threshold and all(n["value"] == "3" for n in threshold)  # as runcrate writes it
 
 
 def test_path_outside_run_dir_is_refused(five_safes_run: Run, tmp_path: Path) -> None:
@@ -199,8 +198,46 @@ def test_ten_thousand_steps(tmp_path: Path) -> None:
             )
         )
     record = replace(run.record, steps=tuple(steps), outputs=tuple(outputs))
-    started = time.perf_counter()
+    # its speed is benchmarks/provenance_scale.py's to measure, not a test's
     crate = build_result_crate(run.request, record, run_dir=run.run_dir, dest=tmp_path / "r")
-    elapsed = time.perf_counter() - started
-    assert elapsed < 20, elapsed
-    assert len(_ids(_graph(crate / "provenance")["#engine-run"]["object"])) == 10_000
+    graph = _graph(crate / "provenance")
+    assert len(_ids(graph["#engine-run"]["object"])) == 10_000
+    # each step's file holds the bytes of the output it became: stored once, as the output
+    assert not (crate / "provenance" / "work").exists()
+    assert _ids(graph["#step-run-7"]["result"]) == ["outputs/many/o7.txt"]
+
+
+@pytest.mark.validator
+def test_what_cratebridge_did_and_leaves_to_do_is_recorded(tmp_path: Path) -> None:
+    """A BagIt request with no check of its own gets cratebridge's CheckValue; a mirrored
+    workflow its DownloadAction; every result a pending DisclosureCheck; the operator's
+    publisher and the requester as author. The outer crate then has no finding at
+    RECOMMENDED but the accepted ones."""
+    from cratebridge.provenance.entities import Publisher
+    from cratebridge.testing.validator import ACCEPTED_FINDINGS, ExternalValidator
+
+    run = make_run(tmp_path)
+    url = "https://workflowhub.example.org/workflows/7?version=2"
+    workflow = replace(run.request.workflow, source="mirror:wf7.zip", id=url)
+    request = replace(run.request, bagit=True, workflow=workflow)
+    publisher = Publisher("TRE 7", "https://tre7.example.org/", "https://ror.org/00example")
+    crate = build_result_crate(request, run.record, run_dir=run.run_dir,
+                               dest=tmp_path / "r", publisher=publisher)
+    graph = _graph(crate)
+    root = graph["./"]
+    mentioned = _ids(root["mentions"])
+    check = graph["#cratebridge-checkvalue"]
+    assert "#cratebridge-checkvalue" in mentioned and check["agent"] == {"@id": "#cratebridge"}
+    download = graph["#cratebridge-workflow-download"]
+    assert download["object"] == {"@id": url} and "wf7.zip" in download["description"]
+    disclosure = graph["#cratebridge-disclosure"]
+    assert disclosure["actionStatus"] == "http://schema.org/PotentialActionStatus"
+    assert root["publisher"] == {"@id": "https://ror.org/00example"}
+    assert graph["https://ror.org/00example"]["url"] == "https://tre7.example.org/"
+    assert root["author"] == {"@id": AGENT}  # the requester
+    validator = ExternalValidator.find()
+    assert validator is not None
+    unstated = {"five-safes-crate-0.4_38.0", "five-safes-crate-0.4_50.0"}  # no reviews here
+    left = [f for f in validator.findings(crate, "five-safes-crate")
+            if f.check not in ACCEPTED_FINDINGS and f.check not in unstated]
+    assert not left, "\n".join(map(str, left))

@@ -32,7 +32,13 @@ from cratebridge.testing.crates import (
     ZipLayout,
     write_request_zip,
 )
-from cratebridge.testing.kit import FIVE_SAFES_PROFILE, PROVENANCE_PROFILE, KitResult
+from cratebridge.testing.kit import (
+    FIVE_SAFES_PROFILE,
+    KIT_PUBLISHER,
+    PROVENANCE_PROFILE,
+    KitResult,
+    assert_recommended,
+)
 from cratebridge.testing.validator import ExternalValidator
 from cratebridge_cwl.records import shape_path, with_nesting
 
@@ -59,7 +65,8 @@ def _run(engine: str, tmp: Path) -> KitResult:
     )
     crate = write_request_zip(spec, tmp / "request.zip", ZipLayout.FOLDER)
     config = tmp / "cratebridge.toml"
-    config.write_text(f'[run]\nruns_dir = "{tmp / "runs"}"\ntimeout = "15m"\n')
+    config.write_text(f'[run]\nruns_dir = "{tmp / "runs"}"\ntimeout = "15m"\n\n'
+                      + KIT_PUBLISHER)
     out = tmp / "result.zip"
     outcome = run(crate, out, engine=engine, config=load_config(config))
     opened = open_crate(out, tmp / "unpacked", IntakeLimits())
@@ -116,8 +123,8 @@ def test_completes_with_the_nested_workflows_output(results: dict[str, KitResult
                                                     engine: str) -> None:
     result = results[engine]
     assert result.outcome.status is RunStatus.COMPLETED, result.outcome.record.error
-    assert (result.crate / "outputs" / "sorted.txt").read_text() == SORTED
-    assert not (result.crate / "outputs" / "upper.txt").exists()
+    assert result.output("sorted.txt").read_text() == SORTED
+    assert not list(result.crate.rglob("upper.txt"))
 
 
 @pytest.mark.docker
@@ -181,7 +188,7 @@ def test_nested_run_is_an_action_orchestrated_by_the_outer_step(
     [sorted_] = _ids(action["result"])
     assert f"{SUB}#input/data" in _ids(graph[data]["exampleOfWork"])
     assert f"{SUB}#output/sorted" in _ids(graph[sorted_]["exampleOfWork"])
-    assert graph[sorted_]["sha512"] == graph["../outputs/sorted.txt"]["sha512"]
+    assert graph[sorted_]["sha512"] == graph["outputs/sorted.txt"]["sha512"]
     [control] = _pointing(graph, "object", action["@id"])
     assert control["@type"] == "ControlAction"
     assert _ids(control["instrument"]) == [f"{MAIN}#step/revsort"]
@@ -283,10 +290,8 @@ def test_result_crates_pass_the_validator(results: dict[str, KitResult], engine:
     result = _nested(results[engine])
     folder, _ = result.provenance()
     assert folder != result.crate
-    checked = validator.validate(folder, PROVENANCE_PROFILE)
-    assert checked.ok, checked.output
-    outer = validator.validate(result.crate, FIVE_SAFES_PROFILE)
-    assert outer.ok, outer.output
+    assert_recommended(validator, folder, PROVENANCE_PROFILE)
+    assert_recommended(validator, result.crate, FIVE_SAFES_PROFILE)
 
 
 # -- the record from a shape, without an engine (fast) -----------------------------------

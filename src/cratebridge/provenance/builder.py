@@ -1,9 +1,9 @@
 """Turns a RunRequest and the RunRecord of its run into the result crate folder.
 
-A Five Safes request gives its own crate back, updated, with the run's
-Provenance Run Crate nested in a folder of it (one flat crate cannot pass both
-the Five Safes and the run-crate profiles); any other request gives the run
-crate itself, with the request's files.
+A Five Safes request gives its own crate's metadata back, updated, with the
+run's Provenance Run Crate nested in ``provenance/`` holding every file (one flat
+crate cannot pass both the Five Safes and the run-crate profiles); any other
+request gives the run crate itself, with the request's files.
 """
 
 from __future__ import annotations
@@ -11,21 +11,27 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 from cratebridge.engines.interface import EnginePlan
 from cratebridge.engines.record import FileRecord, LogRecord, ParameterValue, RunRecord
 from cratebridge.intake.request import CrateKind, RunRequest
 from cratebridge.provenance.digests import DigestCache
-from cratebridge.provenance.entities import RO_CRATE_1_2_CONTEXT, WFRUN_CONTEXT
+from cratebridge.provenance.entities import RO_CRATE_1_2_CONTEXT, WFRUN_CONTEXT, Publisher
+from cratebridge.provenance.files import hash_file
 from cratebridge.provenance.fivesafes import FiveSafesResult, request_license
 from cratebridge.provenance.graph import Graph
 from cratebridge.provenance.locations import Placed, Placer
+from cratebridge.provenance.preview import PREVIEW, write_preview
 from cratebridge.provenance.runcrate import RunCrateBuilder, RunCrateSpec
 
 __all__ = ["build_result_crate"]
 
 METADATA = "ro-crate-metadata.json"
+#: the run crate's folder in a Five Safes result
+RUN_CRATE_FOLDER = "provenance/"
+_Output = tuple[FileRecord | ParameterValue, Placed | None]
 RUN_CRATE_CONTEXT = [RO_CRATE_1_2_CONTEXT, WFRUN_CONTEXT]
 
 
@@ -37,13 +43,15 @@ def build_result_crate(
     dest: Path,
     plan: EnginePlan | None = None,
     workflow_dir: Path | None = None,
+    publisher: Publisher | None = None,
 ) -> Path:
     """Write the result crate folder at ``dest`` (which must not exist) and return it.
 
     Files the record names must lie inside ``run_dir``; one outside it raises
     :class:`ValueError` and nothing is left at ``dest``. Every file copied is
     hashed once (sha-512); the digests are kept next to ``dest`` for
-    :func:`~cratebridge.provenance.package.write_result`.
+    :func:`~cratebridge.provenance.package.write_result`. ``publisher`` (the
+    operator's TRE) is named as the crates' publisher.
     """
     if dest.exists():
         raise FileExistsError(f"{dest}: the result folder already exists")
@@ -52,10 +60,12 @@ def build_result_crate(
     try:
         cache = DigestCache(work)
         placer = Placer(run_dir, work, cache)
-        if request.kind is CrateKind.FIVE_SAFES:
-            _five_safes(request, record, placer, plan, workflow_dir)
-        else:
-            _run_crate_only(request, record, placer, plan, workflow_dir)
+        _build(request, record, placer, plan, workflow_dir, publisher)
+        with suppress(OSError):  # a preview is a courtesy: a full disk must not cost the crate
+            write_preview(work)
+        for page in (PREVIEW, RUN_CRATE_FOLDER + PREVIEW):  # hashed once, as every file
+            if (work / page).is_file():
+                cache.record(page, hash_file(work / page))
         os.rename(work, dest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -65,59 +75,52 @@ def build_result_crate(
     return dest
 
 
-def _five_safes(
+def _build(
     request: RunRequest,
     record: RunRecord,
     placer: Placer,
     plan: EnginePlan | None,
     workflow_dir: Path | None,
+    publisher: Publisher | None,
 ) -> None:
-    placer.copy_folder(request.crate_dir, "", skip=frozenset({METADATA}), trusted=True)
-    outputs = _place_outputs(record, placer)
-    logs = _place_run_logs(record, placer)
-    prefix = _free_folder(placer.dest, "provenance")
-    spec = _workflow_spec(request, placer, prefix, f"{prefix}workflow/", workflow_dir, plan)
-    run_crate = RunCrateBuilder(request, record, placer, spec, plan).build()
-    _write(run_crate, placer, prefix + METADATA, RUN_CRATE_CONTEXT)
-    outer = FiveSafesResult(request, record)
-    _write(outer.build(outputs, logs, prefix), placer, METADATA, outer.context())
+    """Copy the request's files, the outputs and the logs, once, into the run crate's
+    folder; write its metadata; for a Five Safes request, the outer crate's too.
 
-
-def _run_crate_only(
-    request: RunRequest,
-    record: RunRecord,
-    placer: Placer,
-    plan: EnginePlan | None,
-    workflow_dir: Path | None,
-) -> None:
-    placer.copy_folder(request.crate_dir, "", skip=frozenset({METADATA}), trusted=True)
-    _place_outputs(record, placer)
-    logs = _place_run_logs(record, placer)
+    A Five Safes result keeps every file in ``provenance/`` and the outer crate
+    names them there (the request's own files too), so the run crate refers to
+    nothing outside its folder. The workflow is the request's own folder when it
+    came in the crate, else a copy beside it.
+    """
+    five_safes = request.kind is CrateKind.FIVE_SAFES
+    prefix = RUN_CRATE_FOLDER if five_safes else ""
+    placer.copy_folder(request.crate_dir, prefix, skip=frozenset({METADATA}), trusted=True)
+    outputs = _place_outputs(record, placer, prefix)
+    logs = _place_run_logs(record, placer, prefix)
     source = (workflow_dir or request.workflow.root).resolve()
     crate_dir = request.crate_dir.resolve()
     if workflow_dir is None and source.is_relative_to(crate_dir):
         rel = source.relative_to(crate_dir).as_posix()
-        location = "" if rel == "." else rel + "/"
+        location = prefix + ("" if rel == "." else rel + "/")
     else:
-        location = _free_folder(placer.dest, "workflow")
+        location = prefix + _free_folder(placer.dest / prefix, "workflow")
         placer.copy_folder(source, location, trusted=True)
-    spec = _workflow_spec(request, placer, "", location, workflow_dir, plan)
-    graph = RunCrateBuilder(request, record, placer, spec, plan).build(logs)
-    _write(graph, placer, METADATA, RUN_CRATE_CONTEXT)
+    spec = _workflow_spec(request, source, prefix, location, plan, publisher)
+    run_crate = RunCrateBuilder(request, record, placer, spec, plan).build(logs)
+    _write(run_crate, placer, prefix + METADATA, RUN_CRATE_CONTEXT)
+    if five_safes:
+        outer = FiveSafesResult(request, record, publisher, payload=prefix)
+        _write(outer.build(outputs, logs, prefix), placer, METADATA, outer.context())
 
 
 def _workflow_spec(
     request: RunRequest,
-    placer: Placer,
+    source: Path,
     prefix: str,
     location: str,
-    workflow_dir: Path | None,
     plan: EnginePlan | None,
+    publisher: Publisher | None,
 ) -> RunCrateSpec:
-    """Describe the workflow folder copied at ``location``; copy it first in a nested crate."""
-    source = (workflow_dir or request.workflow.root).resolve()
-    if prefix:
-        placer.copy_folder(source, location, trusted=True)
+    """Describe the workflow folder ``source``, found in the result at ``location``."""
     main = _main_file(request, source, plan)
     return RunCrateSpec(
         prefix=prefix,
@@ -125,6 +128,7 @@ def _workflow_spec(
         workflow_location=location,
         main_location=location + main,
         license=request_license(request),
+        publisher=publisher,
     )
 
 
@@ -144,17 +148,15 @@ def _main_file(request: RunRequest, source: Path, plan: EnginePlan | None) -> st
     raise ValueError(f"{request.workflow.main_file}: main workflow file not found in {source}")
 
 
-def _place_outputs(
-    record: RunRecord, placer: Placer
-) -> list[tuple[FileRecord | ParameterValue, Placed | None]]:
+def _place_outputs(record: RunRecord, placer: Placer, prefix: str) -> list[_Output]:
     outputs_dir = placer.run_dir / "outputs"
 
     def default(resolved: Path) -> str:
         if resolved.is_relative_to(outputs_dir):
-            return "outputs/" + resolved.relative_to(outputs_dir).as_posix()
-        return "outputs/" + resolved.name
+            return f"{prefix}outputs/" + resolved.relative_to(outputs_dir).as_posix()
+        return f"{prefix}outputs/" + resolved.name
 
-    placed: list[tuple[FileRecord | ParameterValue, Placed | None]] = []
+    placed: list[_Output] = []
     for value in record.outputs:
         if isinstance(value, ParameterValue):
             placed.append((value, None))
@@ -163,13 +165,14 @@ def _place_outputs(
     return placed
 
 
-def _place_run_logs(record: RunRecord, placer: Placer) -> list[tuple[LogRecord, Placed]]:
+def _place_run_logs(record: RunRecord, placer: Placer,
+                    prefix: str) -> list[tuple[LogRecord, Placed]]:
     logs_dir = placer.run_dir / "logs"
 
     def default(resolved: Path) -> str:
         if resolved.is_relative_to(logs_dir):
-            return "logs/" + resolved.relative_to(logs_dir).as_posix()
-        return "logs/" + resolved.name
+            return f"{prefix}logs/" + resolved.relative_to(logs_dir).as_posix()
+        return f"{prefix}logs/" + resolved.name
 
     return [(log, placer.place(log.path, False, default)) for log in record.logs]
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+from urllib.parse import quote
 
 from cratebridge.provenance.files import media_type
 from cratebridge.provenance.graph import Node, ref
@@ -15,10 +18,14 @@ __all__ = [
     "RO_CRATE_1_2_CONTEXT",
     "WFRUN",
     "WFRUN_CONTEXT",
+    "Publisher",
     "capped_description",
     "data_entity",
     "json_value",
     "link",
+    "location_id",
+    "organization",
+    "organization_urls",
     "value_type",
 ]
 
@@ -29,10 +36,54 @@ WFRUN = "https://w3id.org/ro/terms/workflow-run#"
 WFRUN_CONTEXT = "https://w3id.org/ro/terms/workflow-run/context"
 
 
+@dataclass(frozen=True)
+class Publisher:
+    """The TRE that publishes result crates (the operator's ``[publisher]``).
+
+    ``identifier`` (a ROR id, say) names it in the crate when given, else ``url``.
+    """
+
+    name: str
+    url: str
+    identifier: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.identifier or self.url
+
+    def entity(self) -> Node:
+        return {"@id": self.id, "@type": "Organization", "name": self.name, "url": self.url}
+
+
+def organization(entity_id: str, name: str | None) -> Node:
+    """An Organization; one named by a web address has it as its ``url``."""
+    node: Node = {"@id": entity_id, "@type": "Organization", "name": name or entity_id}
+    if entity_id.startswith(("https://", "http://")):
+        node["url"] = entity_id
+    return node
+
+
+def organization_urls(nodes: Iterable[Node]) -> None:
+    """An Organization named by a web address and giving no ``url`` gets that address:
+    the profiles want a URL for every organization, and its identifier is one."""
+    for node in nodes:
+        typ = node.get("@type")
+        kinds = [typ] if isinstance(typ, str) else typ if isinstance(typ, list) else []
+        entity_id = str(node.get("@id", ""))
+        if "Organization" in kinds and "url" not in node and entity_id.startswith(
+                ("https://", "http://")):
+            node["url"] = entity_id
+
+
 def capped_description(cut: int) -> str:
     """What a log entity says when the log cap cut its middle."""
     return (f"Capped: {cut} bytes were cut from the middle of this log (the operator's "
             "[limits] log_size); its head and tail are kept, with a note where the cut is.")
+
+
+def location_id(location: str) -> str:
+    """The ``@id`` of a file or folder of the crate: its path as a relative URI."""
+    return quote(location, safe="/")
 
 
 def data_entity(entity_id: str, placed: Placed, name: str | None = None) -> Node:

@@ -23,6 +23,14 @@ _EXTRA_TYPES = {
     "stderr": "text/plain",
     "stdout": "text/plain",
 }
+# Files known by their whole name (workflow languages' conventions)
+_NAMED_TYPES = {
+    "Snakefile": "text/plain",
+    "Dockerfile": "text/plain",
+    "Makefile": "text/plain",
+    "nextflow.config": "text/plain",
+    "README": "text/plain",
+}
 
 
 @dataclass(frozen=True)
@@ -92,10 +100,14 @@ def hash_file(path: Path) -> Digest:
     return Digest(size, sha.hexdigest())
 
 
-def media_type(name: str) -> str | None:
-    """The IANA media type guessed from a file name, or ``None``."""
-    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+def media_type(name: str) -> str:
+    """The IANA media type guessed from a file name; ``application/octet-stream``
+    (bytes of no known kind) when the name says nothing."""
+    base = name.rsplit("/", 1)[-1]
+    if base in _NAMED_TYPES:
+        return _NAMED_TYPES[base]
+    suffix = base.rsplit(".", 1)[-1].lower() if "." in base else ""
     if suffix in _EXTRA_TYPES:
         return _EXTRA_TYPES[suffix]
-    guessed, _encoding = mimetypes.guess_type(name, strict=False)
-    return guessed
+    guessed, _encoding = mimetypes.guess_type(base, strict=False)
+    return guessed or "application/octet-stream"

@@ -7,25 +7,36 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
+from cratebridge import __version__
 from cratebridge.engines.record import FileRecord, LogRecord, ParameterValue, RunRecord, RunStatus
 from cratebridge.intake.request import RunRequest
 from cratebridge.provenance.entities import (
     RO_CRATE_1_2,
     RO_CRATE_1_2_CONTEXT,
     WFRUN_CONTEXT,
+    Publisher,
     capped_description,
     data_entity,
     json_value,
     link,
+    location_id,
+    organization_urls,
 )
+from cratebridge.provenance.files import media_type
 from cratebridge.provenance.graph import Graph, Node, fragment, iso, ref
 from cratebridge.provenance.locations import Placed
 
-__all__ = ["FiveSafesResult", "request_graph", "request_license", "root_of"]
+__all__ = ["OWN_ID_PREFIX", "FiveSafesResult", "request_graph", "request_license", "root_of"]
 
 _Output = tuple[FileRecord | ParameterValue, Placed | None]
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+SHP = "https://w3id.org/shp#"
+SHA_512 = "https://www.iana.org/assignments/named-information#sha-512"
+#: every entity the result adds of its own has an id starting so (verify removes them)
+OWN_ID_PREFIX = "#cratebridge"
+CRATEBRIDGE = OWN_ID_PREFIX
 UNSTATED_LICENSE: Node = {
     "@id": "#license-unstated",
     "@type": "CreativeWork",
@@ -70,10 +81,14 @@ def request_license(request: RunRequest) -> Node:
 class FiveSafesResult:
     """Updates the request's graph into the result's: action status, results, logs, run crate."""
 
-    def __init__(self, request: RunRequest, record: RunRecord) -> None:
+    def __init__(self, request: RunRequest, record: RunRecord,
+                 publisher: Publisher | None = None, payload: str = "") -> None:
+        """``payload``: the folder (ending ``/``) the request's files were copied to."""
         self.request = request
         self.record = record
-        self.graph = Graph(request_graph(request))
+        self.publisher = publisher
+        nodes = request_graph(request)
+        self.graph = Graph(_moved(nodes, payload) if payload else nodes)
         self.root = root_of(self.graph)
         self.action = self._find_action()
         self._has_part: dict[str, None] = {
@@ -118,13 +133,15 @@ class FiveSafesResult:
         self._descriptor_and_root()
         self._update_action(outputs)
         for log, placed in logs:
-            entity = self._put(data_entity(placed.location, placed, log.name))
+            entity = self._put(data_entity(location_id(placed.location), placed, log.name))
             entity.setdefault("encodingFormat", "text/plain")
             if log.cut:
                 entity["description"] = capped_description(log.cut)
             link(entity, "about", str(self.action["@id"]))
         self._nested_crate(run_crate)
+        self._checks()
         self._sweep_data_entities()
+        organization_urls(self.graph)
         self.root["hasPart"] = [ref(i) for i in self._has_part]
         return self.graph
 
@@ -139,6 +156,13 @@ class FiveSafesResult:
         if not root.get("license"):
             self.graph.add(dict(UNSTATED_LICENSE))
             root["license"] = ref(str(UNSTATED_LICENSE["@id"]))
+        if self.publisher is not None:  # the TRE publishes the result
+            root["publisher"] = ref(self._put(self.publisher.entity())["@id"])
+        if not root.get("author"):
+            agent = self.request.agent.id if self.request.agent else None
+            author = agent or (self.publisher.id if self.publisher else None)
+            if author is not None:
+                root["author"] = ref(author)
 
     def _update_action(self, outputs: Iterable[_Output]) -> None:
         record, action = self.record, self.action
@@ -158,7 +182,7 @@ class FiveSafesResult:
                     }
                 )
             else:
-                node = self._part(data_entity(placed.location, placed))
+                node = self._part(data_entity(location_id(placed.location), placed))
             results.append(ref(str(node["@id"])))
         action["result"] = results
         if record.status is RunStatus.FAILED:
@@ -205,8 +229,56 @@ class FiveSafesResult:
         )
         link(self.action, "subjectOf", folder)
 
+    def _checks(self) -> None:
+        """What cratebridge did or leaves to do that the request does not record already.
+
+        The BagIt check when it verified the request's manifests; the retrieval
+        of a workflow from the operator's mirror; and the disclosure check the
+        TRE's output checkers have still to make (``PotentialActionStatus``).
+        """
+        done = {str(t.get("@id")) for node in self.graph
+                for t in _as_list(node.get("additionalType"))}
+        started = iso(self.record.start_time)
+        if self.request.bagit and SHP + "CheckValue" not in done:
+            self.graph.add({"@id": SHA_512, "@type": "DefinedTerm", "name": "sha-512 algorithm"})
+            self._mention(self._assess("#cratebridge-checkvalue", "CheckValue",
+                                       "BagIt checksums of the request crate: OK", {
+                                           "instrument": ref(SHA_512), "endTime": started,
+                                           "agent": ref(self._cratebridge())}))
+        source = self.request.workflow.source
+        if source.startswith("mirror:") and not any(
+                "DownloadAction" in _types(node) for node in self.graph):
+            self._mention(self._put({
+                "@id": "#cratebridge-workflow-download", "@type": "DownloadAction",
+                "name": "Workflow taken from the TRE's mirror of approved workflows",
+                "description": f"{self.request.workflow.id} resolved offline from the "
+                               f"mirror's {source.removeprefix('mirror:')} (sha-256 checked)",
+                "object": ref(self.request.workflow.id), "endTime": started,
+                "agent": ref(self._cratebridge()),
+                "actionStatus": "http://schema.org/CompletedActionStatus"}))
+        if SHP + "DisclosureCheck" not in done:
+            self._mention(self._assess(
+                "#cratebridge-disclosure", "DisclosureCheck",
+                "Disclosure check of the workflow's results: awaiting the TRE's output checkers",
+                {"actionStatus": "http://schema.org/PotentialActionStatus"}))
+
+    def _assess(self, node_id: str, kind: str, name: str, extra: Node) -> Node:
+        node: Node = {"@id": node_id, "@type": "AssessAction",
+                      "additionalType": ref(SHP + kind), "name": name, "object": ref("./"),
+                      "actionStatus": "http://schema.org/CompletedActionStatus"}
+        node.update(extra)
+        return self._put(node)
+
+    def _cratebridge(self) -> str:
+        return str(self._put({"@id": CRATEBRIDGE, "@type": "SoftwareApplication",
+                              "name": "cratebridge", "softwareVersion": __version__})["@id"])
+
+    def _mention(self, node: Node) -> None:
+        link(self.root, "mentions", str(node["@id"]))
+
     def _sweep_data_entities(self) -> None:
-        """Every local File or Dataset goes into the root's ``hasPart``."""
+        """Every local File or Dataset goes into the root's ``hasPart``; a File the
+        request gave no media type gets the one its name says."""
         root_id = self.root["@id"]
         for node in self.graph:
             entity_id = str(node["@id"])
@@ -214,6 +286,8 @@ class FiveSafesResult:
                 continue
             if {"File", "Dataset"} & set(_types(node)):
                 self._has_part.setdefault(entity_id, None)
+            if "File" in _types(node) and "encodingFormat" not in node:
+                node["encodingFormat"] = media_type(unquote(entity_id))
 
     def _put(self, node: Node) -> Node:
         existing = self.graph.get(str(node["@id"]))
@@ -226,6 +300,22 @@ class FiveSafesResult:
         added = self._put(node)
         self._has_part.setdefault(str(added["@id"]), None)
         return added
+
+
+def _moved(nodes: list[Node], folder: str) -> list[Node]:
+    """The request's graph with each of its files and folders named inside ``folder``."""
+    keep = {"./", "ro-crate-metadata.json"}
+    local = {str(n["@id"]) for n in nodes if _is_local(str(n["@id"])) and n["@id"] not in keep}
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        if isinstance(value, dict):
+            return {k: (folder + v if k == "@id" and v in local else moved(v))
+                    for k, v in value.items()}
+        return value
+
+    return [moved(node) for node in nodes]
 
 
 def _as_list(value: object) -> list[dict[str, Any]]:

@@ -37,10 +37,14 @@ def fragment(text: str) -> str:
 
 
 def iso(moment: datetime) -> str:
-    """ISO 8601 / RFC 3339 with a UTC offset; a naive time is taken as local time."""
+    """ISO 8601 / RFC 3339 to the millisecond with a ``+HH:MM`` offset (never ``Z``).
+
+    The run-crate profiles' time pattern takes three fractional digits or none;
+    a naive time is taken as local time.
+    """
     if moment.tzinfo is None:
         moment = moment.astimezone()
-    return moment.isoformat()
+    return moment.isoformat(timespec="milliseconds")
 
 
 class Graph:
@@ -78,8 +82,13 @@ class Graph:
 
 
 def _flatten(node: Node) -> Node:
-    """Single values instead of one-element lists, as RO-Crate recommends (``@type`` kept)."""
+    """Single values instead of one-element lists, as RO-Crate recommends; ``@type`` is
+    kept, and so is a ``value``: an array of one item is a list (runcrate runs it so)."""
     return {
-        key: value[0] if key != "@type" and isinstance(value, list) and len(value) == 1 else value
+        key: value[0] if key not in _LISTS and isinstance(value, list) and len(value) == 1
+        else value
         for key, value in node.items()
     }
+
+
+_LISTS = frozenset({"@type", "value"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class Placed:
 
 
 class Placer:
-    """Copies run files into ``dest``, de-duplicated by resolved source path.
+    """Copies run files into ``dest``, de-duplicated by resolved source path and content.
 
     Every source path must lie inside ``run_dir`` (after resolving links);
     anything else is refused with :class:`ValueError`. Folders copied whole
@@ -44,6 +45,7 @@ class Placer:
         self._taken: set[str] = set()
         self._made: set[Path] = set()
         self._real_dirs: dict[Path, Path] = {}
+        self._by_digest: dict[str, str] = {}  # sha-512 -> the first location holding it
 
     def inside_run(self, path: Path) -> Path:
         """``path`` resolved, or :class:`ValueError` when it lies outside the run folder."""
@@ -95,11 +97,15 @@ class Placer:
         self._by_source[resolved] = placed
         return placed
 
-    def place(self, path: Path, is_dir: bool, default: Callable[[Path], str]) -> Placed:
+    def place(self, path: Path, is_dir: bool, default: Callable[[Path], str],
+              *, by_content: bool = False) -> Placed:
         """The crate location of the run file ``path``, copying it on first sight.
 
         ``default`` gives the wished location for a file not already copied
-        with a folder; a taken location gets a numbered suffix.
+        with a folder; a taken location gets a numbered suffix. ``by_content``
+        (a step's file): one with the bytes of a file placed before without it
+        (the workflow's outputs) is that file, not a copy; the request's own
+        files and the outputs keep their names.
         """
         resolved = self.inside_run(path)
         known = self._by_source.get(resolved) or self._covered(resolved, is_dir)
@@ -110,9 +116,43 @@ class Placer:
             placed = self.copy_folder(resolved, location)
         else:
             self._mkdir((self.dest / location).parent)
-            placed = Placed(location, False, self._copy_file(resolved, location))
+            digest = self._copy_file(resolved, location)
+            placed = Placed(location, False, digest)
+            if by_content:
+                placed = self._once(placed)
+            else:  # an output (or a log): what a step file of the same bytes becomes
+                self._by_digest.setdefault(digest.sha512, location)
         self._by_source[resolved] = placed
         return placed
+
+    def _once(self, placed: Placed) -> Placed:
+        """A step's file with the bytes of a workflow output (the file the engine then
+        copied to the outputs) is stored once, as the output: its copy goes."""
+        digest = placed.digest
+        assert digest is not None
+        same = self._by_digest.get(digest.sha512)
+        if same is None or same == placed.location or digest.size == 0:
+            return placed
+        copy = self.dest / placed.location
+        copy.unlink()
+        del self._digests[placed.location]
+        self._taken.discard(placed.location)
+        folder = copy.parent
+        while folder != self.dest and folder in self._made and not any(folder.iterdir()):
+            folder.rmdir()  # made for this copy alone
+            self._made.discard(folder)
+            folder = folder.parent
+        return Placed(same, False, digest)
+
+    def write_new(self, location: str, data: bytes) -> Placed:
+        """Write a file cratebridge makes (a README) at ``location``, hashed as any copy."""
+        self._mkdir((self.dest / location).parent)
+        (self.dest / location).write_bytes(data)
+        digest = Digest(len(data), hashlib.sha512(data).hexdigest())
+        self._digests[location] = digest
+        self._taken.add(location)
+        self.cache.record(location, digest)
+        return Placed(location, False, digest)
 
     def lookup(self, path: Path) -> Placed | None:
         """The location of ``path`` if it was already copied (alone or in a folder), else ``None``.
@@ -162,5 +202,7 @@ class Placer:
 
     def _mkdir(self, folder: Path) -> None:
         if folder not in self._made:
+            missing = [folder, *(p for p in folder.parents if p.is_relative_to(self.dest))]
+            self._made.update(p for p in missing if not p.exists())
             folder.mkdir(parents=True, exist_ok=True)
             self._made.add(folder)

@@ -3,15 +3,15 @@
 The crate lives at ``prefix`` inside the result folder (``""`` when the run
 crate is the result crate). Files outside that prefix (the request payload,
 the outputs) are referred to with relative ``../`` paths. Nested workflows
-are described by :mod:`cratebridge.provenance.nesting`,
-container images by :mod:`cratebridge.provenance.images`.
+are described by :mod:`cratebridge.provenance.nesting`, inputs, outputs and
+parameter values by :mod:`cratebridge.provenance.values`, container images by
+:mod:`cratebridge.provenance.images`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -19,27 +19,28 @@ from urllib.parse import unquote, urlsplit
 from cratebridge.engines.interface import EnginePlan
 from cratebridge.engines.record import (
     ContainerRecord,
-    FileRecord,
     LogRecord,
-    ParameterValue,
     RunRecord,
     RunStatus,
     StepRecord,
 )
-from cratebridge.intake.request import InputBinding, InputKind, RunRequest
+from cratebridge.intake.request import RunRequest
 from cratebridge.provenance.entities import (
     RO_CRATE_1_1,
     RO_CRATE_1_2,
+    Publisher,
     capped_description,
     data_entity,
-    json_value,
     link,
-    value_type,
+    location_id,
+    organization,
 )
 from cratebridge.provenance.graph import Graph, Node, fragment, iso, ref, refs
 from cratebridge.provenance.images import image_entity
 from cratebridge.provenance.locations import Placed, Placer
 from cratebridge.provenance.nesting import COMPUTATIONAL_WORKFLOW, NestedWorkflows, is_file
+from cratebridge.provenance.readme import run_readme
+from cratebridge.provenance.values import ValueWriter
 
 __all__ = ["RunCrateBuilder", "RunCrateSpec"]
 
@@ -48,11 +49,6 @@ PROFILES = {
     "https://w3id.org/ro/wfrun/workflow/0.5": "Workflow Run Crate",
     "https://w3id.org/ro/wfrun/provenance/0.5": "Provenance Run Crate",
     "https://w3id.org/workflowhub/workflow-ro-crate/1.0": "Workflow RO-Crate",
-}
-LANGUAGE_NAMES = {
-    "cwl": ("Common Workflow Language", "https://www.commonwl.org/"),
-    "nextflow": ("Nextflow", "https://www.nextflow.io/"),
-    "snakemake": ("Snakemake", "https://snakemake.readthedocs.io"),
 }
 ENGINE_URLS = {
     "cwltool": "https://github.com/common-workflow-language/cwltool",
@@ -79,10 +75,14 @@ class RunCrateSpec:
     workflow_location: str
     main_location: str
     license: Node
+    publisher: Publisher | None = None
 
 
-class RunCrateBuilder(NestedWorkflows):
-    """Builds the run crate graph; copies step files (not outputs) as it goes."""
+class RunCrateBuilder(ValueWriter, NestedWorkflows):
+    """Builds the run crate graph; copies step files (not outputs) as it goes.
+
+    ``ValueWriter`` comes first: its methods, not ``NestedWorkflows``' stubs of them, run.
+    """
 
     def __init__(
         self,
@@ -116,16 +116,19 @@ class RunCrateBuilder(NestedWorkflows):
     # -- identifiers ---------------------------------------------------------
 
     def local_id(self, location: str) -> str:
-        """The ``@id`` in this crate of a location relative to the result folder."""
+        """The ``@id`` in this crate of a location relative to the result folder
+        (a relative URI: spaces, ``#``, ``%`` and non-ASCII letters escaped)."""
         if location.startswith(self.spec.prefix):
-            return location[len(self.spec.prefix) :] or "./"
-        return self._up + location
+            return location_id(location[len(self.spec.prefix) :]) or "./"
+        return self._up + location_id(location)
 
     # -- the whole crate -----------------------------------------------------
 
     def build(self, run_logs: Iterable[tuple[LogRecord, Placed]] = ()) -> Graph:
         """All entities of the run crate, root first."""
-        with_steps = bool(self.record.steps)
+        step_records = [replace(step, step=_short(step.step)) for step in self.record.steps]
+        step_records = step_records or self._in_engine_step()
+        with_steps = bool(step_records)
         self._mapped = {
             b.path.resolve(): f"#input-{fragment(b.parameter)}"
             for b in self.request.inputs
@@ -135,8 +138,7 @@ class RunCrateBuilder(NestedWorkflows):
         self._workflow()
         self._engine()
         self._planned_steps()
-        steps = enumerate(self.record.steps)
-        control_ids = [self._step_execution(index, step) for index, step in steps]
+        control_ids = [self._step_execution(i, step) for i, step in enumerate(step_records)]
         nested = enumerate(self.record.subworkflows)
         control_ids += [self._subworkflow_execution(index, run) for index, run in nested]
         self._workflow_action()
@@ -145,8 +147,20 @@ class RunCrateBuilder(NestedWorkflows):
             self._organize_action(control_ids)
         for log, placed in run_logs:
             self._log(log, placed, self._about(log.about))
+        self._readme()
         self._finish_root()
         return self.graph
+
+    def _in_engine_step(self) -> list[StepRecord]:
+        """A completed run with no step of its own (a lone ExpressionTool): the engine
+        evaluated the process itself, recorded as the run's one step, in no container."""
+        record = self.record
+        if record.subworkflows or record.status is not RunStatus.COMPLETED:
+            return []
+        name = PurePosixPath(self.spec.main_location).name
+        return [StepRecord(step=name, name=name, tool=name, status=record.status,
+                           start_time=record.start_time, end_time=record.end_time,
+                           exit_code=None, container=None, outputs=record.outputs)]
 
     def _descriptor_and_root(self, with_steps: bool) -> None:
         profiles = [p for p in PROFILES if with_steps or "/provenance/" not in p]
@@ -189,8 +203,30 @@ class RunCrateBuilder(NestedWorkflows):
     def _finish_root(self) -> None:
         root = self.graph.get("./")
         assert root is not None
+        publisher = self.spec.publisher
+        if publisher is not None:
+            root["publisher"] = ref(self.graph.add(publisher.entity())["@id"])
+        # the researcher who asked for the run, else the TRE that made the crate
+        author = self._agent()
+        if author is not None:
+            root["author"] = ref(author)
         root["hasPart"] = refs(self._has_part)
         root["mentions"] = refs(self._mentions)
+
+    def _readme(self) -> None:
+        """``README.md`` about the crate: the request's own, else one saying what ran."""
+        location = self.spec.prefix + "README.md"
+        digest = self.placer.digest_of(location)
+        if digest is not None:
+            placed = Placed(location, False, digest)
+        elif (self.placer.dest / location).exists():
+            return  # a folder of the request's named README.md
+        else:
+            text = run_readme(self.request, self.record, self.spec.main_location)
+            placed = self.placer.write_new(location, text.encode("utf-8"))
+        entity = self._data(placed)
+        entity["encodingFormat"] = "text/markdown"
+        link(entity, "about", "./")
 
     # -- workflow definition -------------------------------------------------
 
@@ -199,14 +235,13 @@ class RunCrateBuilder(NestedWorkflows):
         if folder_id != "./":
             self._part({"@id": folder_id, "@type": "Dataset", "name": "Workflow definition"})
         language = self.request.workflow.language
-        lang_name, lang_url = LANGUAGE_NAMES.get(language.short, (language.short, language.value))
         self.graph.add(
             {
                 "@id": language.value,
                 "@type": "ComputerLanguage",
-                "name": lang_name,
-                "identifier": ref(lang_url),
-                "url": ref(lang_url),
+                "name": language.name,
+                "identifier": ref(language.url),
+                "url": ref(language.url),
             }
         )
         digest = self.placer.digest_of(self.spec.main_location)
@@ -215,28 +250,18 @@ class RunCrateBuilder(NestedWorkflows):
         main["name"] = self.request.workflow.name or main["name"]
         main["programmingLanguage"] = ref(language.value)
         main["conformsTo"] = ref(COMPUTATIONAL_WORKFLOW)
+        self._versioned(main)
+        if self.request.workflow.url:
+            main["url"] = self.request.workflow.url
         self._part(main)
 
-    def _parameter(self, owner: str, direction: str, name: str, kind: str) -> str:
-        """The FormalParameter ``name`` of ``owner`` (a workflow or tool), added on first use."""
-        separator = "/" if "#" in owner else "#"
-        param_id = f"{owner}{separator}{direction}/{fragment(name)}"
-        if param_id not in self.graph:
-            self.graph.add(
-                {
-                    "@id": param_id,
-                    "@type": "FormalParameter",
-                    "name": name,
-                    "additionalType": kind,
-                    "conformsTo": ref(
-                        "https://bioschemas.org/profiles/FormalParameter/1.0-RELEASE"
-                    ),
-                }
-            )
-            owner_node = self.graph.get(owner)
-            assert owner_node is not None
-            owner_node.setdefault(direction, []).append(ref(param_id))
-        return param_id
+    def _versioned(self, node: Node) -> None:
+        """The workflow's version (as its request states it) on the workflow and its files."""
+        version = self.request.workflow.version
+        if version:
+            typ = node.get("@type")
+            application = typ == "SoftwareApplication"
+            node["softwareVersion" if application else "version"] = version
 
     # -- engine and steps ----------------------------------------------------
 
@@ -299,12 +324,9 @@ class RunCrateBuilder(NestedWorkflows):
         """
         tool_id = self._tools.get(tool)
         if tool_id is None:
-            node = self._tool_file(tool) or {
-                "@id": f"#tool-{fragment(tool)}",
-                "@type": "SoftwareApplication",
-                "name": tool,
-            }
+            node = self._tool_file(tool) or self._named_tool(tool)
             tool_id = str(node["@id"])
+            self._versioned(node)
             if is_file(node):
                 self._part(node)
             else:
@@ -321,6 +343,15 @@ class RunCrateBuilder(NestedWorkflows):
             if ref(tool_id) not in parts:
                 parts.append(ref(tool_id))
         return tool_id
+
+    def _named_tool(self, tool: str) -> Node:
+        """A tool known by name only; one known by a host URI is named by its file name."""
+        name = _short(tool)
+        tool_id, number = f"#tool-{fragment(name)}", 1
+        while tool_id in self.graph:  # another tool of the same file name
+            number += 1
+            tool_id = f"#tool-{fragment(name)}-{number}"
+        return {"@id": tool_id, "@type": "SoftwareApplication", "name": name}
 
     def _tool_file(self, tool: str) -> Node | None:
         """The tool as a file of the workflow (``tool.cwl`` or ``tool.cwl#id``), if it is one."""
@@ -372,109 +403,11 @@ class RunCrateBuilder(NestedWorkflows):
         )
         return value_id
 
-    # -- values: files and parameters ----------------------------------------
-
-    def _values_of(
-        self,
-        values: Iterable[FileRecord | ParameterValue],
-        owner: str,
-        direction: str,
-        step: StepRecord | None,
-    ) -> list[str]:
-        ids: list[str] = []
-        for value in values:
-            if isinstance(value, ParameterValue):
-                ids.append(self._property_value(value.parameter, value.value, owner, direction))
-                continue
-            mapped = self._mapped_id(value.path) if step is not None else None
-            if mapped is not None:
-                ids.append(mapped)
-                continue
-            if step is None:
-                entity = self._data(self._output(value))
-            else:
-                entity = self._data(self._place_step_file(value.path, value.is_dir))
-            if value.parameter:
-                kind = "Dataset" if value.is_dir else "File"
-                param_id = self._parameter(owner, direction, value.parameter, kind)
-                link(entity, "exampleOfWork", param_id)
-            ids.append(str(entity["@id"]))
-        return ids
-
-    def _mapped_id(self, path: Path) -> str | None:
-        """The entity id of operator-mapped data a step read (the data, or a file in it)."""
-        if not self._mapped:
-            return None
-        resolved = path.resolve()
-        for candidate in (resolved, *resolved.parents):
-            if candidate in self._mapped:
-                return self._mapped[candidate]
-        return None
-
-    def _property_value(self, name: str, value: object, owner: str, direction: str) -> str:
-        param_id = self._parameter(owner, direction, name, value_type(value))
-        self._values += 1
-        value_id = f"#value-{self._values}-{fragment(name)}"
-        self.graph.add(
-            {
-                "@id": value_id,
-                "@type": "PropertyValue",
-                "name": name,
-                "value": json_value(value),
-                "exampleOfWork": ref(param_id),
-            }
-        )
-        return value_id
-
     def _place_step_file(self, path: Path, is_dir: bool) -> Placed:
+        """A step's file (or log) in the crate, copied where it sat in the run folder."""
         return self.placer.place(
-            path, is_dir, lambda resolved: self.spec.prefix + self.placer.relative_to_run(resolved)
-        )
-
-    def _output(self, value: FileRecord) -> Placed:
-        placed = self.placer.lookup(value.path)
-        if placed is None:
-            raise ValueError(f"{value.path}: workflow output was not copied into the result")
-        return placed
-
-    def _data(self, placed: Placed) -> Node:
-        entity_id = self.local_id(placed.location)
-        existing = self.graph.get(entity_id)
-        return existing if existing is not None else self._part(data_entity(entity_id, placed))
-
-    def _inputs(self) -> list[str]:
-        ids: list[str] = []
-        parameters = self.plan.parameters if self.plan else {}
-        for binding in self.request.inputs:
-            if binding.kind is InputKind.VALUE:
-                value = parameters.get(binding.parameter, binding.value)
-                if binding.encoding == "application/json" and isinstance(binding.value, str):
-                    # as the crate gives it: file locations relative to the crate, not the host
-                    value = json.loads(binding.value)
-                ids.append(self._property_value(binding.parameter, value, self.main_id, "input"))
-            else:
-                ids.append(self._input_file(binding))
-        return ids
-
-    def _input_file(self, binding: InputBinding) -> str:
-        kind = "Dataset" if binding.kind is InputKind.DIRECTORY else "File"
-        param_id = self._parameter(self.main_id, "input", binding.parameter, kind)
-        placed = self.placer.lookup(binding.path) if binding.path else None
-        if placed is not None:
-            entity = self._data(placed)
-        else:
-            # Operator-mapped data stays in the TRE: described, never copied.
-            entity = self.graph.add(
-                {
-                    "@id": f"#input-{fragment(binding.parameter)}",
-                    "@type": "CreativeWork",
-                    "name": binding.parameter,
-                    "description": f"Input {binding.entity_id}: data mapped by the TRE, not copied",
-                }
-            )
-
-        link(entity, "exampleOfWork", param_id)
-        return str(entity["@id"])
+            path, is_dir, lambda resolved: self.spec.prefix + self.placer.relative_to_run(resolved),
+            by_content=True)
 
     # -- actions -------------------------------------------------------------
 
@@ -498,17 +431,25 @@ class RunCrateBuilder(NestedWorkflows):
             node["startTime"] = iso(start)
         if end is not None:
             node["endTime"] = iso(end)
-        if self.request.agent is not None and typ == "CreateAction":
-            node["agent"] = ref(self._agent())
+        agent = self._agent() if typ == "CreateAction" else None
+        if agent is not None:
+            node["agent"] = ref(agent)
         if typ == "CreateAction":
             self._mentions[action_id] = None
         return self.graph.add(node)
 
-    def _agent(self) -> str:
+    def _agent(self) -> str | None:
+        """Who asked for the run; else the TRE that ran it (the operator's publisher)."""
         agent = self.request.agent
-        assert agent is not None
+        if agent is None:
+            publisher = self.spec.publisher
+            return self.graph.add(publisher.entity())["@id"] if publisher else None
         if agent.id not in self.graph:
-            self.graph.add({"@id": agent.id, "@type": "Person", "name": agent.name or agent.id})
+            person = self.graph.add({"@id": agent.id, "@type": "Person",
+                                     "name": agent.name or agent.id})
+            for org in agent.affiliations:
+                self.graph.add(organization(org.id, org.name))
+                link(person, "affiliation", org.id)
         return agent.id
 
     def _workflow_action(self) -> None:
@@ -561,3 +502,13 @@ class RunCrateBuilder(NestedWorkflows):
         added = self.graph.add(node)
         self._has_part[str(added["@id"])] = None
         return added
+
+
+def _short(name: str) -> str:
+    """A step or tool named by the engine with a host URI or path (a lone CWL tool's
+    job): its file name (and fragment), so no host path reaches the crate."""
+    if "://" not in name and not name.startswith("/"):
+        return name
+    path, _, anchor = name.partition("#")
+    base = unquote(path.rstrip("/").rsplit("/", 1)[-1])
+    return f"{base}#{anchor}" if anchor else base

@@ -452,7 +452,7 @@ def _input_entities(spec: RequestSpec) -> tuple[list[JsonObject], list[str], lis
             "additionalType": _additional_type(item),
         }
         if isinstance(item, FileInput):
-            entity_id = item.crate_path
+            entity_id = urllib.parse.quote(item.crate_path)  # a relative URI: '#', ' ', '%' escaped
             entity: JsonObject = {
                 "@id": entity_id,
                 "@type": "File",

@@ -368,6 +368,8 @@ def run_cratebridge(workflow: TestWorkflow, scratch: Path, settings: Settings) -
     _keep_log(settings, workflow, "cratebridge.json", done.stdout)
     doc = _json_or_empty(done.stdout)
     payload = result / "data" if (result / "bagit.txt").is_file() else result
+    if (payload / "provenance" / "ro-crate-metadata.json").is_file():
+        payload = payload / "provenance"  # a Five Safes result keeps its files there
     if done.exit_code != 0:
         lines = _tail(done.stderr)
         engine_log = payload / "logs" / "snakemake.stderr.log"

@@ -60,6 +60,8 @@ class CwltoolEngine(Engine):
             # $schemas are loaded (format checks need them); the offline fetcher
             # turns a remote one into a warning, never a download.
             "--disable-pull", "--disable-color", "--timestamps",
+            # data file names may hold spaces, '#', '%' or non-ASCII letters
+            "--relax-path-checks",
             "--outdir", str(context.outputs_dir),
             "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
         ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from cratebridge.errors import UnsupportedCrate, UsageError
 from cratebridge_cwl.runner_tool import (
@@ -159,7 +160,7 @@ def _relocated(value: Any, copied: dict[Path, str]) -> Any:
     location = value.get("location")
     if value.get("class") in ("File", "Directory") and isinstance(location, str) \
             and location.startswith("file:"):
-        out["location"] = copied[local_path(location)]
+        out["location"] = quote(copied[local_path(location)])  # a relative URI
     return out
 
 
@@ -180,7 +181,7 @@ def _metadata(crate: Path, main: str, job: dict[str, Any]) -> dict[str, Any]:
         if _is_plain_data(value):
             entity_id = value["location"] + ("/" if value["class"] == "Directory" else "")
             entities.append({"@id": entity_id, "@type": "File" if value["class"] == "File"
-                             else "Dataset", "name": Path(value["location"]).name,
+                             else "Dataset", "name": Path(unquote(value["location"])).name,
                              "exampleOfWork": _ref(formal)})
             kind = "File" if value["class"] == "File" else "Dataset"
         else:
@@ -192,11 +193,13 @@ def _metadata(crate: Path, main: str, job: dict[str, Any]) -> dict[str, Any]:
         entities.append({"@id": formal, "@type": "FormalParameter", "name": name,
                          "additionalType": kind})
         objects.append(entity_id)
+    name = Path(main).name
+    main = quote(main)
     described = {main} | {e["@id"] for e in entities}
     parts = [main, *sorted(_data_entities(crate, described, entities))]
     root = {
         "@id": "./", "@type": "Dataset",
-        "name": f"cwl-runner request: {Path(main).name}",
+        "name": f"cwl-runner request: {name}",
         "description": "TOOL and JOB given to cratebridge-cwl-runner, as a request crate",
         "datePublished": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "license": _ref("https://spdx.org/licenses/CC0-1.0"),
@@ -210,12 +213,12 @@ def _metadata(crate: Path, main: str, job: dict[str, Any]) -> dict[str, Any]:
          "conformsTo": _ref(RO_CRATE_1_2)},
         root,
         {"@id": main, "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow"],
-         "name": Path(main).name, "programmingLanguage": _ref(CWL_LANGUAGE)},
+         "name": name, "programmingLanguage": _ref(CWL_LANGUAGE)},
         {"@id": CWL_LANGUAGE, "@type": "ComputerLanguage", "name": "Common Workflow Language",
          "alternateName": "CWL", "url": _ref("https://www.commonwl.org/")},
         {"@id": "https://spdx.org/licenses/CC0-1.0", "@type": "CreativeWork", "name": "CC0-1.0"},
         {"@id": "#cwl-runner-request", "@type": "CreateAction",
-         "name": f"Run {Path(main).name}", "actionStatus": POTENTIAL,
+         "name": f"Run {name}", "actionStatus": POTENTIAL,
          "instrument": _ref(main), "object": [_ref(o) for o in objects]},
     ]
     return {"@context": f"{RO_CRATE_1_2}/context", "@graph": fixed + entities}
@@ -226,7 +229,7 @@ def _data_entities(crate: Path, described: set[str],
     """Describe every other file of the crate (tool documents, input files and folders)."""
     for path in sorted(crate.rglob("*")):
         rel = path.relative_to(crate).as_posix()
-        entity_id = rel + "/" if path.is_dir() else rel
+        entity_id = quote(rel) + ("/" if path.is_dir() else "")
         if rel == "ro-crate-metadata.json" or "/" not in rel:
             continue
         if entity_id not in described:

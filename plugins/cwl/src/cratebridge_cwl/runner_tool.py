@@ -219,9 +219,17 @@ def _normalise(value: Any, expand: Callable[[str], str]) -> None:
     """``path`` becomes ``location`` and formats become IRIs, as cwltool does on load."""
     for item in file_objects(value):
         if "location" not in item and "path" in item:
-            item["location"] = item.pop("path")
+            item["location"] = _path_uri(item.pop("path"))
         if isinstance(item.get("format"), str):
             item["format"] = expand(item["format"])
+
+
+def _path_uri(path: str) -> str:
+    """A CWL ``path`` is a file name, taken literally: ``#``, ``%``, spaces and
+    non-ASCII characters are escaped in its URI (the loader joined it to the job's
+    folder without escaping them)."""
+    raw = path.removeprefix("file://")
+    return Path(raw).as_uri() if os.path.isabs(raw) else path
 
 
 def file_objects(value: Any) -> Iterator[dict[str, Any]]:
