@@ -1,7 +1,9 @@
 # cratebridge developer entry points. `make setup` is idempotent and fast when
 # everything is already in place; `demo` and `test` run it first.
 #
-#   make setup           system packages, dockerd, .venv, local images, validator cache
+#   make setup           run-setup, then .venv-runcrate and the validator cache (tests)
+#   make run-setup       system packages, dockerd, .venv, local images: what runs need
+#   make runcrate-venv   .venv-runcrate: runcrate and its cwltool, for the reference-tool tests
 #   make images          build the local fixture images (nothing is pulled)
 #   make fixture-crates  rebuild the committed request crates in fixtures/crates/
 #   make demo            run the demo request through the cratebridge CLI
@@ -18,21 +20,30 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 # shared/ sits beside the repository, here and in CI.
 SHARED := $(CURDIR)/../shared
-APT_PACKAGES := docker.io busybox-static debootstrap nodejs bubblewrap
+APT_PACKAGES := docker.io busybox-static debootstrap nodejs bubblewrap chromium
 # The venv is reinstalled when a pyproject changes.
 PYPROJECTS := pyproject.toml $(wildcard plugins/*/pyproject.toml)
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 VENV_STAMP := $(VENV)/.cratebridge-setup-stamp
+# runcrate pins cwl-utils 0.40, which the main venv's cwltool cannot use: it gets a venv of
+# its own, with the last cwltool that accepts 0.40 (`runcrate run` calls a CWL runner).
+RUNCRATE_VENV := $(CURDIR)/.venv-runcrate
+RUNCRATE_PINS := runcrate==0.6.2 cwltool==3.1.20260315121657
+RUNCRATE_STAMP := $(RUNCRATE_VENV)/.cratebridge-setup-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup system-packages dockerd slurm venv images validator-cache fixture-crates demo test lint bench
+.PHONY: setup run-setup system-packages dockerd slurm venv runcrate-venv images validator-cache fixture-crates demo test lint bench
 
-setup:
+setup: run-setup
+	@$(MAKE) --no-print-directory runcrate-venv
+	@$(MAKE) --no-print-directory validator-cache
+
+# What running needs (the demo): nothing from shared/, which only the tests use.
+run-setup:
 	@$(MAKE) --no-print-directory system-packages
 	@$(MAKE) --no-print-directory dockerd
 	@$(MAKE) --no-print-directory venv
 	@$(MAKE) --no-print-directory images
-	@$(MAKE) --no-print-directory validator-cache
 
 system-packages:
 	@missing=""; \
@@ -53,7 +64,15 @@ venv: $(VENV_STAMP)
 
 $(VENV_STAMP): $(PYPROJECTS)
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q -e '.[test]' $(addprefix -e ,$(PLUGINS))
+	$(PY) -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)$(if $(filter plugins/cwl,$(p)),[toil])')
+	@touch $@
+
+runcrate-venv: $(RUNCRATE_STAMP)
+	@:
+
+$(RUNCRATE_STAMP): Makefile
+	@test -x $(RUNCRATE_VENV)/bin/python || { echo "creating $(RUNCRATE_VENV) with $(PYTHON)"; $(PYTHON) -m venv $(RUNCRATE_VENV); }
+	$(RUNCRATE_VENV)/bin/pip install -q $(RUNCRATE_PINS)
 	@touch $@
 
 images: dockerd
@@ -68,7 +87,7 @@ validator-cache: venv
 fixture-crates: venv
 	$(PY) scripts/make-fixture-crates
 
-demo: setup
+demo: run-setup
 	@rm -rf demo-result.zip
 	$(VENV)/bin/cratebridge run fixtures/crates/demo-request.zip --out demo-result.zip
 	@echo "result crate: $(CURDIR)/demo-result.zip"

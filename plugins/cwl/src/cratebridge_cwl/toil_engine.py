@@ -5,6 +5,9 @@ The operator picks the Toil batch system in ``[engines.toil]``
 Toil batch system). The job store and Toil's work folders live in the run's
 work folder, which every worker must see (a shared filesystem on a cluster).
 Images, input binding and offline loading are those of the cwltool engine.
+
+Toil is an extra of this distribution (``pip install 'cratebridge-cwl[toil]'``):
+nothing here imports it, and without it the engine reports itself unavailable.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -49,13 +53,15 @@ from cratebridge_cwl.records import read_events, values_to_records, with_nesting
 from cratebridge_cwl.toil_records import toil_step_records
 from cratebridge_cwl.workflow import bind_inputs
 
-__all__ = ["UNREADABLE", "ToilEngine", "ToilSettings"]
+__all__ = ["INSTALL_TOIL", "UNREADABLE", "ToilEngine", "ToilSettings"]
 
 JOB_FILE = "job.json"
 SLURM_COMMENT = "cratebridge-run:"
 #: What the driver logs for a job whose container could not read an input (the same
 #: text as ``toil_driver.UNREADABLE``); the run's error quotes those lines.
 UNREADABLE = "cannot be read by the step user"
+#: How an operator gets the engine when Toil is missing: this distribution's extra.
+INSTALL_TOIL = "pip install 'cratebridge-cwl[toil]'"
 
 
 @dataclass(frozen=True)
@@ -119,13 +125,20 @@ class ToilEngine(Engine):
         self._cwltool = CwltoolEngine(settings)
 
     def info(self) -> EngineInfo:
+        """Toil as this Python finds it (the driver runs with this interpreter).
+
+        Looks Toil up without importing it, so ``cratebridge engines`` stays light.
+        """
+        missing = [m for m in ("toil", "cwltool") if not _importable(m)]
+        if missing:
+            raise EngineUnavailable(
+                f"Toil is not installed: {' and '.join(missing)} cannot be imported by "
+                f"{sys.executable}; the toil engine is an extra: {INSTALL_TOIL}",
+                where="engine toil")
         try:
-            version = importlib.metadata.version("toil")
-            importlib.metadata.version("cwltool")
+            version: str | None = importlib.metadata.version("toil")
         except importlib.metadata.PackageNotFoundError:
-            raise EngineUnavailable("Toil is not installed in cratebridge's environment; "
-                                    "pip install cratebridge-cwl (it needs toil[cwl])",
-                                    where="engine toil") from None
+            version = None  # importable, yet not installed as a distribution
         return EngineInfo(program="toil-cwl-runner", version=version, path=sys.executable)
 
     def toil_args(self, settings: ToilSettings, context: RunContext) -> list[str]:
@@ -139,6 +152,7 @@ class ToilEngine(Engine):
             "--outdir", str(context.outputs_dir),
             "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
             "--no-prepull", "--retryCount", str(settings.retry_count),
+            "--relax-path-checks",  # data file names may hold spaces, '#', '%'...
             "--stats", "--clean", "never", "--disableProgress",
             "--writeLogs", str(logs / "toil-jobs"), "--writeLogsFromAllJobs", "true",
             # Workers (Slurm jobs too) must find the shim as their docker.
@@ -163,6 +177,7 @@ class ToilEngine(Engine):
         return [*args, *settings.args]
 
     def plan(self, request: RunRequest, context: RunContext) -> EnginePlan:
+        self.info()  # without Toil, refuse now (exit 5), not as a failed run
         settings = ToilSettings.from_table(context.settings)
         workflow = self._cwltool.load(request, context,
                                       hold=self.settings.get("hold") is not False)
@@ -234,6 +249,14 @@ class ToilEngine(Engine):
             logs=tuple(logs), command=tuple(plan.command),
             error=_error(ended, stderr, steps) if status is RunStatus.FAILED else None,
         ), events_path)
+
+
+def _importable(module: str) -> bool:
+    """Whether ``import module`` would find it; the module itself is not run."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocking import hook, or a half-imported module
+        return False
 
 
 class _Progress:
