@@ -75,9 +75,8 @@ $(RUNCRATE_STAMP): Makefile
 	$(RUNCRATE_VENV)/bin/pip install -q $(RUNCRATE_PINS)
 	@touch $@
 
-images: dockerd
-	@fixtures/images/busybox/build
-	@fixtures/images/python/build
+images: dockerd venv
+	@$(VENV)/bin/cratebridge images build
 
 validator-cache: venv
 	@test -d $(SHARED) || { echo "error: $(SHARED) not found; shared/ must sit beside the repository" >&2; exit 1; }

@@ -106,7 +106,34 @@ def _parser() -> argparse.ArgumentParser:
                        help="print one JSON document: the effective settings, or the error")
     show = actions.add_parser("show", help="print the effective settings, defaults included")
     _common(show, engine=False)
+    _images_parser(sub)
     return parser
+
+
+def _images_parser(sub: Any) -> None:
+    images = sub.add_parser(
+        "images", help="list or build the demo and test images (nothing is pulled)",
+        description="The images the demo and the tests use, built locally from Debian's "
+                    "files with Docker: nothing is pulled from a registry. The python "
+                    "image runs debootstrap (as root, minutes) against $DEBIAN_MIRROR "
+                    "(default http://deb.debian.org/debian).",
+        epilog="Exit codes: 0 done; 1 a build command failed; 2 usage (an unknown image); "
+               "5 Docker, or a file a recipe needs (the message names the Debian package), "
+               "is missing.")
+    actions = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    for action, text in (("list", "each image: what it needs, present or not, its local id"),
+                         ("build", "build the missing images (all, or those named)")):
+        cmd = actions.add_parser(action, help=text)
+        cmd.add_argument("names", nargs="*", metavar="NAME",
+                         help="an image (e.g. cratebridge/busybox:1); default: all")
+        if action == "build":
+            cmd.add_argument("--force", action="store_true",
+                             help="rebuild even when the image is present")
+        cmd.add_argument("--tag-prefix", default="", metavar="PREFIX",
+                         help="put PREFIX before every tag (e.g. test/), leaving the "
+                              "images in use alone")
+        cmd.add_argument("--json", action="store_true",
+                         help="print one JSON document on stdout; messages go to stderr")
 
 
 def _common(parser: argparse.ArgumentParser, *, engine: bool) -> None:
@@ -319,6 +346,37 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_images(args: argparse.Namespace) -> int:
+    from cratebridge import images
+
+    docker = images.docker_client()
+    if args.images_command == "list":
+        rows = images.status(docker, args.names, prefix=args.tag_prefix)
+
+        def listing() -> str:
+            lines = []
+            for r in rows:
+                needs = ", ".join(f"{n.what} ({n.package}{'' if n.found() else ', MISSING'})"
+                                  for n in r.needs)
+                lines.append(f"{r.tag:<28} {'present' if r.present else 'MISSING':<8} "
+                             f"{(r.image_id or '-')[:19]:<19}  needs: {needs}")
+            return "\n".join(lines)
+
+        _emit({"images": [r.to_json() for r in rows]}, args.json, listing)
+        return 0
+
+    def say(message: str) -> None:
+        print(f"cratebridge: {message}", file=sys.stderr, flush=True)
+
+    built = images.build(docker, args.names, force=args.force, prefix=args.tag_prefix,
+                         progress=say)
+    _emit({"images": [b.to_json() for b in built]}, args.json,
+          lambda: "\n".join(f"{b.tag}: {b.action}" + (f" (also {', '.join(b.aliases)})"
+                                                        if b.aliases else "")
+                            for b in built))
+    return 0
+
+
 def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
     """Effective settings shown as TOML (an unset key as a comment)."""
     def key(name: str) -> str:
@@ -342,7 +400,7 @@ def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "plan": _cmd_plan, "validate": _cmd_validate, "verify": _cmd_verify,
     "engines": _cmd_engines, "cleanup": _cmd_cleanup, "config": _cmd_config,
-    "version": _cmd_version,
+    "version": _cmd_version, "images": _cmd_images,
 }
 
 

@@ -26,6 +26,9 @@ ACCEPTED_FINDINGS: dict[str, str] = {
     "request gives the workflow one; a tool inside it never has one of its own",
     "five-safes-crate-0.4_45.0": "a DownloadAction is written only when the workflow came from "
     "the operator's mirror; a workflow shipped inside the request was not downloaded",
+    "workflow-run-crate-0.5_12.1": "an array of files or folders is a PropertyValue listing "
+    "them, its parameter typed by its items (File, Dataset), as runcrate's converter writes "
+    "it and runcrate run reads it back",
 }
 #: RECOMMENDED checks a *failed* action may fail (the finding names the action).
 FAILED_ACTION_FINDINGS: dict[str, str] = {
