@@ -141,8 +141,8 @@ def test_a_broken_language_plugin_is_one_clear_error() -> None:
 
 
 @pytest.mark.parametrize(("value", "match"), [
-    ("tests.test_registry:FakeToy", "is not a cratebridge Language"),
-    ("tests.test_registry:CWL_AGAIN", "clashes with the known language cwl"),
+    (f"{__name__}:FakeToy", "is not a cratebridge Language"),
+    (f"{__name__}:CWL_AGAIN", "clashes with the known language cwl"),
 ])
 def test_a_language_entry_point_must_be_a_new_language(value: str, match: str) -> None:
     name = "toy" if "FakeToy" in value else "cwl-again"
@@ -152,7 +152,7 @@ def test_a_language_entry_point_must_be_a_new_language(value: str, match: str) -
 
 
 def test_a_language_entry_point_is_named_by_its_short_name() -> None:
-    registry = Registry(language_specs=[PluginSpec("toys", "tests.test_registry:TOY",
+    registry = Registry(language_specs=[PluginSpec("toys", f"{__name__}:TOY",
                                                    "cratebridge-toy", "1.0")])
     with pytest.raises(FailedToLoadPlugin, match="must be the language's short name"):
         registry.languages()
@@ -161,7 +161,7 @@ def test_a_language_entry_point_is_named_by_its_short_name() -> None:
 def test_the_allow_list_keeps_languages_of_allowed_distributions_only() -> None:
     specs = [PluginSpec("toy", "x:Toy", "cratebridge-toy", "1"),
              PluginSpec("snake", "x:S", "cratebridge-snake", "1")]
-    languages = [PluginSpec("toy", "tests.test_registry:TOY", "cratebridge-toy", "1")]
+    languages = [PluginSpec("toy", f"{__name__}:TOY", "cratebridge-toy", "1")]
     assert Registry(specs, allowed=["snake"], language_specs=languages).languages() == \
         (Language.CWL, Language.NEXTFLOW, Language.SNAKEMAKE)
     assert Registry(specs, allowed=["toy"], language_specs=languages).languages()[-1] == TOY
