@@ -8,6 +8,7 @@ names what it uses of the builder below.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -20,6 +21,9 @@ from cratebridge.provenance.graph import Graph, Node, fragment, ref
 from cratebridge.provenance.locations import Placed, Placer
 
 __all__ = ["ValueWriter"]
+
+# a URI scheme, as in "file:", "toildir:" or "_:"
+_SCHEME = re.compile(r"^[A-Za-z_][A-Za-z0-9+.-]*:")
 
 
 class ValueWriter:
@@ -152,11 +156,14 @@ class ValueWriter:
             return None
         if location.startswith("file://"):
             path = Path(unquote(urlsplit(location).path))
-        elif "://" in location:
+        elif _SCHEME.match(location):  # another scheme (toildir:, _:, http:): not a file here
             return None
         else:
-            path = self.request.crate_dir / location
-        return self.placer.lookup(path)
+            path = self.request.crate_dir / unquote(location)
+        try:
+            return self.placer.lookup(path)
+        except OSError:  # a name no file system takes is no file of the result
+            return None
 
     def _output(self, value: FileRecord) -> Placed:
         placed = self.placer.lookup(value.path)
