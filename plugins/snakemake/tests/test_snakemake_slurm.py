@@ -82,3 +82,33 @@ def test_checkpoint_targets_and_touch_jobs_on_slurm(
     assert outcome.exit_code == 0, outcome.record.error
     assert sorted(str(o.parameter) for o in outcome.record.outputs) == outputs
     assert sorted(s.name for s in outcome.record.steps) == steps
+
+
+SHADOW_AND_BENCHMARK = '''
+rule all:
+    input: "minimal.txt"
+
+rule minimal:
+    input: "test/config.yaml"
+    output: "minimal.txt"
+    benchmark: "minimal.bench.tsv"
+    shadow: "minimal"
+    container: "docker://cratebridge/busybox:1"
+    shell: "pwd > {output}; test -L {input} && cat {input} > /dev/null && echo link >> {output}"
+'''
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_a_shadow_rule_with_a_benchmark_on_slurm(
+        tmp_path: Path, make_request: Callable[..., Path], config: Callable[[str], Config],
+        slurm: bool, docker_available: bool) -> None:
+    outcome = run(make_request(SHADOW_AND_BENCHMARK), tmp_path / "result", engine="snakemake",
+                  config=config(SLURM))
+    assert outcome.exit_code == 0, outcome.record.error
+    workdir = outcome.run_dir / "work" / "snakemake"
+    shadow, linked = (outcome.run_dir / "outputs" / "minimal.txt").read_text().splitlines()
+    assert Path(shadow).parent == workdir.resolve() / ".snakemake" / "shadow"
+    assert linked == "link"
+    header, row = (workdir / "minimal.bench.tsv").read_text().splitlines()
+    assert header.startswith("s\th:m:s") and float(row.split("\t")[0]) > 0

@@ -101,3 +101,18 @@ def test_a_failed_jobs_error_quotes_only_logs_inside_the_run(tmp_path: Path) -> 
     (stderr_dir / "t.stderr.log").write_text("")
     error = failure_summary(tmp_path / "none.log", (step,), 1, (work, stderr_dir))
     assert error == "snakemake exited 1: rule(s) failed: a (exit 2)"
+
+
+def test_a_shadow_job_runs_in_its_shadow_only_inside_the_workdir(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    shadow = work / ".snakemake" / "shadow" / "tmpabc"
+    shadow.mkdir(parents=True)
+    argv = docker_argv(_spec(workdir=str(work), shadow_dir=str(shadow)), None)
+    assert f"--workdir={shadow}" in argv
+    assert [a for a in argv if a.startswith("--volume=")] == [f"--volume={work}:{work}"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (shadow / "escape").symlink_to(elsewhere)  # a shadow that leads out is refused, too
+    for outside in (elsewhere, shadow / "escape"):
+        with pytest.raises(ValueError, match=r"shadow folder .* is not inside"):
+            docker_argv(_spec(workdir=str(work), shadow_dir=str(outside)), None)

@@ -345,15 +345,20 @@ def _copy_outputs(events: Events, workdir: Path, outputs_dir: Path) -> tuple[Fil
     """Copy the workflow's final targets under outputs/, keeping paths relative to its workdir.
 
     The events file was written in the room: a target counts only inside the
-    workdir (links resolved), and links are copied as links, never followed.
+    workdir, both where it is (its folders' links resolved) and what it is
+    (links resolved). A target that is a link is copied under its own name,
+    as the bytes (or folder) it points to; links inside a folder are copied
+    as links, never followed.
     """
     records = []
     workdir = workdir.resolve()
     for target in events.targets:
+        place = Path(os.path.realpath(target.parent)) / target.name
         real = Path(os.path.realpath(target))
-        if not real.is_relative_to(workdir) or not real.exists():
+        if not (place.is_relative_to(workdir) and real.is_relative_to(workdir)) \
+                or place == workdir or not real.exists():
             continue
-        relative = real.relative_to(workdir)
+        relative = place.relative_to(workdir)
         dest = outputs_dir / relative
         dest.parent.mkdir(parents=True, exist_ok=True)
         if real.is_dir():

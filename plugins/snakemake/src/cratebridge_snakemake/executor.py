@@ -9,8 +9,10 @@ job's shell command>`` through the cratebridge sandbox shim, and writes one
 from the executor API (rule, wildcards, inputs, outputs, image, times, exit).
 Rules that run nothing are reported done at once; those that make files
 (``touch()`` outputs, made by Snakemake itself) get their two events too,
-with no image. The workflow's final targets are written when the executor
-starts and again when it shuts down, after checkpoints have updated the DAG.
+with no image. A ``benchmark:`` file is written here, from the container's
+time; group jobs (``pipe()``, ``service()``) fail, each job recorded with the
+reason. The workflow's final targets are written when the executor starts
+and again when it shuts down, after checkpoints have updated the DAG.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import concurrent.futures
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,10 +35,11 @@ from snakemake_interface_executor_plugins.settings import (
     ExecutorSettingsBase,
 )
 
+from cratebridge_snakemake.benchmarks import write_benchmark
 from cratebridge_snakemake.jobs import DEFAULT_SHELL, EventLog, JobSpec, now, spec_for
 
-__all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_norun",
-           "record_targets"]
+__all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_group",
+           "record_norun", "record_targets", "target_files"]
 
 common_settings = CommonSettings(
     non_local_exec=False,
@@ -78,19 +82,32 @@ def shell_of(workflow: Any) -> str:
     return getattr(workflow.executor_settings, "shell", None) or DEFAULT_SHELL
 
 
+def target_files(job: Any) -> list[str]:
+    """A target job's final files, as Snakemake names them (relative to the workdir).
+
+    A job that runs a command: its outputs. A job that runs none: its inputs
+    (``rule all``), then the files Snakemake itself makes for it, its
+    ``touch()`` outputs and its ``log:`` files, which no command wrote and
+    which are the job's only result.
+    """
+    if not job.rule.norun:
+        return [str(f) for f in job.output]
+    return [str(f) for f in (*job.input, *job.output, *job.log)]
+
+
 def record_targets(workflow: Any, events: EventLog, final: bool = False) -> None:
-    """The workflow's final files: inputs of a target rule that runs nothing, else outputs.
+    """The workflow's final files: those of its target jobs (see :func:`target_files`).
 
     Written when the executor starts and, with ``final``, when it shuts down:
     by then a checkpoint may have replaced the target jobs, and the engine
     reads the last of these events.
     """
     workdir = str(workflow.workdir_init)
-    files: list[str] = []
+    files: dict[str, None] = {}  # ordered, each file once
     for job in sorted(workflow.dag.targetjobs, key=lambda j: j.jobid or 0):
-        chosen = job.input if job.rule.norun else job.output
-        files += [os.path.normpath(os.path.join(workdir, str(f))) for f in chosen]
-    events.write("workflow", targets=files, workdir=workdir, final=final,
+        files.update((os.path.normpath(os.path.join(workdir, f)), None)
+                     for f in target_files(job))
+    events.write("workflow", targets=list(files), workdir=workdir, final=final,
                  default_target=getattr(workflow, "default_target", None))
 
 
@@ -107,6 +124,27 @@ def record_norun(job: Any, workdir: str, events: EventLog) -> None:
     start = now()
     events.started(spec, start=start)
     events.finished(spec, start=start, exit_code=None, status="success")
+
+
+def record_group(group: Any, workdir: str, events: EventLog) -> str:
+    """A group job (jobs joined by ``pipe()`` / ``service()`` outputs): refused, each job failed.
+
+    The plan refuses such rules when it sees them; one can still appear once a
+    checkpoint has changed the DAG. Each job of the group gets its two events
+    with the reason, so that the run's error names them and ``pipe()``.
+    """
+    jobs = sorted(group.jobs, key=lambda j: j.jobid or 0)
+    rules = ", ".join(sorted({j.rule.name for j in jobs}))
+    error = (f"rules {rules} are joined by pipe() or service() outputs into one group job: "
+             "Snakemake would run them at the same time, talking through the pipe, but under "
+             "cratebridge every job runs on its own in its own container; write a regular "
+             "file instead of pipe()")
+    for job in jobs:
+        spec = spec_for(job, workdir, None, norun=True)
+        start = now()
+        events.started(spec, start=start)
+        events.finished(spec, start=start, exit_code=None, status="failed", error=error)
+    return error
 
 
 class Executor(RealExecutor):  # type: ignore[misc]
@@ -137,9 +175,9 @@ class Executor(RealExecutor):  # type: ignore[misc]
     def run_job(self, job: Any) -> None:
         job_info = SubmittedJobInfo(job=job)
         if job.is_group():
+            error = record_group(job, str(self.workflow.workdir_init), self.events)
             self.report_job_submission(job_info)
-            self.report_job_error(job_info, msg="group jobs (pipe:, service:) are not supported "
-                                  "by cratebridge; every job runs in its own container")
+            self.report_job_error(job_info, msg=error)
             return
         if job.is_norun:
             record_norun(job, str(self.workflow.workdir_init), self.events)
@@ -159,6 +197,7 @@ class Executor(RealExecutor):  # type: ignore[misc]
             raise JobFailed(str(exc)) from None
         start = now()
         self.events.started(spec, start=start)
+        began = time.monotonic()
         try:
             code = self._container(spec)
         except OSError as exc:  # docker could not even be started
@@ -169,6 +208,10 @@ class Executor(RealExecutor):  # type: ignore[misc]
         if code != 0:
             raise JobFailed(f"rule {spec.rule}: container {spec.image} exited with status "
                             f"{code}")
+        if job.benchmark:  # Snakemake expects it among the outputs; it is never shadowed
+            path = os.path.join(str(self.workflow.workdir_init), str(job.benchmark))
+            write_benchmark(job, path, time.monotonic() - began,
+                            bool(self.workflow.output_settings.benchmark_extended))
 
     def _container(self, spec: JobSpec) -> int:
         out_dir = self.events.path.parent / "jobs"

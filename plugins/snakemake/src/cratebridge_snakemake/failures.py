@@ -38,7 +38,8 @@ def failure_summary(stderr: Path, steps: tuple[StepRecord, ...], code: int,
 
 def _job_failure(step: StepRecord, readable: tuple[Path, ...]) -> str:
     """``NAME (exit N)``, then the last lines of its stderr (else its ``log:`` files, stdout)."""
-    text = f"{step.name} (exit {step.exit_code})"
+    ran = "no container" if step.exit_code is None else f"exit {step.exit_code}"
+    text = f"{step.name} ({ran})"
     if step.error:
         text += f": {_printable(step.error)}"
     kinds: dict[str, list[Path]] = {"stderr": [], "log": [], "stdout": []}

@@ -9,6 +9,9 @@ when the workflow sets one. The job's working directory (Snakemake's
 ``--directory``) is mounted read-write at the same path; the workflow's own
 folder and every input outside the working directory are mounted read-only
 at their host paths, so the command sees the same paths Snakemake formatted.
+A ``shadow:`` rule's command runs in the shadow folder Snakemake prepared
+for the job (under ``.snakemake/shadow/`` in the working directory, so its
+links resolve inside the mount), as Snakemake runs it there itself.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from cratebridge.containers.sandbox import STEP_LABEL
 
 __all__ = ["DEFAULT_SHELL", "EventLog", "JobSpec", "docker_argv", "image_of", "job_script",
-           "named_files", "now", "spec_for"]
+           "named_files", "now", "shell_command", "spec_for"]
 
 DOCKER_PREFIX = "docker://"
 DEFAULT_SHELL = "sh"  # images need not have bash; see docs/snakemake.md
@@ -67,6 +70,7 @@ class JobSpec:
     prefix: str | None = None  # shell.prefix(...) / shell.suffix(...) of the Snakefile
     suffix: str = ""
     script_file: str | None = None  # the script, when too long for one argument
+    shadow_dir: str | None = None  # a shadow: rule's folder, which the command runs in
 
 
 def _absolute(path: str, workdir: str) -> str:
@@ -113,16 +117,43 @@ def spec_for(job: Any, workdir: str, default_image: str | None,
         inputs=named_files(job.input, workdir, "input"),
         outputs=named_files(job.output, workdir, "output"),
         logs=[_absolute(str(f), workdir) for f in job.log],
-        image=image, image_source=source, shellcmd="" if norun else str(job.shellcmd),
+        image=image, image_source=source, shellcmd="" if norun else shell_command(job),
         workdir=workdir, shell=shell or DEFAULT_SHELL, **({} if norun else _affixes()),
     )
     if norun:
         return spec
+    # set by job.prepare(): the folder Snakemake made for a shadow: rule, inside the workdir
+    shadow = getattr(job, "shadow_dir", None)
+    if shadow:
+        spec = replace(spec, shadow_dir=_absolute(str(shadow), workdir))
     script = job_script(spec)
     if len(script.encode()) > MAX_INLINE_SCRIPT:
         spec = replace(spec, script_file=_write_script(script, workdir, spec.token))
     basedir = str(rule.basedir) if rule.basedir else None
     return replace(spec, argv=docker_argv(spec, basedir))
+
+
+# What Snakemake's own run of a shell: rule has in view besides its Snakefile's globals.
+_JOB_NAMES = frozenset(("input", "output", "params", "wildcards", "threads", "resources", "log",
+                        "jobid", "name", "rule", "rulename", "bench_iteration"))
+
+
+def shell_command(job: Any) -> str:
+    """The job's ``shell:`` formatted as Snakemake formats it when it runs the job itself.
+
+    Snakemake's ``job.shellcmd`` formats with the main Snakefile's globals,
+    but its own run formats in the rule's function, whose globals are those of
+    the Snakefile the rule is written in: for a rule of a ``module``, the
+    module's (so ``{config}`` is the module's ``config:``). The job's own
+    names (``input``, ``output``, ...) still come first.
+    """
+    rule = job.rule
+    module = getattr(rule, "module_globals", None)
+    if not isinstance(module, dict) or module is rule.workflow.globals:
+        return str(job.shellcmd)
+    # (and not the names of format_wildcards' own parameters)
+    names = {k: v for k, v in module.items() if k not in _JOB_NAMES | {"self", "string"}}
+    return str(job.format_wildcards(rule.shellcmd, **names))
 
 
 def _write_script(script: str, workdir: str, token: str) -> str:
@@ -179,6 +210,10 @@ def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
     if spec.image is None:
         raise ValueError(f"rule {spec.rule} runs no command and needs no container")
     work = os.path.realpath(spec.workdir)
+    cwd = os.path.realpath(spec.shadow_dir) if spec.shadow_dir else work
+    if not _under(cwd, work):  # the container sees only the workdir: it must be inside
+        raise ValueError(f"rule {spec.rule}: its shadow folder {spec.shadow_dir} is not "
+                         "inside Snakemake's working folder")
     mounts = [f"--volume={work}:{work}"]
     seen = {work}
     read_only = [basedir] if basedir else []
@@ -194,7 +229,7 @@ def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
     entrypoint = "/bin/sh" if spec.shell == DEFAULT_SHELL else spec.shell
     return [
         "docker", "run", "--rm", f"--label={STEP_LABEL}={spec.token}",
-        f"--workdir={work}", *mounts, "--env=HOME=/tmp", f"--entrypoint={entrypoint}",
+        f"--workdir={cwd}", *mounts, "--env=HOME=/tmp", f"--entrypoint={entrypoint}",
         spec.image, *([spec.script_file] if spec.script_file else ["-c", job_script(spec)]),
     ]
 

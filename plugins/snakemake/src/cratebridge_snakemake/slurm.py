@@ -17,6 +17,7 @@ import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
@@ -25,8 +26,16 @@ from snakemake_executor_plugin_slurm import common_settings
 from snakemake_interface_common.exceptions import WorkflowError
 
 from cratebridge.containers.shim import BROKER_ENV
-from cratebridge_snakemake.executor import events_of, record_norun, record_targets, shell_of
+from cratebridge_snakemake.benchmarks import write_benchmark
+from cratebridge_snakemake.executor import (
+    events_of,
+    record_group,
+    record_norun,
+    record_targets,
+    shell_of,
+)
 from cratebridge_snakemake.jobs import now, spec_for
+from cratebridge_snakemake.records import read_events
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
@@ -61,11 +70,13 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
             raise WorkflowError("cratebridge-slurm runs only inside a cratebridge run "
                                 f"({BROKER_ENV} is not set)")
         self.cb_sandbox = sandbox
+        self.cb_benchmarked: dict[int, str] = {}  # jobid -> step token, for benchmark:
         record_targets(self.workflow, self.cb_events)
 
     def format_job_exec(self, job: Any) -> str:
         if job.is_group():
-            raise WorkflowError("group jobs are not supported by cratebridge")
+            raise WorkflowError(record_group(job, str(self.workflow.workdir_init),
+                                             self.cb_events))
         self.workflow.async_run(job.prepare())
         try:
             spec = spec_for(job, str(self.workflow.workdir_init), self.cb_default_image,
@@ -82,8 +93,22 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
             "workdir": spec.workdir, "stdout": str(jobs_dir / f"{spec.token}.stdout.log"),
         }, indent=2))
         self.cb_events.started(spec, start=now(), scheduler="slurm")
+        if job.benchmark:
+            self.cb_benchmarked[job.jobid] = spec.token
         return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
                f"{shlex.quote(str(spec_path))}"
+
+    def report_job_success(self, job_info: Any) -> None:
+        # before Snakemake checks the job's outputs, which include its benchmark: file
+        job = job_info.job
+        token = self.cb_benchmarked.pop(job.jobid, None)
+        done = read_events(self.cb_events.path).finished.get(token, {}) if token else {}
+        if done.get("start") and done.get("end"):
+            took = datetime.fromisoformat(done["end"]) - datetime.fromisoformat(done["start"])
+            write_benchmark(job, os.path.join(str(self.workflow.workdir_init), str(job.benchmark)),
+                            took.total_seconds(),
+                            bool(self.workflow.output_settings.benchmark_extended))
+        super().report_job_success(job_info)
 
     def shutdown(self) -> None:
         # Jobs that run nothing are Snakemake's local jobs here, never ours: record

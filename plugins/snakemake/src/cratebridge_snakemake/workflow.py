@@ -37,6 +37,7 @@ class SnakeRule:
     image: str | None
     local: bool
     snakefile: str | None = None  # the Snakefile the rule is written in
+    joined: tuple[tuple[str, str], ...] = ()  # its pipe() / service() outputs: (flag, file)
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,9 @@ def load_workflow(snakefile: Path, workdir: Path, configfile: Path | None,
     return SnakeWorkflow(
         snakefile=snakefile, snakemake_version=data["snakemake_version"],
         default_target=data.get("default_target"),
-        rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"],
-                              r.get("snakefile")) for r in data["rules"]),
+        rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"], r.get("snakefile"),
+                              tuple((str(f), str(p)) for f, p in r.get("joined", ())))
+                    for r in data["rules"]),
         jobs=tuple(_job(j) for j in data["jobs"]),
         references=references, shell=data.get("shell"),
     )
@@ -265,6 +267,13 @@ def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: boo
                 f"rule {rule.name} cannot run in the cratebridge sandbox: "
                 f"{REFUSED_KINDS[rule.kind]}; rewrite it as a shell: rule with a container:",
                 where=where)
+        if rule.joined:
+            flag, path = rule.joined[0]
+            raise UnsupportedCrate(
+                f"rule {rule.name} has the output {flag}({path!r}), which needs its job and "
+                "the jobs reading it to run at the same time, joined through it, but under "
+                "cratebridge each job runs on its own, in its own container; write a regular "
+                f"file instead of {flag}()", where=where)
         if rule.image is None and default_image is None:
             raise PolicyRefused(
                 f"rule {rule.name} has no container: directive and every rule must run in a "
