@@ -1,4 +1,4 @@
-"""Nested CWL workflows and skipped steps, recorded alike by cwltool and Toil (issue 13).
+"""Nested CWL workflows and skipped steps, recorded alike by cwltool and Toil (issues 13, 14).
 
 The ``nested`` fixture: step ``revsort`` runs a nested workflow (``revsort.cwl``:
 ``rev`` then ``sort``), step ``shout`` runs only ``when`` the input ``loud`` is
@@ -6,7 +6,8 @@ true; run with ``loud: false`` it is skipped. Each engine runs it through the
 real pipeline (real Docker); the result crates are read entity by entity, must
 be the same whatever the engine (times, the engine and its files aside), and
 must pass provenance-run-crate-0.5 (nested crate) and five-safes-crate (outer
-crate) with the real validator.
+crate) with the real validator. The ``nested-values`` fixture checks the same of
+a nested workflow whose outputs are values an ExpressionTool step made.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ REV, SORT, UPPER = "workflow/tools/rev.cwl", "workflow/tools/sort.cwl", "workflo
 COMPLETED = "http://schema.org/CompletedActionStatus"
 
 
-def _run(engine: str, tmp: Path) -> KitResult:
+def _run(engine: str, tmp: Path, fixture: Path, value: ValueInput) -> KitResult:
     (tmp / "data.txt").write_text(DATA)
     spec = RequestSpec(
-        workflow_dir=FIXTURE, main_workflow="workflow.cwl",
-        inputs=(FileInput("data", tmp / "data.txt"), ValueInput("loud", False)),
+        workflow_dir=fixture, main_workflow="workflow.cwl",
+        inputs=(FileInput("data", tmp / "data.txt"), value),
         name=f"Nested workflow on {engine}",
         reviews=(ReviewAction(ReviewKind.CHECK_VALUE), ReviewAction(ReviewKind.VALIDATION_CHECK),
                  ReviewAction(ReviewKind.SIGN_OFF)),
@@ -76,8 +77,8 @@ def _run(engine: str, tmp: Path) -> KitResult:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KitResult]:
-    return {engine: _run(engine, tmp_path_factory.mktemp(f"nested-{engine}"))
-            for engine in ENGINES}
+    return {engine: _run(engine, tmp_path_factory.mktemp(f"nested-{engine}"), FIXTURE,
+                         ValueInput("loud", False)) for engine in ENGINES}
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +293,96 @@ def test_result_crates_pass_the_validator(results: dict[str, KitResult], engine:
     assert folder != result.crate
     assert_recommended(validator, folder, PROVENANCE_PROFILE)
     assert_recommended(validator, result.crate, FIVE_SAFES_PROFILE)
+
+
+# -- a nested run whose outputs are values (issue 14) ----------------------------------
+
+VALUES = REPO / "fixtures" / "workflows" / "cwl" / "nested-values"
+COUNT, WC, PARSE = "workflow/count.cwl", "workflow/tools/wc.cwl", "workflow/tools/parse.cwl"
+SUMMARY = "greek: 3 lines"
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KitResult]:
+    return {engine: _run(engine, tmp_path_factory.mktemp(f"values-{engine}"), VALUES,
+                         ValueInput("label", "greek")) for engine in ENGINES}
+
+
+def _values(graph: dict[str, dict[str, Any]], action: dict[str, Any]) -> dict[str, Any]:
+    """An action's results by the name of its instrument's parameter each is an example of."""
+    [owner] = _ids(action["instrument"])
+    found = {}
+    for value_id in _ids(action.get("result")):
+        value = graph[value_id]
+        [param] = [p for p in _ids(value["exampleOfWork"]) if p.startswith(f"{owner}#")]
+        found[graph[param]["name"]] = value.get("value", value_id)
+    return found
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", ENGINES)
+def test_expression_step_and_nested_run_record_their_values(
+        counted: dict[str, KitResult], engine: str) -> None:
+    record = counted[engine].outcome.record
+    assert record.status is RunStatus.COMPLETED, record.error
+    assert [s.step for s in record.steps] == ["count/wc", "count/parse"]
+    parse = record.steps[1]
+    assert (parse.status, parse.container, parse.command) == (RunStatus.COMPLETED, None, ())
+    assert set(parse.outputs) == {ParameterValue("lines", 3), ParameterValue("summary", SUMMARY)}
+    [nested] = _nested(counted[engine]).outcome.record.subworkflows
+    assert nested.status is RunStatus.COMPLETED
+    # all values, no file: made by the ExpressionTool step, or its input passed through
+    assert sorted(nested.outputs, key=str) == [
+        ParameterValue("lines", 3), ParameterValue("named", "greek"),
+        ParameterValue("summary", SUMMARY)]
+    [wc_out] = record.steps[0].outputs
+    assert isinstance(wc_out, FileRecord) and Path(wc_out.path).read_text().strip() == "3"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", ENGINES)
+def test_nested_run_and_expression_step_have_results_in_the_crate(
+        counted: dict[str, KitResult], engine: str) -> None:
+    graph = _graph(_nested(counted[engine]))
+    [run_] = [e for e in _pointing(graph, "instrument", COUNT) if e["@type"] == "CreateAction"]
+    [parse] = _pointing(graph, "instrument", PARSE)
+    [wc] = _pointing(graph, "instrument", WC)
+    assert run_["actionStatus"] == parse["actionStatus"] == COMPLETED
+    results = _values(graph, run_)
+    assert results == {"lines": "3", "summary": SUMMARY, "named": "greek"}
+    [counted_file] = _ids(wc["result"])
+    assert "File" in _types(graph[counted_file])
+    for name, kind in (("lines", "Integer"), ("summary", "Text"), ("named", "Text")):
+        param = graph[f"{COUNT}#output/{name}"]
+        assert (param["@type"], param["additionalType"]) == ("FormalParameter", kind)
+        assert param["@id"] in _ids(graph[COUNT]["output"])
+    # the ExpressionTool step: evaluated by the engine, in no container, read wc's file
+    assert "containerImage" not in parse and _ids(parse["object"])[0] == counted_file
+    assert _values(graph, parse) == {"lines": "3", "summary": SUMMARY}
+    [control] = _pointing(graph, "object", parse["@id"])
+    assert _ids(control["instrument"]) == [f"{COUNT}#step/parse"]
+    assert _ids(graph[COUNT]["hasPart"]) == [WC, PARSE]
+    assert _values(graph, graph["#workflow-run"]) == results
+
+
+@pytest.mark.docker
+def test_values_of_nested_runs_have_the_same_ids_on_both_engines(
+        counted: dict[str, KitResult]) -> None:
+    cwltool, toil = (_canonical(_graph(_nested(counted[e]))) for e in ENGINES)
+    assert sorted(cwltool) == sorted(toil)
+    for entity_id, entity in cwltool.items():
+        assert entity == toil[entity_id], entity_id
+
+
+@pytest.mark.docker
+@pytest.mark.validator
+@pytest.mark.parametrize("engine", ENGINES)
+def test_completed_nested_run_with_values_has_a_result_for_the_validator(
+        counted: dict[str, KitResult], engine: str, validator: ExternalValidator) -> None:
+    folder, _ = _nested(counted[engine]).provenance()
+    assert not [f for f in validator.findings(folder, PROVENANCE_PROFILE)
+                if f.check == "process-run-crate-0.5_11.1"]
+    assert_recommended(validator, folder, PROVENANCE_PROFILE)
 
 
 # -- the record from a shape, without an engine (fast) -----------------------------------

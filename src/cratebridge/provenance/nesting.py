@@ -174,7 +174,9 @@ class NestedWorkflows:
         ids: list[str] = []
         for value in values:
             if isinstance(value, ParameterValue):
-                ids.append(self._property_value(value.parameter, value.value, owner, direction))
+                if value.value is not None:  # no value: nothing to describe, as at the top
+                    ids.append(self._property_value(value.parameter, value.value, owner,
+                                                    direction))
                 continue
             mapped = self._mapped_id(value.path)
             placed = self.placer.lookup(value.path) if mapped is None else None

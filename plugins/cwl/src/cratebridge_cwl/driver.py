@@ -6,7 +6,9 @@ FILE -- <cwltool arguments>``. Every CommandLineTool job is given a step token
 when it finishes, its inputs, outputs and status are written to the events
 file. Output files are hard-linked under ``--keep`` as soon as a job ends,
 because cwltool deletes intermediate outputs at the end of a workflow.
-Each job names its step by its path from the top workflow (``revsort/rev``
+An ExpressionTool run as a workflow step records itself
+the same way (no container, no command), so that the values it makes are
+in the record. Each job names its step by its path from the top workflow (``revsort/rev``
 for step ``rev`` of the nested workflow step ``revsort`` runs), and the
 workflow's shape is written beside the events (:func:`write_shape`), so that
 the record can show nested workflows and the steps that did not run.
@@ -22,7 +24,7 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Generator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,18 +32,20 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from cwltool.argparser import arg_parser
-from cwltool.command_line_tool import CommandLineTool
+from cwltool.command_line_tool import CommandLineTool, ExpressionJob, ExpressionTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
 from cwltool.main import main as cwltool_main
+from cwltool.process import custom_schemas, use_standard_schema
+from cwltool.utils import OutputCallbackType
 from cwltool.workflow import Workflow, default_make_tool
 
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
 from cratebridge_cwl.records import shape_path
 
-__all__ = ["EventLog", "JobReport", "main", "name_steps", "now", "recording_job", "short_id",
-           "workflow_shape", "write_shape"]
+__all__ = ["EventLog", "JobReport", "main", "name_steps", "now", "record_expression",
+           "recording_job", "short_id", "workflow_shape", "write_shape"]
 
 
 class EventLog:
@@ -52,6 +56,13 @@ class EventLog:
         self.keep = keep
         self.lock = threading.Lock()
         self.kept: dict[tuple[int, int], str] = {}
+        self.runs: dict[str, int] = {}
+
+    def nth_run(self, step: str) -> int:
+        """How many jobs of step ``step`` (a path) this log has seen, this one included."""
+        with self.lock:
+            self.runs[step] = self.runs.get(step, 0) + 1
+            return self.runs[step]
 
     def write(self, entry: dict[str, Any]) -> None:
         with self.lock, self.events.open("a") as out:
@@ -188,6 +199,34 @@ def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
     return RecordingJob
 
 
+def record_expression(job: ExpressionJob, log: EventLog, step: str, tool: str,
+                      engine_name: str, report: JobReport) -> ExpressionJob:
+    """Make ``job`` (an ExpressionTool's job run as step ``step``) report itself to ``log``.
+
+    It writes the ``started`` and ``finished`` events a :func:`recording_job`
+    writes, with no command and no container (the engine evaluates it), so
+    that the values it makes are in the record like any step's outputs.
+    ``report.inputs`` is given ``job``; its outputs are kept under their token.
+    """
+    token = uuid.uuid4().hex
+    started = now()
+    common = {"token": token, "name": report.name(engine_name), "step": step, "tool": tool,
+              **report.extra(engine_name)}
+    inputs = report.inputs(log, job)
+    log.write({"event": "started", **common, "time": started})
+    callback = job.output_callback
+
+    def record(outputs: Any, status: str) -> None:
+        kept = report.outputs(log.keep_outputs(token, outputs or {}))
+        log.write({"event": "finished", **common, "start": started, "end": now(),
+                   "status": status, "inputs": inputs, "outputs": kept, "command": []})
+        if callback is not None:
+            callback(outputs, status)
+
+    job.output_callback = record
+    return job
+
+
 def short_id(identifier: str) -> str:
     """The last part of a CWL identifier (``file.cwl#step/rev`` -> ``rev``)."""
     return identifier.split("#")[-1].split("/")[-1]
@@ -263,10 +302,11 @@ def write_shape(events: Path, workflow: Workflow) -> None:
         pass  # the record then shows the steps that ran, not nested: never fail the run for it
 
 
-def name_steps(workflow: Workflow, recording: type[Any], prefix: str = "") -> None:
+def name_steps(workflow: Workflow, recording: type[Any] | tuple[type[Any], ...],
+               prefix: str = "") -> None:
     """Give each ``recording`` tool the path of the step it runs as (``revsort/rev`` nested).
 
-    Both CWL engines name steps so, each with its own recording tool class.
+    Both CWL engines name steps so, each with its own recording tool classes.
     """
     for step in workflow.steps:
         name = f"{prefix}/{short_id(step.id)}" if prefix else short_id(step.id)
@@ -291,17 +331,45 @@ class _RecordingTool(CommandLineTool):
         return recording_job(base, self.cb_log, step, str(self.tool.get("id", "")))
 
 
+#: How an ExpressionTool's job describes itself under cwltool (its inputs: its builder's).
+_EXPRESSION_REPORT = JobReport(inputs=lambda log, job: log.describe_inputs(job.builder.job))
+
+
+class _RecordingExpressionTool(ExpressionTool):
+    """cwltool's ExpressionTool, whose jobs record themselves when run as a workflow step.
+
+    A lone ExpressionTool (no step) is recorded by the provenance stage as the run's one step.
+    """
+
+    cb_log: EventLog
+    cb_step: str | None = None
+
+    def job(self, job_order: Any, output_callbacks: OutputCallbackType | None,
+            runtimeContext: RuntimeContext) -> Generator[ExpressionJob, None, None]:
+        for job in super().job(job_order, output_callbacks, runtimeContext):
+            if self.cb_step is not None:
+                # named as Toil's are (``parse``, ``parse_2`` scattered), not by cwltool's
+                # names, unique in the whole run: a step of another nested workflow may
+                # have the same name
+                nth = self.cb_log.nth_run(self.cb_step)
+                name = short_id(self.cb_step) + (f"_{nth}" if nth > 1 else "")
+                record_expression(job, self.cb_log, self.cb_step, str(self.tool.get("id", "")),
+                                  name, _EXPRESSION_REPORT)
+            yield job
+
+
 def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
-        if isinstance(toolpath_object, dict) and toolpath_object.get("class") == \
-                "CommandLineTool":
+        kind = toolpath_object.get("class") if isinstance(toolpath_object, dict) else None
+        if kind in ("CommandLineTool", "ExpressionTool"):
+            made_class = _RecordingTool if kind == "CommandLineTool" else _RecordingExpressionTool
             # cwltool hands a CommentedMap (a dict); keep the checker from narrowing it
-            tool = _RecordingTool(cast(Any, toolpath_object), loading_context)
+            tool = made_class(cast(Any, toolpath_object), loading_context)
             tool.cb_log = log
             return tool
         made = default_make_tool(toolpath_object, loading_context)
         if isinstance(made, Workflow):
-            name_steps(made, _RecordingTool)
+            name_steps(made, (_RecordingTool, _RecordingExpressionTool))
             write_shape(log.events, made)
         return made
 
@@ -326,7 +394,21 @@ def main(argv: list[str] | None = None) -> int:
     # logger keeps the quieter level that reading used
     logging.getLogger("cwltool").setLevel(logging.INFO)
     return int(cwltool_main(args=args, loadingContext=loading, stdout=sys.stdout,
-                            stderr=sys.stderr))
+                            stderr=sys.stderr,
+                            custom_schema_callback=None if args.enable_ext else standard_schemas))
+
+
+def standard_schemas() -> None:
+    """cwltool's choice of the standard CWL schemas, keeping those already loaded.
+
+    cwltool's own set-up drops every cached schema before it loads the
+    document; when the driver follows the plan's reading in the same process
+    (:mod:`cratebridge.engines.held`), that would parse the CWL metaschema a
+    second time (most of a second). Only a schema replaced by a custom one
+    (``--enable-ext``, which does not come here) needs dropping.
+    """
+    for version in list(custom_schemas):
+        use_standard_schema(version)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,8 @@ def _subworkflow_run(path: str, step: dict[str, Any], record: RunRecord, ran: se
     """The run of the nested workflow at ``path``, from the runs of its steps.
 
     Its inputs are what its steps read straight from its inputs; its outputs
-    what its output sources wrote.
+    what its output sources wrote (files and values: an ExpressionTool step's
+    values are in its record), or an input it passes through.
     """
     workflow: dict[str, Any] = step["workflow"]
     inner = [s for s in record.steps if s.step.startswith(path + "/")]
@@ -291,6 +292,10 @@ def _subworkflow_run(path: str, step: dict[str, Any], record: RunRecord, ran: se
     for name, sources in sorted(workflow.get("outputs", {}).items()):
         for source in sources:
             inner_step, _, port = source.partition("/")
+            if not port:  # the workflow's own input, passed through
+                outputs.extend(replace(v, parameter=name) for v in inputs
+                               if v.parameter == source)
+                continue
             outputs.extend(values("outputs", f"{path}/{inner_step}", port, name))
     return SubworkflowRecord(
         step=path, name=path.rsplit("/", 1)[-1], tool=str(step["tool"]),

@@ -6,7 +6,8 @@ its own, so the driver hands Toil a CommandLineTool class of ours: the tool
 objects travel (pickled) to the Toil workers, on this machine or on Slurm
 nodes, and there each CWL job gets a step token (a Docker label the sandbox
 ledger records) and, when it ends, writes its inputs, outputs and status to
-the events file. The run folder must be on a filesystem every worker sees.
+the events file; an ExpressionTool run as a step (on the leader) writes the
+same. The run folder must be on a filesystem every worker sees.
 Output files are hard-linked under ``--keep`` as soon as a job ends, because
 Toil deletes the worker's copies when the job returns. Before its container
 starts, each job makes sure the step user (``--step-user``) can read every
@@ -21,13 +22,17 @@ import os
 import stat
 import sys
 from argparse import Namespace
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import cwltool.main
+from cwltool.command_line_tool import ExpressionJob
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
 from cwltool.loghandler import _logger
+from cwltool.utils import OutputCallbackType
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
@@ -35,13 +40,16 @@ from cratebridge_cwl.driver import (
     EventLog,
     JobReport,
     name_steps,
+    record_expression,
     recording_job,
     short_id,
+    standard_schemas,
     write_shape,
 )
 from cratebridge_cwl.offline import OfflineFetcher
 
-__all__ = ["UNREADABLE", "RecordingToilCommandLineTool", "main", "open_to_step_user"]
+__all__ = ["UNREADABLE", "RecordingToilCommandLineTool", "RecordingToilExpressionTool", "main",
+           "open_to_step_user"]
 
 #: What a job logs when its container could not read an input (the engine quotes the
 #: line in the run's error; ``toil_engine.UNREADABLE`` is the same text, kept there so
@@ -63,34 +71,57 @@ def _sha1(path: str) -> str | None:
     return f"sha1${digest.hexdigest()}"
 
 
-def _host_inputs(value: Any, mapper: Any) -> Any:
+def _host_inputs(value: Any, resolve: Callable[[str], str | None]) -> Any:
     """A job's input object with each file as the host path the worker staged it at.
 
     Inside Toil a file's ``location`` is a ``toilfile:`` id and its ``path`` the
-    container path, so the host path comes from the job's path mapper. The
-    checksum lets the engine match the file to the step output (or workflow
-    input) it came from.
+    container path, so ``resolve`` gives the host path of a location (from the
+    job's path mapper). The checksum lets the engine match the file to the step
+    output (or workflow input) it came from.
     """
     if isinstance(value, list):
-        return [_host_inputs(v, mapper) for v in value]
+        return [_host_inputs(v, resolve) for v in value]
     if not isinstance(value, dict):
         return value
     if value.get("class") in ("File", "Directory"):
         location = str(value.get("location", ""))
-        path: str | None = None
-        try:
-            path = mapper.mapper(location).resolved if mapper is not None else None
-        except KeyError:
-            path = None
+        path = resolve(location)
         if path is not None and not path.startswith("/"):
             path = None
         out: dict[str, Any] = {"class": value["class"], "path": path, "location": location}
         if value["class"] == "File":
             out["checksum"] = value.get("checksum") or (_sha1(path) if path else None)
         if value.get("secondaryFiles"):
-            out["secondaryFiles"] = _host_inputs(value["secondaryFiles"], mapper)
+            out["secondaryFiles"] = _host_inputs(value["secondaryFiles"], resolve)
         return out
-    return {k: _host_inputs(v, mapper) for k, v in value.items()}
+    return {k: _host_inputs(v, resolve) for k, v in value.items()}
+
+
+def _mapped(mapper: Any) -> Callable[[str], str | None]:
+    """Where a job's path mapper staged a location (``None``: not staged)."""
+
+    def resolve(location: str) -> str | None:
+        try:
+            return str(mapper.mapper(location).resolved) if mapper is not None else None
+        except KeyError:
+            return None
+
+    return resolve
+
+
+def _fetched(fs_access: Any) -> Callable[[str], str | None]:
+    """A local copy of a file's location, as an ExpressionTool's builder reads it (it has
+    no path mapper); a folder (``toildir:``) is not fetched."""
+
+    def resolve(location: str) -> str | None:
+        if fs_access is None or not location.startswith(("toilfile:", "file:")):
+            return None
+        try:
+            return str(fs_access._abs(location))
+        except Exception:  # Toil's file store raises its own kinds: then no copy, no match
+            return None
+
+    return resolve
 
 
 def _with_checksums(kept: Any) -> Any:
@@ -118,7 +149,7 @@ def _toil_report(step: str) -> JobReport:
     return JobReport(
         name=name,
         inputs=lambda log, job: _host_inputs(job.joborder or {},
-                                             getattr(job, "pathmapper", None)),
+                                             _mapped(getattr(job, "pathmapper", None))),
         outputs=_with_checksums,
         keep_key=lambda job: str(job.cb_token),
         extra=lambda toil_name: {"toil_job": toil_name, "host": os.uname().nodename,
@@ -269,22 +300,51 @@ class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore
         return readable_inputs_job(job, self.cb_step_user, within)
 
 
+class RecordingToilExpressionTool(cwltoil.ToilExpressionTool):  # type: ignore[misc]
+    """Toil's ExpressionTool, whose jobs record themselves when run as a workflow step.
+
+    Like :class:`RecordingToilCommandLineTool`, it carries the event file and
+    keep folder with it; Toil evaluates it on the leader.
+    """
+
+    cb_events: str
+    cb_keep: str
+    cb_step: str | None = None
+
+    def job(self, job_order: Any, output_callbacks: OutputCallbackType | None,
+            runtimeContext: RuntimeContext) -> Generator[ExpressionJob, None, None]:
+        for job in super().job(job_order, output_callbacks, runtimeContext):
+            if self.cb_step is not None:
+                step = self.cb_step
+                report = replace(_toil_report(step), inputs=lambda log, run: _host_inputs(
+                    run.builder.job, _fetched(run.builder.fs_access)))
+                log = EventLog(Path(self.cb_events), Path(self.cb_keep))
+                record_expression(job, log, step, str(self.tool.get("id", "")),
+                                  str(runtimeContext.name or short_id(step)), report)
+            yield job
+
+
 def _make_tool_factory(events: Path, keep: Path, toil_make_tool: Callable[..., Any],
                        step_user: tuple[int, int] | None = None,
                        open_within: Path | None = None) -> Callable[..., Any]:
     def make_tool(toolpath_object: Any, loading_context: LoadingContext) -> Any:
-        if isinstance(toolpath_object, MutableMapping) and \
-                toolpath_object.get("class") == "CommandLineTool":
+        kind = toolpath_object.get("class") if isinstance(toolpath_object, MutableMapping) \
+            else None
+        if kind == "CommandLineTool":
             tool = RecordingToilCommandLineTool(toolpath_object, loading_context)
             tool.cb_events, tool.cb_keep = str(events), str(keep)
             tool.cb_step_user = step_user
             tool.cb_open_within = str(open_within) if open_within else None
             return tool
+        if kind == "ExpressionTool":
+            expression = RecordingToilExpressionTool(toolpath_object, loading_context)
+            expression.cb_events, expression.cb_keep = str(events), str(keep)
+            return expression
         made = toil_make_tool(toolpath_object, loading_context)
         if isinstance(made, Workflow):
             # Outer workflows are made after their steps, so the last call names
             # every step with its full path.
-            name_steps(made, RecordingToilCommandLineTool)
+            name_steps(made, (RecordingToilCommandLineTool, RecordingToilExpressionTool))
             write_shape(events, made)  # the nesting, for the record (the last is the whole)
         return made
 
@@ -329,7 +389,18 @@ def main(argv: list[str] | None = None) -> int:
         opts.events.absolute(), opts.keep.absolute(), cwltoil.toil_make_tool,
         opts.step_user, within)
     cwltoil.get_options = _offline_options(cwltoil.get_options)
+    cwltool.main.setup_schema = _keeping_schemas(cwltool.main.setup_schema)
     return int(cwltoil.main(rest))
+
+
+def _keeping_schemas(setup: Callable[..., None]) -> Callable[..., None]:
+    """cwltool's schema set-up as Toil calls it, keeping the schemas the plan loaded."""
+    def setup_schema(args: Namespace, custom_schema_callback: Callable[[], None] | None) -> None:
+        if custom_schema_callback is None and not args.enable_ext:
+            custom_schema_callback = standard_schemas
+        setup(args, custom_schema_callback)
+
+    return setup_schema
 
 
 if __name__ == "__main__":
