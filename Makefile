@@ -97,7 +97,7 @@ slurm:
 	@scripts/start-slurm
 
 test: setup slurm
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 	@$(MAKE) --no-print-directory lint
 
 # Runs both tools even when the first fails, then fails if either did.

@@ -20,28 +20,33 @@ def main() -> int:
     parser.add_argument("--skip-intake", action="store_true", help="leave out the 1 GiB intake")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (figures are rougher)")
     args = parser.parse_args()
-    quick = {
-        "startup.py": ["--rounds", "5"],
-        "overhead.py": ["--pairs", "3"],
-        "confinement.py": ["--rounds", "5"],
-        "provenance_scale.py": ["--repeats", "1"],
-        "intake.py": ["--rounds", "1"],
-    }
-    scripts = ["startup.py", "overhead.py", "confinement.py", "provenance_scale.py",
-               "intake.py"]
+    # (script, its arguments, and with --quick)
+    runs = [
+        ("startup.py", [], ["--rounds", "5"]),
+        ("overhead.py", [], ["--pairs", "3"]),
+        ("overhead.py", ["--workload", "scatter", "--pairs", "2"],
+         ["--workload", "scatter", "--pairs", "1", "--parts", "20"]),
+        ("overhead.py", ["--workload", "toil", "--pairs", "3"],
+         ["--workload", "toil", "--pairs", "1"]),
+        ("overhead.py", ["--workload", "snakemake", "--pairs", "3"],
+         ["--workload", "snakemake", "--pairs", "1"]),
+        ("confinement.py", [], ["--rounds", "5"]),
+        ("provenance_scale.py", [], ["--repeats", "1"]),
+        ("intake.py", [], ["--rounds", "1"]),
+    ]
     if args.skip_intake:
-        scripts.remove("intake.py")
+        runs = [r for r in runs if r[0] != "intake.py"]
     verdicts, failed = [], []
-    for script in scripts:
-        print(f"== {script}", flush=True)
-        extra = quick[script] if args.quick else []
+    for script, normal, quick in runs:
+        extra = quick if args.quick else normal
+        print(f"== {' '.join([script, *extra])}", flush=True)
         done = subprocess.run([sys.executable, str(HERE / script), *extra],
                               stdout=subprocess.PIPE, text=True, check=False)
         sys.stdout.write(done.stdout)
         if done.returncode != 0:
             failed.append(script)
         verdicts += [f"{script}: {line}" for line in done.stdout.splitlines()
-                     if line.startswith("TARGET ")]
+                     if line.startswith(("TARGET ", "MEASURED "))]
         print(flush=True)
     print("== summary")
     for line in verdicts:

@@ -392,7 +392,8 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config, stop: Stop) ->
     context = prepared.context
     started = datetime.now(UTC)
     uid, gid = cfg.step_uid_gid
-    broker = Broker(context.sandbox, context.broker_socket, uid, gid, room=context.room)
+    broker = Broker(context.sandbox, context.broker_socket, uid, gid, room=context.room,
+                    images={use.image: use.image_id for use in plan_.images if use.image_id})
     # the time limit stops the run as a signal does, so that its record says why
     timer = threading.Timer(cfg.timeout, stop.request,
                             [f"its time limit ([run] timeout = {cfg.timeout:g} s)"]) \

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -71,8 +71,12 @@ class Broker:
     """Serves one run's socket in a background thread; a context manager."""
 
     def __init__(self, sandbox: Sandbox, socket_path: Path, uid: int, gid: int,
-                 room: Room | None = None) -> None:
-        """``room``: the engine's, rebuilt for each Slurm job (with ``sandbox.scheduler``)."""
+                 room: Room | None = None, images: Mapping[str, str] | None = None) -> None:
+        """``room``: the engine's, rebuilt for each Slurm job (with ``sandbox.scheduler``).
+
+        ``images``: image ids the plan looked up and the policy checked, by name
+        (the broker looks up any other once, when a step first names it).
+        """
         self.sandbox = sandbox
         self.socket_path = socket_path
         self.uid, self.gid = uid, gid
@@ -83,7 +87,7 @@ class Broker:
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         # the containers it started (ids, short ids, names) and the image ids it looked up
         self.started: set[str] = set()
-        self.state = RunState(sandbox, containers=self.started)
+        self.state = RunState(sandbox, containers=self.started, images=dict(images or {}))
 
     @contextmanager
     def serving(self) -> Iterator[Broker]:
@@ -224,8 +228,8 @@ class Broker:
                 try:
                     if allowed.cidfile:
                         with send:
-                            send_frame(sock, CID, json.dumps(
-                                {"id": found, "cidfile": allowed.cidfile}).encode())
+                            send_frame(sock, CID,  # as the client reads it
+                                       os.fsencode(f"{found}\n{allowed.cidfile}"))
                 except OSError:
                     gone.set()
             if gone.is_set():  # the client went before the container was known

@@ -12,7 +12,6 @@ folder, which the engine cannot see or change; Docker gets that path.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 import stat
@@ -26,7 +25,8 @@ OWNER_FILE = "owner"
 
 MS_BIND = 4096
 MNT_DETACH = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+#: The C library the interpreter already has loaded (``find_library`` would run ldconfig).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Pinned:

@@ -40,29 +40,44 @@ class Placer:
         self.dest = dest
         self.cache = cache
         self._by_source: dict[Path, Placed] = {}
-        self._folders: dict[Path, str] = {}
+        self._folders: dict[str, str] = {}  # resolved folder copied whole -> its location
+        self._inside: dict[str, Path] = {}  # a path as given -> resolved, inside the run
         self._digests: dict[str, Digest] = {}
         self._taken: set[str] = set()
         self._made: set[Path] = set()
-        self._real_dirs: dict[Path, Path] = {}
+        self._real_dirs: dict[str, str] = {}
         self._by_digest: dict[str, str] = {}  # sha-512 -> the first location holding it
 
     def inside_run(self, path: Path) -> Path:
         """``path`` resolved, or :class:`ValueError` when it lies outside the run folder."""
+        known = self._inside.get(os.fspath(path))
+        if known is not None:  # a step's output is the next one's input: asked again
+            return known
         resolved = self._resolve(path)
         if not resolved.is_relative_to(self.run_dir):
             raise ValueError(f"{path}: outside the run folder {self.run_dir}; refusing to copy it")
+        self._inside[os.fspath(path)] = resolved
         return resolved
 
     def _resolve(self, path: Path) -> Path:
         """``path.resolve()``, resolving each parent folder only once (runs have many files)."""
-        absolute = Path(os.path.abspath(path))
-        if absolute.is_symlink():
-            return absolute.resolve()
-        parent = self._real_dirs.get(absolute.parent)
-        if parent is None:
-            parent = self._real_dirs[absolute.parent] = absolute.parent.resolve()
-        return parent / absolute.name
+        absolute = os.path.abspath(path)
+        if os.path.islink(absolute):
+            return Path(absolute).resolve()
+        folder, name = os.path.split(absolute)
+        return Path(os.path.join(self._real_dir(folder), name))
+
+    def _real_dir(self, folder: str) -> str:
+        """``os.path.realpath(folder)`` (absolute, normalised), one ``lstat`` per new folder."""
+        real = self._real_dirs.get(folder)
+        if real is None:
+            parent, name = os.path.split(folder)
+            if not name or os.path.islink(folder):
+                real = os.path.realpath(folder)
+            else:
+                real = os.path.join(self._real_dir(parent), name)
+            self._real_dirs[folder] = real
+        return real
 
     def relative_to_run(self, path: Path) -> str:
         """The POSIX path of ``path`` (inside the run folder) relative to the run folder."""
@@ -78,7 +93,7 @@ class Placer:
         """
         resolved = src.resolve() if trusted else self.inside_run(src)
         prefix = location if not location or location.endswith("/") else location + "/"
-        self._folders[resolved] = prefix
+        self._folders[str(resolved)] = prefix
         target = self.dest / prefix if prefix else self.dest
         target.mkdir(parents=True, exist_ok=True)
         for dirpath, dirnames, filenames in os.walk(resolved):
@@ -167,16 +182,21 @@ class Placer:
         return self._digests.get(location)
 
     def _covered(self, resolved: Path, is_dir: bool) -> Placed | None:
-        for parent in resolved.parents:
+        """Where ``resolved`` is if a folder holding it was copied whole (its nearest one)."""
+        text = str(resolved)
+        parent = os.path.dirname(text)
+        while True:
             prefix = self._folders.get(parent)
-            if prefix is None:
-                continue
-            location = prefix + resolved.relative_to(parent).as_posix()
-            if is_dir and (self.dest / location).is_dir():
-                return Placed(location + "/", True, None)
-            digest = self._digests.get(location)
-            return Placed(location, False, digest) if digest else None
-        return None
+            if prefix is not None:
+                location = prefix + text[len(parent):].lstrip("/")
+                if is_dir and (self.dest / location).is_dir():
+                    return Placed(location + "/", True, None)
+                digest = self._digests.get(location)
+                return Placed(location, False, digest) if digest else None
+            up = os.path.dirname(parent)
+            if up == parent:
+                return None
+            parent = up
 
     def _free(self, location: str) -> str:
         candidate, number = location, 1
@@ -202,7 +222,10 @@ class Placer:
 
     def _mkdir(self, folder: Path) -> None:
         if folder not in self._made:
-            missing = [folder, *(p for p in folder.parents if p.is_relative_to(self.dest))]
-            self._made.update(p for p in missing if not p.exists())
+            missing, parent = [], folder.parent  # up to the first folder that is there
+            while parent != self.dest and parent not in self._made and not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
             folder.mkdir(parents=True, exist_ok=True)
+            self._made.update(missing)
             self._made.add(folder)

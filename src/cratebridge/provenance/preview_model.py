@@ -140,6 +140,9 @@ class _Graph:
         for node in nodes if isinstance(nodes, list) else []:
             if isinstance(node, dict) and isinstance(node.get("@id"), str):
                 self.entities.setdefault(node["@id"], node)
+        self._by_type: dict[str, list[_Entity]] | None = None
+        #: the steps as read for each run action (both pages of a result read the same)
+        self.steps: dict[object, list[tuple[Step, _Entity]]] = {}
 
     def get(self, entity_id: str) -> _Entity | None:
         return self.entities.get(entity_id)
@@ -150,7 +153,12 @@ class _Graph:
         return [e for e in found if e is not None]
 
     def of_type(self, name: str) -> list[_Entity]:
-        return [e for e in self.entities.values() if name in _types(e)]
+        if self._by_type is None:  # indexed once: a run crate may hold 10,000s of entities
+            self._by_type = {}
+            for entity in self.entities.values():
+                for kind in _types(entity):
+                    self._by_type.setdefault(kind, []).append(entity)
+        return list(self._by_type.get(name, ()))
 
     def root(self) -> _Entity:
         descriptor = self.entities.get(_METADATA) or {}
@@ -248,7 +256,8 @@ def _request_action(graph: _Graph) -> _Entity | None:
     root = graph.root()
     main = set(_refs(root.get("mainEntity")))
     mentioned = [e for e in graph.linked(root, "mentions") if "CreateAction" in _types(e)]
-    actions = mentioned + [e for e in graph.of_type("CreateAction") if e not in mentioned]
+    listed = {e["@id"] for e in mentioned}  # a run crate's root may mention every action
+    actions = mentioned + [e for e in graph.of_type("CreateAction") if e["@id"] not in listed]
     running_main = [a for a in actions if main & set(_refs(a.get("instrument")))]
     first = running_main or mentioned
     return first[0] if first else None
@@ -306,6 +315,12 @@ def _steps(run: Crate, run_action_id: object) -> list[tuple[Step, _Entity]]:
     without them (an engine that could not report) lists its other ``CreateAction``s.
     """
     graph = run.graph
+    if run_action_id not in graph.steps:
+        graph.steps[run_action_id] = _read_steps(graph, run_action_id)
+    return graph.steps[run_action_id]
+
+
+def _read_steps(graph: _Graph, run_action_id: object) -> list[tuple[Step, _Entity]]:
     controls = [c for o in graph.of_type("OrganizeAction") for c in graph.linked(o, "object")
                 if "ControlAction" in _types(c)]
     actions = [a for c in controls for a in graph.linked(c, "object")
