@@ -123,13 +123,18 @@ class EngineUnavailable(CratebridgeError):
 
 
 class FailedToLoadPlugin(EngineUnavailable):
-    """Importing a plugin's entry point raised; ``cause`` is what it raised."""
+    """Importing a plugin's entry point raised; ``cause`` is what it raised.
 
-    def __init__(self, plugin: str, distribution: str, cause: BaseException) -> None:
+    ``group``: the entry point group it was registered in (engines or languages).
+    """
+
+    def __init__(self, plugin: str, distribution: str, cause: BaseException,
+                 group: str = "cratebridge.engines") -> None:
+        kind = "language" if group == "cratebridge.languages" else "engine"
         super().__init__(
-            f"engine plugin {plugin!r} from {distribution} failed to load: "
+            f"{kind} plugin {plugin!r} from {distribution} failed to load: "
             f"{type(cause).__name__}: {cause}",
-            where=f"entry point cratebridge.engines:{plugin}",
+            where=f"entry point {group}:{plugin}",
         )
         self.plugin = plugin
         self.distribution = distribution

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TOOLS, need_image, run_runner
 
 from cratebridge.errors import CrateRejected
 from cratebridge.intake import parse_request
@@ -31,28 +28,12 @@ from cratebridge_cwl.runner import (
 )
 from cratebridge_cwl.workflow import JSON_ENCODING, bind_inputs, load_workflow
 
-REPO = Path(__file__).resolve().parents[3]
-TOOLS = REPO / "fixtures" / "workflows" / "cwl-runner"
 IMAGE = "cratebridge/python:3.11"
 
 EXPECTED_REPORT = "".join(line + "\n" for line in [
     "hello.txt: hello", "folder/: one.txt two.txt ", "a.txt: a", "b.txt: b", "the pair",
     "a.txt: a", "reads.dat: reads", "--count", "7", "--ratio", "2", "--flag",
     "literal.txt: made in the job", "indexed.idx: index of reads"])
-
-
-def _docker_image(image: str) -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "image", "inspect", image],
-                                        capture_output=True, check=False).returncode != 0:
-        pytest.skip(f"needs Docker with the local image {image} (make setup builds it)")
-
-
-def _runner(*args: str | Path, cwd: Path = TOOLS) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CRATEBRIDGE_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "cratebridge_cwl.runner", "--quiet",
-                           *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          check=False, timeout=600, env=env)
 
 
 def _sha1(path: str) -> str:
@@ -117,7 +98,7 @@ def test_binder_refuses_locations_outside_the_crate(tmp_path: Path, location: st
 def test_network_access_is_an_unsupported_requirement(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedRequirement):
         load_tool(str(TOOLS / "network.cwl"))
-    done = _runner("--outdir", tmp_path, "network.cwl")
+    done = run_runner("--outdir", tmp_path, "network.cwl")
     assert done.returncode == EXIT_UNSUPPORTED, done.stderr
     assert "NetworkAccess" in done.stderr and done.stdout == ""
 
@@ -127,7 +108,7 @@ def test_an_image_built_at_run_time_is_an_unsupported_requirement(tmp_path: Path
     tool.write_text("cwlVersion: v1.2\nclass: CommandLineTool\nrequirements:\n"
                     "  DockerRequirement: {dockerFile: 'FROM scratch', dockerImageId: x}\n"
                     "inputs: []\noutputs: []\nbaseCommand: 'true'\n")
-    done = _runner("--outdir", tmp_path / "out", tool)
+    done = run_runner("--outdir", tmp_path / "out", tool)
     assert done.returncode == EXIT_UNSUPPORTED, done.stderr
 
 
@@ -136,8 +117,8 @@ def test_an_image_built_at_run_time_is_an_unsupported_requirement(tmp_path: Path
 
 @pytest.mark.docker
 def test_every_kind_of_input_is_bound_as_cwltool_binds_it(tmp_path: Path) -> None:
-    _docker_image(IMAGE)
-    done = _runner("--outdir", tmp_path, "inputs.cwl", "inputs-job.yml")
+    need_image(IMAGE)
+    done = run_runner("--outdir", tmp_path, "inputs.cwl", "inputs-job.yml")
     assert done.returncode == 0, done.stderr
     output = json.loads(done.stdout)
     report = output["report"]
@@ -149,8 +130,8 @@ def test_every_kind_of_input_is_bound_as_cwltool_binds_it(tmp_path: Path) -> Non
 @pytest.mark.docker
 def test_every_kind_of_output_is_collected_and_kept_in_the_result_crate(
         tmp_path: Path) -> None:
-    _docker_image(IMAGE)
-    done = _runner("--outdir", tmp_path, "outputs.cwl")
+    need_image(IMAGE)
+    done = run_runner("--outdir", tmp_path, "outputs.cwl")
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout)
 
@@ -184,10 +165,10 @@ def test_every_kind_of_output_is_collected_and_kept_in_the_result_crate(
 @pytest.mark.docker
 def test_a_tool_without_docker_requirement_runs_in_the_default_container(
         tmp_path: Path) -> None:
-    _docker_image("cratebridge/busybox:1")
+    need_image("cratebridge/busybox:1")
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"message": "hello from busybox"}))
-    done = _runner("--outdir", tmp_path / "out", "--default-container",
+    done = run_runner("--outdir", tmp_path / "out", "--default-container",
                    "cratebridge/busybox:1", "no-docker.cwl", job)
     assert done.returncode == 0, done.stderr
     assert Path(json.loads(done.stdout)["out"]["path"]).read_text() == "hello from busybox\n"
@@ -197,7 +178,7 @@ def test_a_tool_without_docker_requirement_and_no_default_container_is_refused(
         tmp_path: Path) -> None:
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"message": "x"}))
-    done = _runner("--outdir", tmp_path / "out", "no-docker.cwl", job)
+    done = run_runner("--outdir", tmp_path / "out", "no-docker.cwl", job)
     assert done.returncode not in (0, EXIT_UNSUPPORTED)
     assert "default_container" in done.stderr
 
@@ -205,8 +186,8 @@ def test_a_tool_without_docker_requirement_and_no_default_container_is_refused(
 @pytest.mark.docker
 def test_a_failing_tool_exits_non_zero_and_leaves_a_failed_result_crate(
         tmp_path: Path) -> None:
-    _docker_image(IMAGE)
-    done = _runner("--outdir", tmp_path, "fails.cwl")
+    need_image(IMAGE)
+    done = run_runner("--outdir", tmp_path, "fails.cwl")
     assert done.returncode not in (0, EXIT_UNSUPPORTED), done.stderr
     assert done.stdout == ""
     graph = json.loads((tmp_path / RESULT_FOLDER / "ro-crate-metadata.json").read_text())

@@ -9,13 +9,12 @@ would run it, and the crate itself still holds no ``..``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import TOOLS, need_image, run_runner
 
 from cratebridge_cwl.runner import (
     RESULT_FOLDER,
@@ -25,25 +24,9 @@ from cratebridge_cwl.runner import (
     write_request,
 )
 
-REPO = Path(__file__).resolve().parents[3]
-TOOLS = REPO / "fixtures" / "workflows" / "cwl-runner"
 IMAGE = "cratebridge/busybox:1"
 DECLARED = ["d.bai", "d.meta", "d.txt", "d.txt.idx", "r.dat", "r.dat.ri"]
 UNDECLARED = ["d_private.key", "dz.csv", "r.dat.other"]
-
-
-def _docker_image(image: str) -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "image", "inspect", image],
-                                        capture_output=True, check=False).returncode != 0:
-        pytest.skip(f"needs Docker with the local image {image} (make setup builds it)")
-
-
-def _runner(*args: str | Path, cwd: Path = TOOLS) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CRATEBRIDGE_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "cratebridge_cwl.runner", "--quiet",
-                           *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          check=False, timeout=600, env=env)
 
 
 def _names(folder: Path) -> list[str]:
@@ -179,13 +162,13 @@ def test_a_tool_path_through_dotdot_is_the_file_cwltool_runs(tmp_path: Path) -> 
 @pytest.mark.docker
 def test_the_step_sees_what_bare_cwltool_stages_and_the_crates_hold_nothing_else(
         tmp_path: Path) -> None:
-    _docker_image(IMAGE)
+    need_image(IMAGE)
     bare = subprocess.run(
         [str(Path(sys.executable).parent / "cwltool"), "--quiet", "--disable-pull",
          "--outdir", str(tmp_path / "bare"), "secondary.cwl", "secondary-job.yml"],
         capture_output=True, text=True, cwd=TOOLS, check=False, timeout=600)
     assert bare.returncode == 0, bare.stderr
-    done = _runner("--outdir", tmp_path / "ours", "secondary.cwl", "secondary-job.yml")
+    done = run_runner("--outdir", tmp_path / "ours", "secondary.cwl", "secondary-job.yml")
     assert done.returncode == 0, done.stderr
     ours = Path(json.loads(done.stdout)["staged"]["path"]).read_text()
     assert ours == (tmp_path / "bare" / "staged.txt").read_text()
@@ -198,8 +181,8 @@ def test_the_step_sees_what_bare_cwltool_stages_and_the_crates_hold_nothing_else
 
 @pytest.mark.docker
 def test_tool_and_job_named_through_dotdot_run(tmp_path: Path) -> None:
-    _docker_image(IMAGE)
-    done = _runner("--outdir", tmp_path, "../secondary.cwl", "../secondary-job.yml",
+    need_image(IMAGE)
+    done = run_runner("--outdir", tmp_path, "../secondary.cwl", "../secondary-job.yml",
                    cwd=TOOLS / "secondary")
     assert done.returncode == 0, done.stderr
     staged = Path(json.loads(done.stdout)["staged"]["path"]).read_text()

@@ -251,9 +251,4 @@ def _check_new_language(spec: PluginSpec, language: Language, known: list[Langua
 
 def _language_failure(spec: PluginSpec, cause: BaseException) -> FailedToLoadPlugin:
     """:class:`FailedToLoadPlugin` for a language entry point (exit 5), named as one."""
-    error = FailedToLoadPlugin(spec.name, spec.distribution, cause)
-    error.message = (f"language plugin {spec.name!r} from {spec.distribution} failed to "
-                     f"load: {type(cause).__name__}: {cause}")
-    error.args = (error.message,)
-    error.where = f"entry point {LANGUAGE_GROUP}:{spec.name}"
-    return error
+    return FailedToLoadPlugin(spec.name, spec.distribution, cause, group=LANGUAGE_GROUP)
