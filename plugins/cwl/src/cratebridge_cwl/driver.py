@@ -78,7 +78,7 @@ class EventLog:
             path = _path_of(value)
             if path is None or not os.path.exists(path):
                 return value
-            target = self.keep / job / os.path.basename(path)
+            target = _free(self.keep / job, os.path.basename(path))
             target.parent.mkdir(parents=True, exist_ok=True)
             _link_tree(Path(path), target)
             self._remember(Path(path), target)
@@ -116,6 +116,16 @@ def _path_of(value: dict[str, Any]) -> str | None:
     if location.startswith("file://"):
         return unquote(urlsplit(location).path)
     return location if location.startswith("/") else None
+
+
+def _free(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/N/name`` when a job keeps two outputs of one name
+    (an ExpressionTool passing on files from several steps, two globbed folders)."""
+    target, number = folder / name, 1
+    while os.path.lexists(target):
+        number += 1
+        target = folder / str(number) / name
+    return target
 
 
 def _link_tree(source: Path, target: Path) -> None:
