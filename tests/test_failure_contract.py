@@ -183,11 +183,17 @@ def test_a_result_that_cannot_be_written_leaves_a_marked_run_and_exit_6(
     runs = small_disk / "runs"
     out = small_disk / "result.zip"
     filler = small_disk / "filler"
+    events = tmp_path / "events.jsonl"
     # fill the disk from outside while the step sleeps, so nothing can be written after
     proc = subprocess.Popen(cli("run", str(shell_crate(tmp_path, "sleep 4")), "--out", str(out),
-                                "--json", "--config", str(config(tmp_path, runs))),
+                                "--json", "--events", str(events),
+                                "--config", str(config(tmp_path, runs))),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
+    deadline = time.monotonic() + 120  # the plan must be over: a machine under load is slow
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            events.exists() and '"step"' in events.read_text()):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before its step started"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True,
                    check=False)
     out_text, err = proc.communicate(timeout=240)
