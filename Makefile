@@ -96,8 +96,12 @@ slurm:
 	@scripts/setup-slurm
 	@scripts/start-slurm
 
+# Two workers, one test file each at a time (--dist loadfile keeps a file's module and
+# class fixtures, such as the built wheels or a conformance class's runs, on one worker).
+# PYTEST_WORKERS=0 runs the suite in this process, one test after another.
+PYTEST_WORKERS ?= 2
 test: setup slurm
-	$(VENV)/bin/pytest -q --durations=25
+	$(VENV)/bin/pytest -q --durations=25 -n $(PYTEST_WORKERS) --dist loadfile
 	@$(MAKE) --no-print-directory lint
 
 # Runs both tools even when the first fails, then fails if either did.

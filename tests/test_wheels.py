@@ -59,7 +59,7 @@ def _fresh_venv(where: Path, *packages: str | Path) -> Path:
     """A new venv at ``where`` with ``packages`` installed; its ``bin`` folder."""
     _run([sys.executable, "-m", "venv", where])
     if packages:
-        _run([where / "bin" / "python", "-m", "pip", "install", "-q", *packages])
+        _run([where / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile", *packages])
     return where / "bin"
 
 
