@@ -125,12 +125,12 @@ class EngineUnavailable(CratebridgeError):
 class FailedToLoadPlugin(EngineUnavailable):
     """Importing a plugin's entry point raised; ``cause`` is what it raised.
 
-    ``group``: the entry point group it was registered in (engines or languages).
+    ``group``: the entry point group it was registered in; ``kind``: what the group
+    registers (``engine`` or ``language``), for the message.
     """
 
-    def __init__(self, plugin: str, distribution: str, cause: BaseException,
-                 group: str = "cratebridge.engines") -> None:
-        kind = "language" if group == "cratebridge.languages" else "engine"
+    def __init__(self, plugin: str, distribution: str, cause: BaseException, *,
+                 group: str, kind: str = "engine") -> None:
         super().__init__(
             f"{kind} plugin {plugin!r} from {distribution} failed to load: "
             f"{type(cause).__name__}: {cause}",

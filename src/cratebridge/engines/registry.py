@@ -160,11 +160,13 @@ class Registry:
         try:
             loaded = ep.load()
         except Exception as cause:  # any import failure is the plugin's, named as such
-            raise FailedToLoadPlugin(spec.name, spec.distribution, cause) from cause
+            raise FailedToLoadPlugin(spec.name, spec.distribution, cause,
+                                     group=ENTRY_POINT_GROUP) from cause
         if not (isinstance(loaded, type) and issubclass(loaded, Engine)):
             raise FailedToLoadPlugin(
                 spec.name, spec.distribution,
                 TypeError(f"{spec.value} is not a cratebridge Engine subclass"),
+                group=ENTRY_POINT_GROUP,
             )
         self._classes[name] = self._checked(spec, loaded)
         return loaded
@@ -181,6 +183,7 @@ class Registry:
                 TypeError(f"its language {shown} is not a known language (known: {known}); "
                           f"its distribution must register it under the {LANGUAGE_GROUP} "
                           "entry points"),
+                group=ENTRY_POINT_GROUP,
             )
         return engine
 
@@ -221,6 +224,7 @@ def _of_this_interface(spec: PluginSpec, engine: type[Engine]) -> type[Engine]:
             TypeError(f"it was written for plugin interface {wanted or '?'}, and this "
                       f"cratebridge has interface {INTERFACE_VERSION}: install a version of "
                       "the plugin made for it"),
+            group=ENTRY_POINT_GROUP,
         )
     return engine
 
@@ -251,4 +255,5 @@ def _check_new_language(spec: PluginSpec, language: Language, known: list[Langua
 
 def _language_failure(spec: PluginSpec, cause: BaseException) -> FailedToLoadPlugin:
     """:class:`FailedToLoadPlugin` for a language entry point (exit 5), named as one."""
-    return FailedToLoadPlugin(spec.name, spec.distribution, cause, group=LANGUAGE_GROUP)
+    return FailedToLoadPlugin(spec.name, spec.distribution, cause, group=LANGUAGE_GROUP,
+                              kind="language")
