@@ -160,14 +160,10 @@ class Registry:
         try:
             loaded = ep.load()
         except Exception as cause:  # any import failure is the plugin's, named as such
-            raise FailedToLoadPlugin(spec.name, spec.distribution, cause,
-                                     group=ENTRY_POINT_GROUP) from cause
+            raise _engine_failure(spec, cause) from cause
         if not (isinstance(loaded, type) and issubclass(loaded, Engine)):
-            raise FailedToLoadPlugin(
-                spec.name, spec.distribution,
-                TypeError(f"{spec.value} is not a cratebridge Engine subclass"),
-                group=ENTRY_POINT_GROUP,
-            )
+            raise _engine_failure(
+                spec, TypeError(f"{spec.value} is not a cratebridge Engine subclass"))
         self._classes[name] = self._checked(spec, loaded)
         return loaded
 
@@ -178,12 +174,11 @@ class Registry:
         if language not in self.languages():
             known = ", ".join(lang.short for lang in self.languages())
             shown = language.short if isinstance(language, Language) else repr(language)
-            raise FailedToLoadPlugin(
-                spec.name, spec.distribution,
+            raise _engine_failure(
+                spec,
                 TypeError(f"its language {shown} is not a known language (known: {known}); "
                           f"its distribution must register it under the {LANGUAGE_GROUP} "
                           "entry points"),
-                group=ENTRY_POINT_GROUP,
             )
         return engine
 
@@ -219,12 +214,11 @@ def _of_this_interface(spec: PluginSpec, engine: type[Engine]) -> type[Engine]:
     """``engine``, if it was written for this plugin interface (the same major version)."""
     wanted = str(getattr(engine, "interface", ""))
     if wanted.split(".")[0] != INTERFACE_VERSION.split(".")[0]:
-        raise FailedToLoadPlugin(
-            spec.name, spec.distribution,
+        raise _engine_failure(
+            spec,
             TypeError(f"it was written for plugin interface {wanted or '?'}, and this "
                       f"cratebridge has interface {INTERFACE_VERSION}: install a version of "
                       "the plugin made for it"),
-            group=ENTRY_POINT_GROUP,
         )
     return engine
 
@@ -251,6 +245,11 @@ def _check_new_language(spec: PluginSpec, language: Language, known: list[Langua
             raise _language_failure(spec, ValueError(
                 f"language {language.short} ({language.value}) clashes with the known "
                 f"language {other.short} ({other.value}); uninstall one of them"))
+
+
+def _engine_failure(spec: PluginSpec, cause: BaseException) -> FailedToLoadPlugin:
+    """:class:`FailedToLoadPlugin` for an engine entry point (exit 5)."""
+    return FailedToLoadPlugin(spec.name, spec.distribution, cause, group=ENTRY_POINT_GROUP)
 
 
 def _language_failure(spec: PluginSpec, cause: BaseException) -> FailedToLoadPlugin:
