@@ -490,14 +490,10 @@ def test_a_stuck_stale_container_does_not_delay_the_next_run(tmp_path: Path) -> 
         assert took < baseline + 5, f"the run waited for the sweep: {took:.1f}s vs {baseline:.1f}s"
         # the sweep runs beside the run: on a loaded machine it may reach the stuck
         # container only after the run has ended
-        deadline = time.monotonic() + 30
-        while True:
-            hung = subprocess.run(["pgrep", "-f", f"sleep {hang}"], capture_output=True,
-                                  check=False)
-            if hung.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert hung.returncode == 0, "the stand-in never hung: the test proves nothing"
+        found, _ = wait_until(lambda: [] if subprocess.run(
+            ["pgrep", "-f", f"sleep {hang}"], capture_output=True, check=False).returncode == 0
+            else ["no hanging stand-in yet"], 30)
+        assert not found, "the stand-in never hung: the test proves nothing"
     finally:
         subprocess.run(["pkill", "-f", f"sleep {hang}"], check=False)
         if stuck:
