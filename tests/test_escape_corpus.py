@@ -387,15 +387,47 @@ rule leak:
 SNAKE_RUN_BLOCK = '''
 escape("before a run: block")
 
+
+def reach(place):
+    """From a job: the network, the Docker sockets and the host's name."""
+    import socket
+    found = {"place": place, "container": _os.path.exists("/.dockerenv"),
+             "interfaces": [name for _, name in socket.if_nameindex()],
+             "hostname": open("/etc/hostname").read().strip(),
+             "sockets": [p for p in ("/var/run/docker.sock", "/run/docker.sock",
+                                     "/run/cratebridge/docker.sock") if _os.path.exists(p)]}
+    for name, address in (("tcp 1.1.1.1:53", ("1.1.1.1", 53)),
+                          ("tcp 8.8.8.8:443", ("8.8.8.8", 443))):
+        try:
+            socket.create_connection(address, timeout=3).close()
+            found[name] = "connected"
+        except OSError as exc:
+            found[name] = "denied " + type(exc).__name__
+    with open("reach-evidence.jsonl", "a") as handle:
+        handle.write(_json.dumps(found) + "\\n")
+
+
 rule all:
-    input: "ran.txt"
+    input: "ran.txt", "scripted.txt"
 
 rule python_in_snakemake:
     output: "ran.txt"
     run:
         escape("inside a run: block")
+        reach("inside a run: block")
         with open(output[0], "w") as handle:
-            handle.write("python in Snakemake's own process")
+            handle.write("python in Snakemake's job command, in a container")
+
+rule script_in_snakemake:
+    output: "scripted.txt"
+    script: "attack.py"
+'''
+
+SNAKE_SCRIPT = '''
+escape("inside a script:")
+reach("inside a script:")
+with open(snakemake.output[0], "w") as handle:
+    handle.write("a script: in a container")
 '''
 
 
@@ -447,19 +479,50 @@ def test_snakemake_python_at_parse_and_dag_time_stays_in_the_room(
         assert_denied(found, plan_dir)
 
 
-@pytest.mark.parametrize("command", ["plan", "run"])
-def test_snakemake_code_before_a_run_block_stays_in_the_room(host: Host, command: str) -> None:
-    """Snakemake: a ``run:`` rule is refused, but the Snakefile's top level still runs at
-    parse time (in the room) and attacks the host.
+def _reach(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "work" / "snakemake" / "reach-evidence.jsonl"
+    assert path.is_file(), "the jobs left no record: did they run?"
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
-    Expected: exit 3 for ``plan`` and ``run`` (crate refused: run: blocks), nothing escaped.
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_snakemake_run_and_script_jobs_stay_in_a_container(host: Host, command: str) -> None:
+    """Snakemake: a ``run:`` block and a ``script:`` read host secrets, write markers, list
+    the runs folder, open TCP connections and look for Docker sockets; the Snakefile's top
+    level does the same at parse time (in the room, then again in each job's container).
+
+    Expected: exit 0 for ``plan`` and ``run``; each job ran in a container (the image with
+    Snakemake) with only a loopback interface, no connection, no Docker socket, not the
+    host's name, as uid 1000, and every host read and write denied.
     """
+    reach_py = SNAKE_RUN_BLOCK[SNAKE_RUN_BLOCK.index("def reach"):
+                               SNAKE_RUN_BLOCK.index("rule all")]
+    attack = f"T = {host.attack_paths!r}\n{ESCAPE_PY}\n{reach_py}\n{SNAKE_SCRIPT}"
     crate = request(host, "snake-run-block",
-                    {"Snakefile": snakefile(host, SNAKE_RUN_BLOCK)}, language="snakemake")
+                    {"Snakefile": snakefile(host, SNAKE_RUN_BLOCK), "attack.py": attack},
+                    language="snakemake")
     outcome = cratebridge(host, command, crate)
-    assert_exit(outcome, 3)
-    assert "run:" in outcome.message
+    assert_exit(outcome, 0)
     assert_contained(host, outcome)
+    if command == "plan":
+        return
+    assert_result_written(outcome)
+    assert outcome.run_dir is not None
+    seen = _evidence(outcome.run_dir)
+    assert {f["place"] for f in seen} >= {"before a run: block", "inside a run: block",
+                                          "inside a script:"}
+    for found in seen:
+        assert_denied(found, outcome.run_dir)
+    reached = _reach(outcome.run_dir)
+    assert sorted(f["place"] for f in reached) == ["inside a run: block", "inside a script:"]
+    host_name = Path("/etc/hostname").read_text().strip()
+    for found in reached:
+        assert found["container"] is True, found
+        assert found["interfaces"] == ["lo"], found
+        assert found["sockets"] == [], found
+        assert found["hostname"] != host_name, found
+        for address in ("tcp 1.1.1.1:53", "tcp 8.8.8.8:443"):
+            assert str(found[address]).startswith("denied"), found
 
 
 def cwl_escape_files(host: Host) -> dict[str, str]:

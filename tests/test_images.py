@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +19,11 @@ from cratebridge import cli, images
 from cratebridge.errors import EngineUnavailable
 
 NAMES = ["cratebridge/busybox:1", "cratebridge/python:3.11", "cratebridge/bash:1"]
+try:  # with cratebridge-snakemake installed, its jobs' image too
+    SNAKEMAKE: str | None = f"cratebridge/snakemake:{importlib.metadata.version('snakemake')}"
+    NAMES.append(SNAKEMAKE)
+except importlib.metadata.PackageNotFoundError:
+    SNAKEMAKE = None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +68,7 @@ def prefix(docker_available: bool) -> Iterator[str]:
 
 
 @pytest.mark.docker
-def test_list_json_shows_the_three_images_present(docker_available: bool) -> None:
+def test_list_json_shows_the_images_present(docker_available: bool) -> None:
     done = run_cli("images", "list", "--json")
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)["images"]}
@@ -184,3 +191,77 @@ def test_missing_debootstrap_names_the_debian_package(monkeypatch: pytest.Monkey
     with pytest.raises(EngineUnavailable, match=r"apt-get install -y debootstrap"):
         images.DebootstrapImage().build("docker", "t", fake)
     assert fake.calls == []
+
+
+class ArchiveRunner:
+    """A fake :class:`images.Runner` that records each command and lists a fed tar archive."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.members: dict[str, tarfile.TarInfo] = {}
+
+    def __call__(self, argv: Sequence[str], *, feed: Sequence[str] | None = None) -> None:
+        self.calls.append(list(argv))
+        if feed is not None:
+            assert feed[0] == "cat"
+            with tarfile.open(feed[1]) as archive:
+                self.members = {m.name: m for m in archive.getmembers()}
+
+
+def test_snakemake_recipe_copies_the_stdlib_and_the_installed_distributions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if SNAKEMAKE is None:
+        pytest.skip("snakemake is not installed in this environment")
+    stdlib = tmp_path / "python3.11"
+    for folder in ("json", "test", "__pycache__"):
+        (stdlib / folder).mkdir(parents=True)
+        (stdlib / folder / "__init__.py").write_text("")
+    monkeypatch.setattr("cratebridge.containers.sandbox.image_id",
+                        lambda docker, tag: "sha256:base")
+    recipe = images.snakemake_image()
+    assert recipe is not None and recipe.name == SNAKEMAKE
+    fake = ArchiveRunner()
+    images.SnakemakeImage(name=recipe.name, version=recipe.version, stdlib=stdlib,
+                          workdir=tmp_path).build("docker", "t/snakemake:1", fake)
+    [create, copy, start, commit, remove] = fake.calls
+    name = create[3]
+    assert create[:9] == ["docker", "create", "--name", name, "--network=none",
+                          "--pull=never", "--user=0", "cratebridge/python:3.11", "sh"]
+    assert "python3 -m compileall" in create[-1]
+    assert copy == ["docker", "cp", "-", f"{name}:/"]
+    assert start == ["docker", "start", "-a", name]
+    assert commit[-2:] == [name, "t/snakemake:1"]
+    assert f"ENV PYTHONPATH={images.SITE_DIR}" in commit
+    assert f"LABEL {images.SNAKEMAKE_LABEL}={recipe.version}" in commit
+    assert remove == ["docker", "rm", "-f", name]
+    stdlib_in = stdlib.relative_to("/").as_posix()
+    assert f"{stdlib_in}/json/__init__.py" in fake.members
+    assert not any(m.startswith((f"{stdlib_in}/test/", f"{stdlib_in}/__pycache__/"))
+                   for m in fake.members)
+    site = images.SITE_DIR.lstrip("/")
+    assert f"{site}/snakemake/__init__.py" in fake.members
+    assert f"{site}/snakemake_interface_executor_plugins/__init__.py" in fake.members
+    try:  # an optional distribution comes along when it is installed
+        importlib.metadata.distribution("pandas")
+        assert f"{site}/pandas/__init__.py" in fake.members
+    except importlib.metadata.PackageNotFoundError:
+        assert not any(m.startswith(f"{site}/pandas/") for m in fake.members)
+    assert not any("__pycache__" in m or "/bin/" in m for m in fake.members if m.startswith(site))
+    assert all(m.uid == 0 and m.gid == 0 for m in fake.members.values())
+    assert not list(tmp_path.glob("cratebridge-snakemake-*"))  # the archive is gone
+
+
+@pytest.mark.docker
+def test_snakemake_image_runs_the_installed_snakemake_offline(docker_available: bool) -> None:
+    if SNAKEMAKE is None:
+        pytest.skip("snakemake is not installed in this environment")
+    if subprocess.run(["docker", "image", "inspect", SNAKEMAKE], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip(f"{SNAKEMAKE} is not built: run `cratebridge images build`")
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--network=none", "--user=1000:1000", "--read-only",
+         "--tmpfs=/tmp", "--env=HOME=/tmp", SNAKEMAKE, "sh", "-c",
+         "python3 -m snakemake --version && python3 -c 'import sqlite3, ssl, yaml'"],
+        capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == importlib.metadata.version("snakemake")

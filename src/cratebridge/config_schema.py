@@ -301,7 +301,9 @@ ENGINE_TABLES: Mapping[str, Section] = {s.name.split(".", 1)[1]: s for s in (
             _CONTAINER,
             ("jobs", whole(1), 4, "snakemake --jobs: Slurm jobs at once"),
             ("default_resources", STRING_OR_STRINGS, [], "snakemake --default-resources"),
-            ("status_interval", whole(1), None, "seconds before the first sacct check")),
+            ("status_interval", whole(1), None, "seconds before the first sacct check"),
+            ("python_image", STRING, None, "image with Snakemake for run: and script: rules "
+             "(default cratebridge/snakemake:<installed Snakemake>; \"\" for none)")),
     _engine("nextflow", "the nextflow engine (docs/nextflow.md)",
             ("program", PATH, None, "path of nextflow (default: the one on PATH)"),
             ("executor", choice("local", "slurm"), "local", "where tasks run"),

@@ -6,10 +6,13 @@ pip user can build the same images as a checkout of the repository.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cratebridge.errors import CratebridgeError, EngineUnavailable, UsageError
+from cratebridge.image_layers import add_file, add_tree, distribution_files, host_libraries
 
 __all__ = [
     "BUSYBOX",
@@ -28,10 +32,12 @@ __all__ = [
     "Need",
     "Recipe",
     "Runner",
+    "SnakemakeImage",
     "SubprocessRunner",
     "build",
     "default_recipes",
     "docker_client",
+    "snakemake_image",
     "status",
 ]
 
@@ -218,8 +224,122 @@ def _finish_rootfs(root: Path) -> None:
 
 
 def default_recipes(busybox: Path | None = None) -> tuple[Recipe, ...]:
-    """The images the demo and the tests use, in build order; BusyBox from ``busybox``."""
-    return (BusyboxImage(busybox=busybox or BUSYBOX), DebootstrapImage())
+    """The images the demo and the tests use, in build order; BusyBox from ``busybox``.
+
+    ``cratebridge/snakemake:<version>`` is among them when Snakemake is installed
+    in this environment (cratebridge-snakemake), after the python image it is built on.
+    """
+    snakemake = snakemake_image()
+    return (BusyboxImage(busybox=busybox or BUSYBOX), DebootstrapImage(),
+            *((snakemake,) if snakemake else ()))
+
+
+def snakemake_image() -> SnakemakeImage | None:
+    """The recipe for this environment's Snakemake, or None when it is not installed.
+
+    Reads the installed distribution's metadata; Snakemake is never imported.
+    """
+    try:
+        version = importlib.metadata.version("snakemake")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return SnakemakeImage(name=f"cratebridge/snakemake:{version}", version=version)
+
+
+@dataclass(frozen=True)
+class SnakemakeImage(Recipe):
+    """``cratebridge/snakemake:<version>``: the Snakemake of this environment, in a step image.
+
+    Built on ``cratebridge/python:3.11`` (whose python3-minimal lacks most of the
+    standard library): the host's Python 3.11 standard library and the installed
+    Snakemake with every distribution it needs (and the installed ``optional``
+    ones), at their installed versions, copied from this environment (nothing is
+    downloaded), the host libraries their extension modules load, all
+    byte-compiled in the image, and ``PYTHONPATH`` set. Jobs of ``run:`` and
+    ``script:`` rules run Snakemake's own per-job command in it (docs/snakemake.md).
+    """
+
+    name: str = "cratebridge/snakemake"
+    version: str = ""
+    summary: str = ("cratebridge/python:3.11 with this environment's Snakemake and the host's "
+                    "Python 3.11 standard library (a minute; offline)")
+    base: str = "cratebridge/python:3.11"
+    stdlib: Path = Path("/usr/lib/python3.11")
+    distribution: str = "snakemake"
+    #: Added (with what they require) when installed here: Snakefiles often import
+    #: pandas (Snakemake's own ``Paramspace`` needs it); pygments is Snakemake's
+    #: ``reports`` extra. A job's Snakemake reads the whole Snakefile again.
+    optional: tuple[str, ...] = ("pandas", "pygments")
+    workdir: Path = Path("/var/tmp")
+
+    @property
+    def needs(self) -> tuple[Need, ...]:
+        # a folder: Need checks absolute paths for the execute bit
+        return (Need(str(self.stdlib / "json"), "libpython3.11-stdlib"),)
+
+    def build(self, docker: str, tag: str, run: Runner) -> None:
+        from cratebridge.containers.sandbox import image_id
+
+        for need in self.needs:
+            need.check()
+        if image_id(docker, self.base) is None:
+            raise EngineUnavailable(f"{tag} is built on {self.base}, which is not present; "
+                                    f"build it first: cratebridge images build {self.base}",
+                                    where=self.base)
+        name = f"cratebridge-build-{uuid.uuid4().hex[:12]}"
+        with tempfile.TemporaryDirectory(prefix="cratebridge-snakemake-",
+                                         dir=self.workdir) as folder:
+            archive = Path(folder) / "layer.tar"
+            with tarfile.open(archive, "w") as tar:
+                modules = add_tree(tar, self.stdlib, self.stdlib.relative_to("/").as_posix(),
+                                   skip=STDLIB_SKIPPED)
+                for source, relative in distribution_files(self.distribution,
+                                                           optional=self.optional):
+                    add_file(tar, source, f"{SITE_DIR.lstrip('/')}/{relative}")
+                    modules.append(source)
+                for library in host_libraries(modules):
+                    # the file a soname link points to, under the soname
+                    add_file(tar, library.resolve(), f"{HOST_LIBS.lstrip('/')}/{library.name}")
+            # Run once, as root, with no network: add the host libraries the image lacks
+            # (Debian bookworm both sides), name uid 1000, and byte-compile what was
+            # copied in (a step's root is read-only).
+            run([docker, "create", "--name", name, "--network=none", "--pull=never",
+                 "--user=0", self.base, "sh", "-c", _FINISH_SCRIPT])
+            try:
+                run([docker, "cp", "-", f"{name}:/"], feed=["cat", str(archive)])
+                run([docker, "start", "-a", name])
+                run([docker, "commit", "-c", f"ENV PYTHONPATH={SITE_DIR}",
+                     "-c", "ENV GIT_PYTHON_REFRESH=quiet", "-c", 'CMD ["/bin/bash"]',
+                     "-c", f"LABEL {SNAKEMAKE_LABEL}={self.version}", name, tag])
+            finally:
+                run([docker, "rm", "-f", name])
+
+
+#: Where the distributions go in the image (``PYTHONPATH``).
+SITE_DIR = "/opt/cratebridge/site-packages"
+#: The label naming the Snakemake version a :class:`SnakemakeImage` holds.
+SNAKEMAKE_LABEL = "org.cratebridge.snakemake.version"
+#: Left out of the standard library: its own tests, build configuration and bytecode.
+STDLIB_SKIPPED = ("test", "__pycache__", "config-3.11-x86_64-linux-gnu", "idle_test")
+#: Not byte-compiled (``compileall -x``): test data written to fail to compile.
+COMPILE_SKIPPED = r"/(tests?|idle_test)/"
+#: Where the host's shared libraries wait until the image is finished.
+HOST_LIBS = "/opt/cratebridge/host-libs"
+_FINISH_SCRIPT = f"""set -eu
+for lib in {HOST_LIBS}/*; do
+  name=${{lib##*/}}
+  if [ -e /lib/x86_64-linux-gnu/$name ] || [ -e /usr/lib/x86_64-linux-gnu/$name ]; then
+    rm "$lib"
+  else
+    mv "$lib" /usr/lib/x86_64-linux-gnu/
+  fi
+done
+rmdir {HOST_LIBS}
+# the default step user has a name (Snakemake asks for it), as in cratebridge/busybox:1
+grep -q '^[^:]*:[^:]*:1000:' /etc/passwd || echo 'user:x:1000:1000:user:/tmp:/bin/sh' >> /etc/passwd
+grep -q '^[^:]*:[^:]*:1000:' /etc/group || echo 'user:x:1000:' >> /etc/group
+python3 -m compileall -q -j0 -x '{COMPILE_SKIPPED}' {SITE_DIR} /usr/lib/python3.11
+"""
 
 
 @dataclass(frozen=True)

@@ -124,8 +124,13 @@ def test_rule_without_container_is_refused_by_default(
         plan(make_request(NO_CONTAINER), engine="snakemake", config=config(""))
 
 
-def test_run_block_is_refused(make_request: MakeRequest, config: Callable[[str], Config]) -> None:
-    with pytest.raises(UnsupportedCrate, match=r"rule make .*run: block"):
+@pytest.mark.docker
+def test_run_block_in_an_image_without_snakemake_is_refused(
+        make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # a run: job runs Snakemake's own job command in its rule's image (test_snakemake_python)
+    with pytest.raises(UnsupportedCrate, match=r"rule make runs Python in Snakemake .*"
+                       r"cratebridge/busybox:1, which has no Snakemake"):
         plan(make_request(RUN_BLOCK), engine="snakemake", config=config(""))
 
 

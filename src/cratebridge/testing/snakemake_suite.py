@@ -476,6 +476,9 @@ def categorize(side: SideResult) -> str:
     if refused:
         kind = re.search(r"\b(run|script|notebook|wrapper|template_engine)\b", refused.group(1))
         return f"refused: {kind.group(1) + ':' if kind else refused.group(1)} rule"
+    joined = re.search(r"has the output (pipe|service)\(", text)
+    if joined:
+        return f"refused: {joined.group(1)}() output"
     if side.exit_code == 1 and re.search(
             r"rule\(s\) failed|Error in rule|job execution failed", text):
         return "a job failed (exit 1)"

@@ -3,7 +3,8 @@
 Snakemake schedules; our executor plugin (``cratebridge``, or
 ``cratebridge-slurm`` when the operator sets ``[engines.snakemake] executor =
 "slurm"``) runs each job's shell command in its rule's image through the
-sandbox's ``docker`` and writes one event per job. Snakemake runs in a working
+sandbox's ``docker`` (a ``run:`` / ``script:`` job: Snakemake's own job command,
+in an image with the same Snakemake) and writes one event per job. Snakemake runs in a working
 copy of the workflow's folder, as its author runs it. See docs/snakemake.md.
 """
 
@@ -33,13 +34,14 @@ from cratebridge.engines.interface import (
 )
 from cratebridge.engines.process import run_engine
 from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus
-from cratebridge.errors import EngineUnavailable, UnsupportedCrate, UsageError
+from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate, UsageError
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_snakemake.failures import failure_summary
-from cratebridge_snakemake.images import find_program
+from cratebridge_snakemake.images import find_program, find_snakemake
 from cratebridge_snakemake.jobs import DEFAULT_SHELL, image_of
 from cratebridge_snakemake.records import Events, read_events, step_records
 from cratebridge_snakemake.workflow import (
+    SNAKEMAKE_KINDS,
     SnakeWorkflow,
     bind_config,
     check_references,
@@ -98,7 +100,9 @@ class SnakemakeEngine(Engine):
         env = self._env(context)
         workflow = load_workflow(snakefile, tree, config_path, env, room=context.room)
         check_references(workflow, roots=(*_roots(request), tree), workdir=tree)
-        check_rules(workflow, settings.default_container, cluster=settings.executor != "local")
+        check_rules(workflow, settings.default_container, cluster=settings.executor != "local",
+                    python_image=settings.python_image)
+        _check_snakemake_images(workflow, settings.python_image, context)
         shell = _check_shell(workflow, settings.default_container, context)
         command = self._command(snakefile, context, settings, config_path, shell)
         notes = [f"language: {request.workflow.language_source}",
@@ -110,7 +114,7 @@ class SnakemakeEngine(Engine):
                  + (" (--configfile, over the workflow's own configfile)" if config else "")]
         if shell:
             notes.append(f"jobs run under {shell} (shell.executable), found in every image")
-        notes += _image_notes(workflow, settings.default_container)
+        notes += _image_notes(workflow, settings.default_container, settings.python_image)
         return EnginePlan(
             engine=self.name, language=Language.SNAKEMAKE, workflow=request.workflow.main_file,
             command=command, env=env, images=self._images(workflow, settings, context),
@@ -134,6 +138,8 @@ class SnakemakeEngine(Engine):
                  "--nocolor", "--show-failed-logs", "--printshellcmds"]
         if settings.default_container:
             args += [f"--{executor}-default-image", settings.default_container]
+        if settings.python_image:
+            args += [f"--{executor}-python-image", settings.python_image]
         if shell:
             args += [f"--{executor}-shell", shell]
         if settings.executor == "slurm":
@@ -158,7 +164,9 @@ class SnakemakeEngine(Engine):
         for rule in workflow.used_rules():
             if rule.kind == "norun":
                 continue
-            image = image_of(rule.image) or settings.default_container
+            fallback = settings.python_image if rule.kind in SNAKEMAKE_KINDS else \
+                settings.default_container
+            image = image_of(rule.image) or fallback
             if image:
                 by_image.setdefault(image, []).append(rule.name)
         uses = []
@@ -225,8 +233,10 @@ class _Settings:
     """The operator's ``[engines.snakemake]`` table, checked."""
 
     def __init__(self, executor: str, default_container: str | None, cores: int, jobs: int,
-                 default_resources: tuple[str, ...], status_interval: int | None) -> None:
+                 default_resources: tuple[str, ...], status_interval: int | None,
+                 python_image: str | None = None) -> None:
         self.executor = executor
+        self.python_image = python_image
         self.status_interval = status_interval
         self.default_container = default_container
         self.cores = cores
@@ -241,6 +251,12 @@ class _Settings:
             raise UsageError(f"executor must be one of {', '.join(EXECUTORS)}, not "
                              f"{executor!r}", where=where)
         default = settings.get("default_container")
+        python_image = settings.get("python_image")
+        if python_image is None:  # unset; "" is the operator's "none"
+            python_image = default_python_image()
+        if not isinstance(python_image, str):
+            raise UsageError("python_image must be an image name (or \"\" for none)",
+                             where=where)
         raw = settings.get("default_resources", ())
         resources = (raw,) if isinstance(raw, str) else \
             tuple(raw) if isinstance(raw, (list, tuple)) else ()
@@ -254,7 +270,18 @@ class _Settings:
                              where=where) from None
         return cls(executor, str(default) if default else None, max(cores, 1), max(jobs, 1),
                    tuple(str(r) for r in resources),
-                   status_interval)
+                   status_interval, python_image or None)
+
+
+def default_python_image() -> str:
+    """``cratebridge/snakemake:<the installed Snakemake's version>`` ("" without Snakemake).
+
+    The image ``cratebridge images build`` makes: a job's Snakemake must be the engine's.
+    """
+    try:
+        return f"cratebridge/snakemake:{importlib.metadata.version('snakemake')}"
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def _tree_source(request: RunRequest) -> tuple[Path, Path]:
@@ -316,6 +343,49 @@ def _check_shell(workflow: SnakeWorkflow, default_image: str | None,
     return name
 
 
+def _check_snakemake_images(workflow: SnakeWorkflow, python_image: str | None,
+                            context: RunContext) -> None:
+    """Refuse a ``run:`` / ``script:`` rule whose image lacks the engine's Snakemake.
+
+    Each such job runs Snakemake's own command in its rule's image (or the
+    operator's ``python_image``), which must have ``python3`` and the same
+    Snakemake version. An absent ``python_image`` is refused naming the setting;
+    other absent images are refused with every image once the plan is made.
+    """
+    by_image: dict[str, list[str]] = {}
+    for job in workflow.jobs:
+        if workflow.rule(job.rule).kind in SNAKEMAKE_KINDS:
+            image = image_of(job.image) or python_image
+            if image and job.rule not in by_image.setdefault(image, []):
+                by_image[image].append(job.rule)
+    docker = context.sandbox.docker
+    labels = [arg for arg in context.sandbox.docker_args() if arg.startswith("--label=")]
+    version = workflow.snakemake_version
+    for image, rules in sorted(by_image.items()):
+        where = f"image {image}"
+        who = f"rule {rules[0]} runs" if len(rules) == 1 else f"rules {', '.join(rules)} run"
+        if image_id(docker, image) is None:
+            if image == python_image and any(workflow.rule(r).image is None for r in rules):
+                raise PolicyRefused(
+                    f"{who} Python in Snakemake (run: or script:), in the image "
+                    f"[engines.snakemake] python_image = {image!r}, which is not "
+                    "present locally; build it with `cratebridge images build` (it makes "
+                    f"cratebridge/snakemake:{version}), or set python_image to a local image "
+                    f"with Snakemake {version}", rule="images.local-only", where=where)
+            continue
+        found = find_snakemake(docker, image, labels)
+        if found != version:
+            has = "no Snakemake for its python3" if found is None else \
+                "a Snakemake of unknown version" if found == "unknown" else f"Snakemake {found}"
+            raise UnsupportedCrate(
+                f"{who} Python in Snakemake (run: or script:): each job "
+                f"runs Snakemake's own job command in image {image}, which has {has}, but "
+                f"the engine runs Snakemake {version}; use an image with python3 and "
+                f"Snakemake {version} (e.g. cratebridge/snakemake:{version}, set as "
+                "[engines.snakemake] python_image, for rules without container:)",
+                where=where)
+
+
 def _roots(request: RunRequest) -> tuple[Path, ...]:
     """Where a Snakefile's references may lead: the crate, a mirrored workflow, mapped data."""
     return (request.crate_dir, request.workflow.root,
@@ -332,10 +402,16 @@ def _job_label(rule: str, wildcards: Mapping[str, str]) -> str:
     return f"{rule}[{','.join(f'{k}={v}' for k, v in wildcards.items())}]"
 
 
-def _image_notes(workflow: SnakeWorkflow, default: str | None) -> list[str]:
+def _image_notes(workflow: SnakeWorkflow, default: str | None,
+                 python_image: str | None) -> list[str]:
     notes = []
     for rule in workflow.used_rules():
-        if rule.kind != "norun" and rule.image is None and default:
+        if rule.kind in SNAKEMAKE_KINDS:
+            image = rule.image or python_image
+            notes.append(f"rule {rule.name} ({rule.kind}:) runs as Snakemake's own job command "
+                         f"in {'its image' if rule.image else 'the operator python_image'} "
+                         f"{image_of(image)}, with no network")
+        elif rule.kind != "norun" and rule.image is None and default:
             notes.append(f"rule {rule.name} has no container: and runs in the operator's "
                          f"default image {default}")
     return notes

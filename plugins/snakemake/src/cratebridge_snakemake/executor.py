@@ -11,8 +11,10 @@ Rules that run nothing are reported done at once; those that make files
 (``touch()`` outputs, made by Snakemake itself) get their two events too,
 with no image. A ``benchmark:`` file is written here, from the container's
 time; group jobs (``pipe()``, ``service()``) fail, each job recorded with the
-reason. The workflow's final targets are written when the executor starts
-and again when it shuts down, after checkpoints have updated the DAG.
+reason. A ``run:`` or ``script:`` job runs Snakemake's own per-job command in
+an image with Snakemake (:mod:`cratebridge_snakemake.snakejob`). The
+workflow's final targets are written when the executor starts and again when
+it shuts down, after checkpoints have updated the DAG.
 """
 
 from __future__ import annotations
@@ -36,10 +38,23 @@ from snakemake_interface_executor_plugins.settings import (
 )
 
 from cratebridge_snakemake.benchmarks import write_benchmark
-from cratebridge_snakemake.jobs import DEFAULT_SHELL, EventLog, JobSpec, now, spec_for
+from cratebridge_snakemake.jobs import (
+    DEFAULT_SHELL,
+    EventLog,
+    JobSpec,
+    SnakemakeJob,
+    now,
+    spec_for,
+)
+from cratebridge_snakemake.snakejob import (
+    is_snakemake_job,
+    job_command,
+    job_files,
+    job_folders,
+)
 
 __all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_group",
-           "record_norun", "record_targets", "target_files"]
+           "record_norun", "record_targets", "snakemake_job", "target_files"]
 
 common_settings = CommonSettings(
     non_local_exec=False,
@@ -52,7 +67,7 @@ common_settings = CommonSettings(
 
 @dataclass
 class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
-    """``--cratebridge-events``, ``--cratebridge-default-image`` and ``--cratebridge-shell``."""
+    """``--cratebridge-events``, ``-default-image``, ``-python-image`` and ``-shell``."""
 
     events: str | None = field(default=None, metadata={
         "help": "JSON-lines file the executor appends one event per job to", "type": str,
@@ -65,6 +80,10 @@ class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
     shell: str | None = field(default=None, metadata={
         "help": "program each job's command runs under (the Snakefile's shell.executable, "
                 "checked at plan time to be in every image); default sh",
+        "type": str, "env_var": False, "required": False})
+    python_image: str | None = field(default=None, metadata={
+        "help": "image with Snakemake for run: and script: rules without a container: "
+                "directive (operator setting)",
         "type": str, "env_var": False, "required": False})
 
 
@@ -93,6 +112,16 @@ def target_files(job: Any) -> list[str]:
     if not job.rule.norun:
         return [str(f) for f in job.output]
     return [str(f) for f in (*job.input, *job.output, *job.log)]
+
+
+def snakemake_job(executor: Any, job: Any) -> SnakemakeJob | None:
+    """How a ``run:`` / ``script:`` job runs (None for any other job): image, command, mounts."""
+    if not is_snakemake_job(job):
+        return None
+    workflow = executor.workflow
+    return SnakemakeJob(getattr(workflow.executor_settings, "python_image", None),
+                        job_command(executor, job), tuple(job_files(workflow)),
+                        tuple(job_folders(workflow)))
 
 
 def record_targets(workflow: Any, events: EventLog, final: bool = False) -> None:
@@ -189,10 +218,12 @@ class Executor(RealExecutor):  # type: ignore[misc]
         self.report_job_submission(job_info)
 
     def _run(self, job: Any) -> None:
-        self.workflow.async_run(job.prepare())
+        snakemake = snakemake_job(self, job)
+        if snakemake is None:  # Snakemake in the container prepares its own job
+            self.workflow.async_run(job.prepare())
         try:
             spec = spec_for(job, str(self.workflow.workdir_init), self.default_image,
-                            self.shell)
+                            self.shell, snakemake=snakemake)
         except (ValueError, OSError) as exc:
             raise JobFailed(str(exc)) from None
         start = now()
@@ -208,7 +239,9 @@ class Executor(RealExecutor):  # type: ignore[misc]
         if code != 0:
             raise JobFailed(f"rule {spec.rule}: container {spec.image} exited with status "
                             f"{code}")
-        if job.benchmark:  # Snakemake expects it among the outputs; it is never shadowed
+        # Snakemake expects it among the outputs; it is never shadowed. (A run: or script:
+        # job's Snakemake writes its own, in the container.)
+        if job.benchmark and not spec.snakemake:
             path = os.path.join(str(self.workflow.workdir_init), str(job.benchmark))
             write_benchmark(job, path, time.monotonic() - began,
                             bool(self.workflow.output_settings.benchmark_extended))

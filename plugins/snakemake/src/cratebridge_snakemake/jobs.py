@@ -11,7 +11,10 @@ folder and every input outside the working directory are mounted read-only
 at their host paths, so the command sees the same paths Snakemake formatted.
 A ``shadow:`` rule's command runs in the shadow folder Snakemake prepared
 for the job (under ``.snakemake/shadow/`` in the working directory, so its
-links resolve inside the mount), as Snakemake runs it there itself.
+links resolve inside the mount), as Snakemake runs it there itself. A
+``run:`` or ``script:`` job's command is Snakemake's own per-job command
+(:mod:`cratebridge_snakemake.snakejob`), run under ``sh`` in an image with
+Snakemake: the rule's ``container:`` or the operator's ``python_image``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from typing import Any
 
 from cratebridge.containers.sandbox import STEP_LABEL
 
-__all__ = ["DEFAULT_SHELL", "EventLog", "JobSpec", "docker_argv", "image_of", "job_script",
-           "named_files", "now", "shell_command", "spec_for"]
+__all__ = ["DEFAULT_SHELL", "EventLog", "JobSpec", "SnakemakeJob", "docker_argv", "image_of",
+           "job_script", "named_files", "now", "shell_command", "spec_for"]
 
 DOCKER_PREFIX = "docker://"
 DEFAULT_SHELL = "sh"  # images need not have bash; see docs/snakemake.md
@@ -71,6 +74,22 @@ class JobSpec:
     suffix: str = ""
     script_file: str | None = None  # the script, when too long for one argument
     shadow_dir: str | None = None  # a shadow: rule's folder, which the command runs in
+    snakemake: bool = False  # the command is Snakemake's own, running a run:/script: job
+
+
+@dataclass(frozen=True)
+class SnakemakeJob:
+    """How a ``run:`` / ``script:`` job runs: its image when the rule names none, its command.
+
+    ``mounts`` are files outside the working folder the inner Snakemake reads
+    (the run's configfiles), mounted read-only; ``writable`` folders it writes
+    (its source cache), mounted read-write.
+    """
+
+    image: str | None
+    command: str
+    mounts: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
 
 
 def _absolute(path: str, workdir: str) -> str:
@@ -97,15 +116,19 @@ def _job_name(rule: str, wildcards: dict[str, str]) -> str:
 
 
 def spec_for(job: Any, workdir: str, default_image: str | None,
-             shell: str = DEFAULT_SHELL, norun: bool = False) -> JobSpec:
+             shell: str = DEFAULT_SHELL, norun: bool = False,
+             snakemake: SnakemakeJob | None = None) -> JobSpec:
     """Describe a Snakemake job (``JobExecutorInterface``) and build its container command.
 
     ``shell`` is the program the command runs under (by name, on the image's
     ``PATH``). With ``norun``, describe a job that runs nothing (no image, no
-    command). Raises ``ValueError`` for a job that cannot run in a container:
-    no shell command, or no image and no operator default.
+    command). A ``run:`` or ``script:`` job needs ``snakemake``: Snakemake's
+    own command for it, run under ``sh``. Raises ``ValueError`` for a job that
+    cannot run in a container: no command, or no image and no operator default.
     """
     rule = job.rule
+    if snakemake is not None and not norun:
+        return _snakemake_spec(job, workdir, snakemake)
     image: str | None = None
     source = "none"
     if not norun:
@@ -131,6 +154,36 @@ def spec_for(job: Any, workdir: str, default_image: str | None,
         spec = replace(spec, script_file=_write_script(script, workdir, spec.token))
     basedir = str(rule.basedir) if rule.basedir else None
     return replace(spec, argv=docker_argv(spec, basedir))
+
+
+def _snakemake_spec(job: Any, workdir: str, snakemake: SnakemakeJob) -> JobSpec:
+    """A ``run:`` / ``script:`` job: Snakemake's command, in the rule's image or the operator's.
+
+    Snakemake inside the container prepares the job itself (a ``shadow:``
+    folder, a ``benchmark:`` file), as in the jobs Snakemake spawns.
+    """
+    rule = job.rule
+    image = image_of(job.container_img_url)
+    source = "container"
+    if image is None:
+        image, source = snakemake.image, "operator python_image"
+    if image is None:
+        raise ValueError(f"rule {rule.name} runs Python in Snakemake (run: or script:), and "
+                         "no image with Snakemake is configured ([engines.snakemake] "
+                         "python_image)")
+    wildcards = {str(k): str(v) for k, v in dict(job.wildcards_dict).items()}
+    spec = JobSpec(
+        token=uuid.uuid4().hex, jobid=int(job.jobid), rule=rule.name,
+        name=_job_name(rule.name, wildcards), wildcards=wildcards,
+        inputs=named_files(job.input, workdir, "input"),
+        outputs=named_files(job.output, workdir, "output"),
+        logs=[_absolute(str(f), workdir) for f in job.log],
+        image=image, image_source=source, shellcmd=snakemake.command, workdir=workdir,
+        snakemake=True)
+    if len(job_script(spec).encode()) > MAX_INLINE_SCRIPT:
+        spec = replace(spec, script_file=_write_script(job_script(spec), workdir, spec.token))
+    basedir = str(rule.basedir) if rule.basedir else None
+    return replace(spec, argv=docker_argv(spec, basedir, snakemake.mounts, snakemake.writable))
 
 
 # What Snakemake's own run of a shell: rule has in view besides its Snakefile's globals.
@@ -169,8 +222,9 @@ def _write_script(script: str, workdir: str, token: str) -> str:
 def _image_for(job: Any, default_image: str | None) -> tuple[str, str]:
     rule = job.rule
     if not rule.is_shell:
-        raise ValueError(f"rule {rule.name}: only shell: rules run in containers under "
-                         "cratebridge (run:, script:, wrapper:, notebook: are refused)")
+        raise ValueError(f"rule {rule.name}: only shell:, run: and script: rules run in "
+                         "containers under cratebridge (wrapper:, notebook: and cwl: are "
+                         "refused)")
     image = image_of(job.container_img_url)
     if image is not None:
         return image, "container"
@@ -205,8 +259,14 @@ def job_script(spec: JobSpec) -> str:
     return " ".join((prefix, spec.shellcmd, spec.suffix)).strip()
 
 
-def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
-    """``docker run ...`` for a job; the sandbox shim adds the hardening flags."""
+def docker_argv(spec: JobSpec, basedir: str | None, files: tuple[str, ...] = (),
+                writable: tuple[str, ...] = ()) -> list[str]:
+    """``docker run ...`` for a job; the sandbox shim adds the hardening flags.
+
+    ``files`` are more paths to mount read-only (a Snakemake job's configfiles),
+    ``writable`` more folders to mount read-write (its source cache); the
+    broker allows either only inside the run's folders.
+    """
     if spec.image is None:
         raise ValueError(f"rule {spec.rule} runs no command and needs no container")
     work = os.path.realpath(spec.workdir)
@@ -216,8 +276,14 @@ def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
                          "inside Snakemake's working folder")
     mounts = [f"--volume={work}:{work}"]
     seen = {work}
+    for folder in writable:
+        real = os.path.realpath(folder)
+        if real not in seen and not _under(real, work):
+            seen.add(real)
+            mounts.append(f"--volume={real}:{real}")
     read_only = [basedir] if basedir else []
     read_only += [p for _, p in spec.inputs if not _under(p, work)]
+    read_only += [p for p in files if not _under(p, work)]
     for path in read_only:
         real = os.path.realpath(path)
         if real in seen or _under(real, work) or any(_under(real, s) for s in seen):
@@ -227,9 +293,12 @@ def docker_argv(spec: JobSpec, basedir: str | None) -> list[str]:
     # the default shell by its path; a chosen one by name, found on the image's PATH by
     # Docker as the plan's check found it
     entrypoint = "/bin/sh" if spec.shell == DEFAULT_SHELL else spec.shell
+    # Snakemake asks for the user's name (getpass), which the step uid may not have
+    # in the image's /etc/passwd
+    env = ["--env=HOME=/tmp", *(["--env=USER=snakemake"] if spec.snakemake else [])]
     return [
         "docker", "run", "--rm", f"--label={STEP_LABEL}={spec.token}",
-        f"--workdir={cwd}", *mounts, "--env=HOME=/tmp", f"--entrypoint={entrypoint}",
+        f"--workdir={cwd}", *mounts, *env, f"--entrypoint={entrypoint}",
         spec.image, *([spec.script_file] if spec.script_file else ["-c", job_script(spec)]),
     ]
 

@@ -33,6 +33,7 @@ from cratebridge_snakemake.executor import (
     record_norun,
     record_targets,
     shell_of,
+    snakemake_job,
 )
 from cratebridge_snakemake.jobs import now, spec_for
 from cratebridge_snakemake.records import read_events
@@ -42,7 +43,7 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 @dataclass
 class ExecutorSettings(SlurmSettings):  # type: ignore[misc]
-    """The Slurm plugin's settings plus ``events``, ``default_image`` and ``shell``."""
+    """The Slurm plugin's settings plus those of our local executor's ExecutorSettings."""
 
     events: str | None = field(default=None, metadata={
         "help": "JSON-lines file the executor appends one event per job to", "type": str,
@@ -53,6 +54,10 @@ class ExecutorSettings(SlurmSettings):  # type: ignore[misc]
     shell: str | None = field(default=None, metadata={
         "help": "program each job's command runs under (the Snakefile's shell.executable, "
                 "checked at plan time to be in every image); default sh",
+        "type": str, "env_var": False, "required": False})
+    python_image: str | None = field(default=None, metadata={
+        "help": "image with Snakemake for run: and script: rules without a container: "
+                "directive (operator setting)",
         "type": str, "env_var": False, "required": False})
 
 
@@ -77,10 +82,12 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         if job.is_group():
             raise WorkflowError(record_group(job, str(self.workflow.workdir_init),
                                              self.cb_events))
-        self.workflow.async_run(job.prepare())
+        snakemake = snakemake_job(self, job)
+        if snakemake is None:  # Snakemake in the container prepares its own job
+            self.workflow.async_run(job.prepare())
         try:
             spec = spec_for(job, str(self.workflow.workdir_init), self.cb_default_image,
-                            self.cb_shell)
+                            self.cb_shell, snakemake=snakemake)
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
         jobs_dir = self.cb_events.path.parent / "jobs"
@@ -93,7 +100,7 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
             "workdir": spec.workdir, "stdout": str(jobs_dir / f"{spec.token}.stdout.log"),
         }, indent=2))
         self.cb_events.started(spec, start=now(), scheduler="slurm")
-        if job.benchmark:
+        if job.benchmark and not spec.snakemake:
             self.cb_benchmarked[job.jobid] = spec.token
         return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
                f"{shlex.quote(str(spec_path))}"

@@ -17,13 +17,15 @@ from cratebridge.engines.process import run_confined, tail
 from cratebridge.errors import MetadataError, PolicyRefused, UnsafeCrate, UnsupportedCrate
 from cratebridge.intake.request import InputKind, RunRequest
 
-__all__ = ["RefKind", "SnakeJob", "SnakeReference", "SnakeRule", "SnakeWorkflow",
-           "bind_config", "check_references", "check_rules", "config_value", "load_workflow"]
+__all__ = ["SNAKEMAKE_KINDS", "RefKind", "SnakeJob", "SnakeReference", "SnakeRule",
+           "SnakeWorkflow", "bind_config", "check_references", "check_rules", "config_value",
+           "load_workflow"]
 
-# Rules whose code would run in Snakemake's own process or fetch code at run time.
+# Rules whose jobs Snakemake itself runs, in a container with Snakemake (snakejob.py).
+SNAKEMAKE_KINDS = frozenset(("run", "script"))
+_WHAT = {"run": "a run: block", "script": "a script: directive"}
+# Rules whose code needs what no step image has, or fetches code at run time.
 REFUSED_KINDS = {
-    "run": "a run: block executes Python inside Snakemake's own process, outside any container",
-    "script": "script: needs Snakemake's Python object inside the container (not supported yet)",
     "notebook": "notebook: needs Jupyter and Snakemake inside the container",
     "wrapper": "wrapper: downloads code from the wrapper repository at run time",
     "cwl": "cwl: rules are not supported; run the CWL tool with a CWL engine",
@@ -256,8 +258,14 @@ def _inside(path: Path, folders: tuple[Path, ...]) -> bool:
     return any(path == folder or path.is_relative_to(folder) for folder in folders)
 
 
-def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: bool) -> None:
-    """Refuse rules that could not run in a container under our executor."""
+def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: bool,
+                python_image: str | None = None) -> None:
+    """Refuse rules that could not run in a container under our executor.
+
+    A ``run:`` / ``script:`` rule needs an image with Snakemake: its own
+    ``container:`` or the operator's ``python_image`` (whether the image has
+    Snakemake is checked by the engine, which can look into images).
+    """
     for rule in workflow.used_rules():
         if rule.kind == "norun":
             continue
@@ -274,7 +282,16 @@ def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: boo
                 "the jobs reading it to run at the same time, joined through it, but under "
                 "cratebridge each job runs on its own, in its own container; write a regular "
                 f"file instead of {flag}()", where=where)
-        if rule.image is None and default_image is None:
+        if rule.kind in SNAKEMAKE_KINDS:
+            if rule.image is None and python_image is None:
+                raise UnsupportedCrate(
+                    f"rule {rule.name} has {_WHAT[rule.kind]}, whose Python Snakemake runs "
+                    "in a container with Snakemake, and it names no container: while "
+                    "[engines.snakemake] python_image is set to none; set python_image "
+                    "(e.g. the image `cratebridge images build` makes, "
+                    "cratebridge/snakemake:<Snakemake version>), or give the rule a "
+                    "container: with the same Snakemake", where=where)
+        elif rule.image is None and default_image is None:
             raise PolicyRefused(
                 f"rule {rule.name} has no container: directive and every rule must run in a "
                 "container; add one, or set [engines.snakemake] default_container",
