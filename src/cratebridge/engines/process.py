@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from cratebridge.containers.confine import Room
 from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
@@ -150,10 +152,31 @@ def _run_engine(command: Sequence[str], room: Room, env: Mapping[str, str], cwd:
                 on_tick: Callable[[], None], tick: float) -> EngineExit:
     with stdout.open("wb") as out, stderr.open("wb") as err, \
             room.command(command, env, cwd) as (argv, fds):
+        _hand_to(room, out, err)
         proc = subprocess.Popen(argv, env={}, cwd="/", stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, pass_fds=fds,
                                 start_new_session=True)
     return watch(proc, deadline, on_tick, tick)
+
+
+def _hand_to(room: Room, *files: IO[bytes]) -> None:
+    """Make the room's uid the owner of its standard output and error files.
+
+    Code in the room may reopen them by name (``> /dev/stderr``, a Snakefile's
+    ``shell("... > /dev/stderr")``), which the kernel allows only to their
+    owner: a pipe or a file of ours would refuse it ("Permission denied")
+    where the same code works for its author. The files are the run's logs,
+    outside every folder the room sees; owning them gives the room nothing
+    its descriptors did not.
+    """
+    if os.geteuid() == 0:
+        for file in files:
+            os.fchown(file.fileno(), room.uid, room.gid)
+
+
+def _read_back(file: IO[bytes]) -> bytes:
+    file.seek(0)
+    return file.read()
 
 
 def watch(proc: subprocess.Popen[bytes], deadline: float | None,
@@ -193,12 +216,15 @@ def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], 
     a Snakefile) while nothing runs yet. Raises UnsupportedCrate, naming
     ``what`` and ``where``, when it takes longer than ``timeout`` seconds.
     """
-    with room.command(command, env, cwd) as (argv, fds):
-        proc = subprocess.Popen(argv, env={}, cwd="/", stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file, \
+            room.command(command, env, cwd) as (argv, fds):
+        _hand_to(room, out_file, err_file)
+        proc = subprocess.Popen(argv, env={}, cwd="/", stdout=out_file,
+                                stderr=err_file, stdin=subprocess.DEVNULL,
                                 pass_fds=fds, start_new_session=True)
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
+            out, err = _read_back(out_file), _read_back(err_file)
         except subprocess.TimeoutExpired:
             stop_group(proc, grace=1)
             raise UnsupportedCrate(f"{what} took longer than {timeout:.0f}s",
