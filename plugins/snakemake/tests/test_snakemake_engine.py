@@ -74,7 +74,10 @@ def test_one_step_record_per_job_with_image_inputs_and_outputs(
     record = outcome.record
     assert outcome.exit_code == 0, record.error
     assert (outcome.run_dir / "outputs" / "report.txt").read_text() == REPORT
-    assert [o.parameter for o in record.outputs if isinstance(o, FileRecord)] == ["report.txt"]
+    # the final target first, then what the jobs made (outputs = "all", the default)
+    assert next(o.parameter for o in record.outputs if isinstance(o, FileRecord)) == "report.txt"
+    assert sorted(o.parameter for o in record.outputs if isinstance(o, FileRecord)) == [
+        "counts.txt", "head.txt", "report.txt"]
     by_rule = {s.step: s for s in record.steps}
     assert sorted(by_rule) == ["combine", "count", "head"]
     assert by_rule["combine"].container is not None

@@ -69,9 +69,9 @@ def test_failed_rule_on_slurm(tmp_path: Path, config: Callable[[str], Config], s
 @pytest.mark.slurm
 @pytest.mark.docker
 @pytest.mark.parametrize(("name", "outputs", "steps"), [
-    ("checkpoint", [f"upper/{p}.txt" for p in "abc"],
+    ("checkpoint", ["parts", *(f"upper/{p}.txt" for p in "abc")],
      ["split", "upper[part=a]", "upper[part=b]", "upper[part=c]"]),
-    ("touch-rule", ["done.flag"], ["make", "mark"]),
+    ("touch-rule", ["data.txt", "done.flag"], ["make", "mark"]),
 ])
 def test_checkpoint_targets_and_touch_jobs_on_slurm(
         tmp_path: Path, config: Callable[[str], Config], slurm: bool, docker_available: bool,

@@ -180,7 +180,9 @@ def test_a_final_target_that_is_a_link_is_handed_back_as_the_bytes_it_points_to(
     assert _outputs(outcome) == {"res/link.txt": "payload\n"}
     exported = outcome.run_dir / "outputs" / "res"
     assert not (exported / "link.txt").is_symlink()
-    assert sorted(p.name for p in exported.iterdir()) == ["link.txt"]
+    # the folder a job made is there too (links inside a folder stay links)
+    assert sorted(p.name for p in exported.iterdir()) == ["data", "link.txt"]
+    assert (exported / "data" / "f.txt").read_text() == "payload\n"
 
 
 PIPE = '''

@@ -53,7 +53,8 @@ def _digests(folder: Path) -> dict[str, str]:
 def test_files_beside_the_snakefile_are_found_and_the_crate_is_untouched(
         tmp_path: Path, config: Callable[[str], Config], docker_available: bool) -> None:
     outcome = _run(tmp_path, config(""), "files-beside")
-    assert _outputs(outcome) == {"summary.txt": "alpha 3 words\nbeta 5 words\n"}
+    assert _outputs(outcome) == {"summary.txt": "alpha 3 words\nbeta 5 words\n",
+                                 "counts/alpha.txt": "3\n", "counts/beta.txt": "5\n"}
     # the crate's own copy of the workflow is as it came: no outputs, no .snakemake
     request = outcome.run_dir / "request"
     workflow = next(p.parent for p in request.rglob("Snakefile"))
@@ -131,7 +132,8 @@ def test_a_missing_config_key_says_where_keys_come_from(
 @pytest.mark.docker
 def test_checkpoint_outputs_are_the_targets_after_the_dag_was_re_evaluated(
         tmp_path: Path, config: Callable[[str], Config], docker_available: bool) -> None:
-    outcome = _run(tmp_path, config(""), "checkpoint")
+    # outputs/ kept to the final targets: those named once the checkpoint ran
+    outcome = _run(tmp_path, config('[engines.snakemake]\noutputs = "targets"\n'), "checkpoint")
     assert _outputs(outcome) == {f"upper/{p}.txt": f"PART {p.upper()}\n" for p in "abc"}
     names = sorted(s.name for s in outcome.record.steps)
     assert names == ["split", "upper[part=a]", "upper[part=b]", "upper[part=c]"]
@@ -147,6 +149,41 @@ def test_shell_executable_bash_runs_the_command_under_bash_with_pipefail(
     (step,) = outcome.record.steps
     assert "--entrypoint=bash" in step.command
     assert step.command[-1].startswith("set -euo pipefail; ")
+
+
+DEFAULT_SHELLS = '''
+rule all:
+    input: "debian.txt", "busybox.txt"
+
+rule debian:
+    output: "debian.txt"
+    container: "docker://cratebridge/python:3.11"
+    shell: 'echo -e "shell:${{BASH_VERSION:+bash}}" > {output}; '
+           "set -o | grep -q 'pipefail.*on' && echo pipefail-on >> {output}"
+
+rule busybox:
+    output: "busybox.txt"
+    container: "docker://cratebridge/busybox:1"
+    shell: "echo shell:${{BASH_VERSION:-sh}} > {output}"
+'''
+
+
+@pytest.mark.docker
+def test_with_no_shell_executable_jobs_run_under_bash_where_the_image_has_it(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # bare Snakemake runs every job under bash (with pipefail) when there is one;
+    # an image without bash (busybox) gets sh
+    outcome = run(make_request(DEFAULT_SHELLS), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.exit_code == 0, outcome.record.error
+    assert _outputs(outcome) == {"debian.txt": "shell:bash\npipefail-on\n",
+                                 "busybox.txt": "shell:sh\n"}
+    assert any("under bash (as Snakemake's default) in cratebridge/python:3.11, under sh"
+               in note for note in outcome.plan.notes)
+    by_rule = {s.step: s for s in outcome.record.steps}
+    assert "--entrypoint=bash" in by_rule["debian"].command
+    assert "--entrypoint=/bin/sh" in by_rule["busybox"].command
 
 
 SHELL_IN_BUSYBOX = '''
@@ -239,3 +276,47 @@ def test_a_link_left_in_place_of_the_copy_is_removed_not_followed(tmp_path: Path
     make_working_copy(source, dest)
     assert not dest.is_symlink() and (dest / "Snakefile").is_file()
     assert (target / "keep.txt").read_text() == "keep" and not (target / "Snakefile").exists()
+
+
+@pytest.mark.docker
+def test_outputs_hold_what_the_author_would_find_or_only_the_targets(
+        tmp_path: Path, config: Callable[[str], Config], docker_available: bool) -> None:
+    for sub in ("all", "targets"):
+        (tmp_path / sub).mkdir()
+    # default: every file the jobs made and Snakemake kept, as in the folder after a bare run
+    outcome = _run(tmp_path / "all", config(""), "kept-files")
+    assert _outputs(outcome) == {"report.txt": "report: scratch\n",
+                                 "parts/one.txt": "scratch\n", "logs/part.log": "part made\n"}
+    assert sorted(p.relative_to(outcome.run_dir / "outputs").as_posix()
+                  for p in (outcome.run_dir / "outputs").rglob("*") if p.is_file()) == [
+        "logs/part.log", "parts/one.txt", "report.txt"]
+    # the operator may keep outputs/ to the final targets
+    targets = _run(tmp_path / "targets", config('[engines.snakemake]\noutputs = "targets"\n'),
+                   "kept-files")
+    assert _outputs(targets) == {"report.txt": "report: scratch\n"}
+    assert not (targets.run_dir / "outputs" / "parts").exists()
+
+
+TOP_LEVEL_STDERR = '''
+shell("echo read by the top level > /dev/stderr")
+
+rule all:
+    input: "out.txt"
+
+rule make:
+    output: "out.txt"
+    container: "docker://cratebridge/busybox:1"
+    shell: "echo made > {output}"
+'''
+
+
+@pytest.mark.docker
+def test_the_snakefile_may_reopen_its_own_stderr_in_the_room(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # `> /dev/stderr` reopens the room's standard error by name, which the kernel
+    # allows only to its owner: both when the plan reads the Snakefile and in the run
+    outcome = run(make_request(TOP_LEVEL_STDERR), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.exit_code == 0, outcome.record.error
+    assert _outputs(outcome) == {"out.txt": "made\n"}

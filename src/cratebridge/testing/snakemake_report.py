@@ -139,6 +139,14 @@ def _md_cell(text: str) -> str:
 # --- the command line ---------------------------------------------------------------------
 
 
+def _step_image() -> str:
+    """The image ``cratebridge images build`` makes for this venv's Snakemake."""
+    try:
+        return f"cratebridge/snakemake:{importlib_metadata.version('snakemake')}"
+    except importlib_metadata.PackageNotFoundError:
+        return "cratebridge/python:3.11"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run-snakemake-comparison",
@@ -156,8 +164,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="snakemake --cores, both ways (default 3, as Snakemake's run())")
     parser.add_argument("--timeout", type=int, default=600,
                         help="seconds per workflow and way (default 600)")
-    parser.add_argument("--image", default="cratebridge/python:3.11",
-                        help="[engines.snakemake] default_container (default %(default)s)")
+    parser.add_argument("--image", default=_step_image(),
+                        help="[engines.snakemake] default_container (default %(default)s: "
+                        "Python with this venv's Snakemake and its dependencies, as on the "
+                        "host bare Snakemake runs on; `cratebridge images build` makes it)")
     parser.add_argument("--bin", type=Path, default=Path(sys.prefix) / "bin",
                         help="folder holding snakemake and cratebridge (default: this venv)")
     parser.add_argument("--keep", action="store_true",

@@ -103,8 +103,8 @@ class SnakemakeEngine(Engine):
         check_rules(workflow, settings.default_container, cluster=settings.executor != "local",
                     python_image=settings.python_image)
         _check_snakemake_images(workflow, settings.python_image, context)
-        shell = _check_shell(workflow, settings.default_container, context)
-        command = self._command(snakefile, context, settings, config_path, shell)
+        shell, bash_images = _check_shell(workflow, settings.default_container, context)
+        command = self._command(snakefile, context, settings, config_path, shell, bash_images)
         notes = [f"language: {request.workflow.language_source}",
                  f"Snakemake {workflow.snakemake_version}, executor {settings.executor} "
                  f"(snakemake --executor {EXECUTORS[settings.executor]})",
@@ -114,6 +114,12 @@ class SnakemakeEngine(Engine):
                  + (" (--configfile, over the workflow's own configfile)" if config else "")]
         if shell:
             notes.append(f"jobs run under {shell} (shell.executable), found in every image")
+        elif bash_images:
+            notes.append("jobs run under bash (as Snakemake's default) in "
+                         f"{', '.join(bash_images)}, under sh in any other image")
+        else:
+            notes.append("jobs run under sh: no image of a shell rule has bash "
+                         "(Snakemake's default where there is one)")
         notes += _image_notes(workflow, settings.default_container, settings.python_image)
         return EnginePlan(
             engine=self.name, language=Language.SNAKEMAKE, workflow=request.workflow.main_file,
@@ -124,7 +130,8 @@ class SnakemakeEngine(Engine):
         )
 
     def _command(self, snakefile: Path, context: RunContext, settings: _Settings,
-                 configfile: Path | None, shell: str | None) -> tuple[str, ...]:
+                 configfile: Path | None, shell: str | None,
+                 bash_images: tuple[str, ...] = ()) -> tuple[str, ...]:
         executor = EXECUTORS[settings.executor]
         work = context.work_dir
         args = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
@@ -142,6 +149,8 @@ class SnakemakeEngine(Engine):
             args += [f"--{executor}-python-image", settings.python_image]
         if shell:
             args += [f"--{executor}-shell", shell]
+        if bash_images:
+            args += [f"--{executor}-bash-images", ",".join(bash_images)]
         if settings.executor == "slurm":
             args += ["--jobs", str(settings.jobs)]
             if settings.status_interval is not None:
@@ -211,7 +220,8 @@ class SnakemakeEngine(Engine):
         steps = step_records(events, read_ledger(context.sandbox.ledger),
                              jobs_dir=context.work_dir / "jobs")
         ok = ended.exit_code == 0 and not ended.reason
-        outputs = _copy_outputs(events, context.work_dir / SNAKEMAKE_DIR,
+        kept = _Settings.read(context.settings).outputs == "all"
+        outputs = _copy_outputs(_exported(events, kept), context.work_dir / SNAKEMAKE_DIR,
                                 context.outputs_dir) if ok else ()
         error = None
         if not ok:
@@ -234,8 +244,9 @@ class _Settings:
 
     def __init__(self, executor: str, default_container: str | None, cores: int, jobs: int,
                  default_resources: tuple[str, ...], status_interval: int | None,
-                 python_image: str | None = None) -> None:
+                 python_image: str | None = None, outputs: str = "all") -> None:
         self.executor = executor
+        self.outputs = outputs
         self.python_image = python_image
         self.status_interval = status_interval
         self.default_container = default_container
@@ -268,9 +279,13 @@ class _Settings:
         except ValueError:
             raise UsageError("cores, jobs and status_interval must be whole numbers",
                              where=where) from None
+        outputs = str(settings.get("outputs", "all"))
+        if outputs not in ("all", "targets"):
+            raise UsageError(f"outputs must be \"all\" or \"targets\", not {outputs!r}",
+                             where=where)
         return cls(executor, str(default) if default else None, max(cores, 1), max(jobs, 1),
                    tuple(str(r) for r in resources),
-                   status_interval, python_image or None)
+                   status_interval, python_image or None, outputs)
 
 
 def default_python_image() -> str:
@@ -309,38 +324,46 @@ def _owner(context: RunContext) -> tuple[int, int] | None:
 
 
 def _check_shell(workflow: SnakeWorkflow, default_image: str | None,
-                 context: RunContext) -> str | None:
-    """The program a ``shell.executable(...)`` chose, once every image is known to have it.
+                 context: RunContext) -> tuple[str | None, tuple[str, ...]]:
+    """The shell jobs run under: the Snakefile's choice, or bash where the image has it.
 
-    None for the default (``sh``). Raises UnsupportedCrate naming the image
-    and its rules when an image has no such program on its ``PATH``.
+    With ``shell.executable(...)``: that program, once every image of a shell
+    rule is known to have it (UnsupportedCrate naming the image and its rules
+    when one has not), and no images. Without: None and the images of shell
+    rules that have bash on their ``PATH``, where jobs then run under bash
+    (with Snakemake's ``set -euo pipefail;``), as bare Snakemake runs every job
+    under bash when there is one; under ``sh`` in any other image.
     """
     name = workflow.shell
-    if name is None or name == DEFAULT_SHELL:
-        return None
     where = workflow.snakefile.name
-    if not _PROGRAM.fullmatch(name):
+    if name is not None and not _PROGRAM.fullmatch(name):
         raise UnsupportedCrate(f"shell.executable({name!r}) is not a program name",
                                where=where)
     by_image: dict[str, list[str]] = {}
-    for job in workflow.jobs:
-        if workflow.rule(job.rule).kind == "shell":
-            image = image_of(job.image) or default_image
-            if image and job.rule not in by_image.setdefault(image, []):
-                by_image[image].append(job.rule)
+    # every rule: a rule whose jobs only a checkpoint brings in has no job in the plan yet
+    for rule in workflow.rules:
+        image = image_of(rule.image) or default_image
+        if rule.kind == "shell" and image:
+            by_image.setdefault(image, []).append(rule.name)
     docker = context.sandbox.docker
     labels = [arg for arg in context.sandbox.docker_args() if arg.startswith("--label=")]
-    for image, rules in sorted(by_image.items()):
-        if image_id(docker, image) is None:
-            continue  # refused as absent, with every other image, once the plan is made
+    present = {image: rules for image, rules in sorted(by_image.items())
+               # an absent image is refused with every other absent one once the plan is made
+               if image_id(docker, image) is not None}
+    if name is None:
+        return None, tuple(image for image in present
+                           if find_program(docker, image, "bash", labels) is not None)
+    if name == DEFAULT_SHELL:
+        return name, ()
+    for image, rules in present.items():
         if find_program(docker, image, name, labels) is None:
             raise UnsupportedCrate(
                 f"the workflow sets shell.executable({name!r}), and every job's command runs "
                 f"under it in its rule's image, but image {image} (rules: "
                 f"{', '.join(rules)}) has no {name} on its PATH; use an image that has "
-                f"{name}, or drop shell.executable to run the commands under sh",
+                f"{name}, or drop shell.executable to run the commands under bash or sh",
                 where=where)
-    return name
+    return name, ()
 
 
 def _check_snakemake_images(workflow: SnakeWorkflow, python_image: str | None,
@@ -417,22 +440,46 @@ def _image_notes(workflow: SnakeWorkflow, default: str | None,
     return notes
 
 
-def _copy_outputs(events: Events, workdir: Path, outputs_dir: Path) -> tuple[FileRecord, ...]:
-    """Copy the workflow's final targets under outputs/, keeping paths relative to its workdir.
+def _exported(events: Events, kept: bool) -> tuple[Path, ...]:
+    """What goes under outputs/: the final targets, and with ``kept`` what the jobs made.
 
-    The events file was written in the room: a target counts only inside the
+    ``kept``: every output and ``log:`` file of a job that succeeded and that
+    Snakemake kept (a ``temp()`` file it removed is gone), as the author's
+    working folder holds them after a bare run; the targets first.
+    """
+    paths = list(events.targets)
+    if kept:
+        for event in events.started:
+            if events.finished.get(event["token"], {}).get("status") != "success":
+                continue
+            paths += [Path(path) for _, path in event.get("outputs", [])]
+            paths += [Path(path) for path in event.get("logs", [])]
+    return tuple(dict.fromkeys(paths))
+
+
+def _copy_outputs(paths: tuple[Path, ...], workdir: Path,
+                  outputs_dir: Path) -> tuple[FileRecord, ...]:
+    """Copy files the run made under outputs/, keeping paths relative to its workdir.
+
+    The events file was written in the room: a path counts only inside the
     workdir, both where it is (its folders' links resolved) and what it is
     (links resolved). A target that is a link is copied under its own name,
     as the bytes (or folder) it points to; links inside a folder are copied
-    as links, never followed.
+    as links, never followed. A file inside a folder that is copied is copied
+    with it, not again on its own.
     """
     records = []
     workdir = workdir.resolve()
-    for target in events.targets:
+    found: dict[Path, Path] = {}
+    for target in paths:
         place = Path(os.path.realpath(target.parent)) / target.name
         real = Path(os.path.realpath(target))
-        if not (place.is_relative_to(workdir) and real.is_relative_to(workdir)) \
-                or place == workdir or not real.exists():
+        if (place.is_relative_to(workdir) and real.is_relative_to(workdir)) \
+                and place != workdir and real.exists():
+            found.setdefault(place, real)
+    folders = [place for place, real in found.items() if real.is_dir()]
+    for place, real in found.items():
+        if any(place != folder and place.is_relative_to(folder) for folder in folders):
             continue
         relative = place.relative_to(workdir)
         dest = outputs_dir / relative

@@ -39,7 +39,6 @@ from snakemake_interface_executor_plugins.settings import (
 
 from cratebridge_snakemake.benchmarks import write_benchmark
 from cratebridge_snakemake.jobs import (
-    DEFAULT_SHELL,
     EventLog,
     JobSpec,
     SnakemakeJob,
@@ -67,7 +66,7 @@ common_settings = CommonSettings(
 
 @dataclass
 class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
-    """``--cratebridge-events``, ``-default-image``, ``-python-image`` and ``-shell``."""
+    """The executor's settings: ``--cratebridge-events``, ``-default-image`` and the rest."""
 
     events: str | None = field(default=None, metadata={
         "help": "JSON-lines file the executor appends one event per job to", "type": str,
@@ -79,7 +78,11 @@ class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
         "env_var": False, "required": False})
     shell: str | None = field(default=None, metadata={
         "help": "program each job's command runs under (the Snakefile's shell.executable, "
-                "checked at plan time to be in every image); default sh",
+                "checked at plan time to be in every image); default: see bash_images",
+        "type": str, "env_var": False, "required": False})
+    bash_images: str | None = field(default=None, metadata={
+        "help": "images (comma-separated) the plan found bash in: with no shell, jobs run "
+                "under bash in these and under sh in others",
         "type": str, "env_var": False, "required": False})
     python_image: str | None = field(default=None, metadata={
         "help": "image with Snakemake for run: and script: rules without a container: "
@@ -97,8 +100,12 @@ def events_of(workflow: Any) -> EventLog:
     return EventLog(Path(path).absolute())
 
 
-def shell_of(workflow: Any) -> str:
-    return getattr(workflow.executor_settings, "shell", None) or DEFAULT_SHELL
+def shell_of(workflow: Any) -> tuple[str | None, frozenset[str]]:
+    """The Snakefile's shell (None: its default), and the images the plan found bash in."""
+    settings = workflow.executor_settings
+    images = getattr(settings, "bash_images", None) or ""
+    return (getattr(settings, "shell", None) or None,
+            frozenset(name for name in images.split(",") if name))
 
 
 def target_files(job: Any) -> list[str]:
@@ -184,7 +191,7 @@ class Executor(RealExecutor):  # type: ignore[misc]
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=int(cores) + 2)
         self.events = events_of(self.workflow)
         self.default_image = getattr(self.workflow.executor_settings, "default_image", None)
-        self.shell = shell_of(self.workflow)
+        self.shell, self.bash_images = shell_of(self.workflow)
         self.docker = shutil.which("docker") or "docker"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         record_targets(self.workflow, self.events)
@@ -223,7 +230,7 @@ class Executor(RealExecutor):  # type: ignore[misc]
             self.workflow.async_run(job.prepare())
         try:
             spec = spec_for(job, str(self.workflow.workdir_init), self.default_image,
-                            self.shell, snakemake=snakemake)
+                            self.shell, snakemake=snakemake, bash_images=self.bash_images)
         except (ValueError, OSError) as exc:
             raise JobFailed(str(exc)) from None
         start = now()

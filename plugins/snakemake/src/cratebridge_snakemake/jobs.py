@@ -116,15 +116,19 @@ def _job_name(rule: str, wildcards: dict[str, str]) -> str:
 
 
 def spec_for(job: Any, workdir: str, default_image: str | None,
-             shell: str = DEFAULT_SHELL, norun: bool = False,
-             snakemake: SnakemakeJob | None = None) -> JobSpec:
+             shell: str | None = None, norun: bool = False,
+             snakemake: SnakemakeJob | None = None,
+             bash_images: frozenset[str] = frozenset()) -> JobSpec:
     """Describe a Snakemake job (``JobExecutorInterface``) and build its container command.
 
     ``shell`` is the program the command runs under (by name, on the image's
-    ``PATH``). With ``norun``, describe a job that runs nothing (no image, no
-    command). A ``run:`` or ``script:`` job needs ``snakemake``: Snakemake's
-    own command for it, run under ``sh``. Raises ``ValueError`` for a job that
-    cannot run in a container: no command, or no image and no operator default.
+    ``PATH``) when the Snakefile chose one; otherwise bash in the
+    ``bash_images`` (those the plan found bash in, as Snakemake's own default
+    is bash when there is one) and ``sh`` in any other. With ``norun``,
+    describe a job that runs nothing (no image, no command). A ``run:`` or
+    ``script:`` job needs ``snakemake``: Snakemake's own command for it, run
+    under ``sh``. Raises ``ValueError`` for a job that cannot run in a
+    container: no command, or no image and no operator default.
     """
     rule = job.rule
     if snakemake is not None and not norun:
@@ -133,6 +137,8 @@ def spec_for(job: Any, workdir: str, default_image: str | None,
     source = "none"
     if not norun:
         image, source = _image_for(job, default_image)
+    if not shell:
+        shell = "bash" if image in bash_images else DEFAULT_SHELL
     wildcards = {str(k): str(v) for k, v in dict(job.wildcards_dict).items()}
     spec = JobSpec(
         token=uuid.uuid4().hex, jobid=int(job.jobid), rule=rule.name,
@@ -141,7 +147,7 @@ def spec_for(job: Any, workdir: str, default_image: str | None,
         outputs=named_files(job.output, workdir, "output"),
         logs=[_absolute(str(f), workdir) for f in job.log],
         image=image, image_source=source, shellcmd="" if norun else shell_command(job),
-        workdir=workdir, shell=shell or DEFAULT_SHELL, **({} if norun else _affixes()),
+        workdir=workdir, shell=shell, **({} if norun else _affixes()),
     )
     if norun:
         return spec

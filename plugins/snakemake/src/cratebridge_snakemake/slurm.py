@@ -53,7 +53,11 @@ class ExecutorSettings(SlurmSettings):  # type: ignore[misc]
         "type": str, "env_var": False, "required": False})
     shell: str | None = field(default=None, metadata={
         "help": "program each job's command runs under (the Snakefile's shell.executable, "
-                "checked at plan time to be in every image); default sh",
+                "checked at plan time to be in every image); default: see bash_images",
+        "type": str, "env_var": False, "required": False})
+    bash_images: str | None = field(default=None, metadata={
+        "help": "images (comma-separated) the plan found bash in: with no shell, jobs run "
+                "under bash in these and under sh in others",
         "type": str, "env_var": False, "required": False})
     python_image: str | None = field(default=None, metadata={
         "help": "image with Snakemake for run: and script: rules without a container: "
@@ -68,7 +72,7 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         super().__post_init__(test_mode)
         self.cb_events = events_of(self.workflow)
         self.cb_default_image = getattr(self.workflow.executor_settings, "default_image", None)
-        self.cb_shell = shell_of(self.workflow)
+        self.cb_shell, self.cb_bash_images = shell_of(self.workflow)
         self.cb_docker = shutil.which("docker") or "docker"
         sandbox = os.environ.get(BROKER_ENV)
         if not sandbox:
@@ -87,7 +91,8 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
             self.workflow.async_run(job.prepare())
         try:
             spec = spec_for(job, str(self.workflow.workdir_init), self.cb_default_image,
-                            self.cb_shell, snakemake=snakemake)
+                            self.cb_shell, snakemake=snakemake,
+                            bash_images=self.cb_bash_images)
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
         jobs_dir = self.cb_events.path.parent / "jobs"
