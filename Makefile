@@ -8,7 +8,8 @@
 #   make fixture-crates  rebuild the committed request crates in fixtures/crates/
 #   make demo            run the demo request through the cratebridge CLI
 #   make slurm           install and start a one-node Slurm cluster on localhost
-#   make test            setup + slurm, then pytest, then lint
+#   make postgres        install and start PostgreSQL for the service tests
+#   make test            setup + slurm + postgres, then pytest, then lint
 #   make lint            ruff and mypy
 #   make bench           the benchmarks (BENCH_ARGS=--skip-intake leaves out the 1 GiB one)
 
@@ -21,6 +22,8 @@ PY := $(VENV)/bin/python
 # shared/ sits beside the repository, here and in CI.
 SHARED := $(CURDIR)/../shared
 APT_PACKAGES := docker.io busybox-static debootstrap nodejs bubblewrap chromium
+# Only the tests need these: `cratebridge serve`'s suite runs on PostgreSQL too.
+TEST_APT_PACKAGES := postgresql
 # The venv is reinstalled when a pyproject changes.
 PYPROJECTS := pyproject.toml $(wildcard plugins/*/pyproject.toml)
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
@@ -32,7 +35,7 @@ RUNCRATE_PINS := runcrate==0.6.2 cwltool==3.1.20260315121657
 RUNCRATE_STAMP := $(RUNCRATE_VENV)/.cratebridge-setup-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup run-setup system-packages dockerd slurm venv runcrate-venv images validator-cache fixture-crates demo test lint bench
+.PHONY: setup run-setup system-packages dockerd slurm postgres venv runcrate-venv images validator-cache fixture-crates demo test lint bench
 
 setup: run-setup
 	@$(MAKE) --no-print-directory runcrate-venv
@@ -96,11 +99,17 @@ slurm:
 	@scripts/setup-slurm
 	@scripts/start-slurm
 
+# The service tests run on SQLite and on this PostgreSQL (scripts/start-postgresql prints
+# the URL they use by default).
+postgres:
+	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(TEST_APT_PACKAGES)"
+	@scripts/start-postgresql
+
 # Two workers, one test file each at a time (--dist loadfile keeps a file's module and
 # class fixtures, such as the built wheels or a conformance class's runs, on one worker).
 # PYTEST_WORKERS=0 runs the suite in this process, one test after another.
 PYTEST_WORKERS ?= 2
-test: setup slurm
+test: setup slurm postgres
 	$(VENV)/bin/pytest -q --durations=25 -n $(PYTEST_WORKERS) --dist loadfile
 	@$(MAKE) --no-print-directory lint
 

@@ -102,6 +102,8 @@ def describe_run(outcome: RunOutcome) -> dict[str, Any]:
         "outputs": [_item(o) for o in record.outputs],
         "steps": [{"name": s.name, "step": s.step, "status": s.status.value,
                    "exit_code": s.exit_code, "error": s.error,
+                   "start_time": s.start_time.isoformat() if s.start_time else None,
+                   "end_time": s.end_time.isoformat() if s.end_time else None,
                    "image": s.container.image if s.container else None,
                    "image_id": s.container.image_id if s.container else None}
                   for s in record.steps],

@@ -107,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     show = actions.add_parser("show", help="print the effective settings, defaults included")
     _common(show, engine=False)
     _images_parser(sub)
+    serve = sub.add_parser(
+        "serve", help="serve GA4GH WES 1.1 over HTTP: runs go through this same pipeline",
+        description="A Workflow Execution Service (GA4GH WES 1.1) for TRE agents that speak "
+                    "HTTP: request crates are submitted as workflow attachments, queued, and "
+                    "run as `cratebridge run` would; see docs/service.md. Logs go to stderr; "
+                    "SIGTERM or SIGINT stops it (running runs are stopped and end with a "
+                    "failed result crate; queued runs run at the next start).")
+    serve.add_argument("--config", type=Path, help="operator configuration (TOML), its "
+                                                   "[service] section above all")
+    serve.add_argument("--host", help="address to listen on (default: [service] host)")
+    serve.add_argument("--port", type=int, help="TCP port (default: [service] port)")
     return parser
 
 
@@ -389,7 +400,7 @@ def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
         for name, value in values.items():
             if name not in tables:
                 lines.append(f"# {key(name)} is not set" if value is None
-                             else f"{key(name)} = {json.dumps(value)}")
+                             else f"{key(name)} = {_toml_value(value)}")
         for name, table in tables.items():
             lines.append(f"[{section}.{key(name)}]")
             lines += [f"{key(k)} = {json.dumps(v, default=str)}" for k, v in table.items()]
@@ -397,10 +408,27 @@ def _as_toml(settings: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _toml_value(value: Any) -> str:
+    """A value as TOML writes it: JSON's scalars and lists, and inline tables."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cratebridge.service.app import serve
+
+    log = logging.getLogger("cratebridge.service")
+    log.setLevel(logging.INFO)
+    return serve(args.config, args.host, args.port)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "plan": _cmd_plan, "validate": _cmd_validate, "verify": _cmd_verify,
     "engines": _cmd_engines, "cleanup": _cmd_cleanup, "config": _cmd_config,
-    "version": _cmd_version, "images": _cmd_images,
+    "version": _cmd_version, "images": _cmd_images, "serve": _cmd_serve,
 }
 
 

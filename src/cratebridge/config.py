@@ -25,9 +25,45 @@ from cratebridge.intake.request import BUILTIN_LANGUAGES
 from cratebridge.intake.unpack import IntakeLimits
 from cratebridge.provenance.entities import Publisher
 
-__all__ = ["DEFAULT_ENV_ALLOW", "Config", "ImagePolicy", "describe", "load_config", "redact"]
+__all__ = ["DEFAULT_ENV_ALLOW", "Config", "ImagePolicy", "ServiceSettings", "ServiceToken",
+           "describe", "load_config", "redact"]
 
 SIGN_OFF = "https://w3id.org/shp#SignOff"
+
+
+@dataclass(frozen=True)
+class ServiceToken:
+    """A bearer token of ``cratebridge serve``: its name, the SHA-256 of its secret, its rights."""
+
+    name: str
+    sha256: str
+    operator: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The ``[service]`` section: where ``cratebridge serve`` listens, keeps state, its limits.
+
+    ``state_dir`` and ``database`` are ``None`` for their defaults (service/ beside
+    the runs folder; a SQLite file in it), resolved by :meth:`state_folder` and
+    :meth:`database_url`.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8642
+    state_dir: Path | None = None
+    database: str | None = None
+    max_concurrent_runs: int = 2
+    max_queued_runs: int = 100
+    max_request_bytes: int = 1024**3
+    tokens: tuple[ServiceToken, ...] = ()
+    shutdown_grace: float = 60.0
+
+    def state_folder(self, runs_dir: Path) -> Path:
+        return self.state_dir or runs_dir.parent / "service"
+
+    def database_url(self, runs_dir: Path) -> str:
+        return self.database or f"sqlite:///{self.state_folder(runs_dir) / 'service.sqlite'}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,7 @@ class Config:
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     secrets: Mapping[str, str] = field(default_factory=dict)
     publisher: Publisher | None = None
+    service: ServiceSettings = field(default_factory=ServiceSettings)
 
     def check_sign_off(self, statuses: Mapping[str, str | None]) -> None:
         """Refuse when a completed sign-off is required and absent.
@@ -157,6 +194,21 @@ def _build(values: Mapping[str, Mapping[str, object]], path: Path,
         secrets={k: _secret(v, base, f"{path} [secrets] {k}")
                  for k, v in values.get("secrets", {}).items()},
         publisher=_publisher(values.get("publisher"), f"{path} [publisher]"),
+        service=_service(values.get("service", {}), base),
+    )
+
+
+def _service(table: Mapping[str, Any], base: Path) -> ServiceSettings:
+    defaults = ServiceSettings()
+    return ServiceSettings(
+        host=table.get("host", defaults.host), port=table.get("port", defaults.port),
+        state_dir=_path(table.get("state_dir"), base), database=table.get("database"),
+        max_concurrent_runs=table.get("max_concurrent_runs", defaults.max_concurrent_runs),
+        max_queued_runs=table.get("max_queued_runs", defaults.max_queued_runs),
+        max_request_bytes=table.get("max_request_bytes", defaults.max_request_bytes),
+        tokens=tuple(ServiceToken(str(t["name"]), str(t["sha256"]), bool(t["operator"]))
+                     for t in table.get("tokens", [])),
+        shutdown_grace=table.get("shutdown_grace", defaults.shutdown_grace),
     )
 
 
@@ -195,8 +247,33 @@ def describe(config: Config) -> dict[str, dict[str, Any]]:
         "secrets": {k: f"<secret:{k}>" for k in config.secrets},
         "publisher": {"name": config.publisher.name, "url": config.publisher.url,
                       "identifier": config.publisher.identifier} if config.publisher else {},
+        "service": _describe_service(config),
     }
     return {name: _redacted(table, config) for name, table in settings.items()}
+
+
+def _describe_service(config: Config) -> dict[str, Any]:
+    service = config.service
+    return {"host": service.host, "port": service.port,
+            "state_dir": str(service.state_folder(config.runs_dir)),
+            "database": _without_password(service.database_url(config.runs_dir)),
+            "max_concurrent_runs": service.max_concurrent_runs,
+            "max_queued_runs": service.max_queued_runs,
+            "max_request_bytes": service.max_request_bytes,
+            "tokens": [{"name": t.name, "sha256": t.sha256, "operator": t.operator}
+                       for t in service.tokens],
+            "shutdown_grace": service.shutdown_grace}
+
+
+def _without_password(url: str) -> str:
+    """A database URL as it may be shown: its password replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _redacted(value: Any, config: Config) -> Any:

@@ -266,6 +266,37 @@ WEB_ADDRESS = Kind("an http:// or https:// address", _web_address)
 SECRET = Kind('a string, { env = "NAME" } or { file = "PATH" }', _secret)
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+def _tokens(value: object) -> list[dict[str, object]]:
+    """``[{ name = "alice", sha256 = "<hex>", operator = false }, ...]``: names unique."""
+    if not isinstance(value, list):
+        raise Invalid
+    tokens: list[dict[str, object]] = []
+    for entry in value:
+        if not isinstance(entry, dict) or not set(entry) <= {"name", "sha256", "operator"}:
+            raise Invalid
+        name, digest = entry.get("name"), entry.get("sha256")
+        operator = entry.get("operator", False)
+        if not isinstance(name, str) or not _TOKEN_NAME.match(name):
+            raise Invalid(f"a token's name is 1 to 64 letters, digits or '._@-', not {name!r}")
+        if not isinstance(digest, str) or not _SHA256.match(digest.lower()):
+            raise Invalid(f"token {name!r}: sha256 must be the 64 hex digits of the token's "
+                          "SHA-256 (printf %s TOKEN | sha256sum), never the token itself")
+        if not isinstance(operator, bool):
+            raise Invalid(f"token {name!r}: operator must be true or false")
+        if any(t["name"] == name for t in tokens):
+            raise Invalid(f"token name {name!r} is given twice")
+        tokens.append({"name": name, "sha256": digest.lower(), "operator": operator})
+    return tokens
+
+
+TOKENS = Kind('a list of tables such as [{ name = "agent", sha256 = "<64 hex digits>", '
+              'operator = false }]', _tokens)
+
+
 # -- the built-in engines' settings ------------------------------------------------------------
 
 def _engine(name: str, doc: str, *keys: tuple[str, Kind, object, str]) -> Section:
@@ -392,6 +423,21 @@ SECTIONS: Mapping[str, Section] = {s.name: s for s in (
         Key("url", WEB_ADDRESS, None, "the TRE's web address (https://...)"),
         Key("identifier", WEB_ADDRESS, None, "a persistent id such as a ROR URL "
             "(default: the url)"),
+    )),
+    Section("service", "`cratebridge serve`, the GA4GH WES endpoint (docs/service.md)", (
+        Key("host", NAME, "127.0.0.1", "the address to listen on"),
+        Key("port", whole(0), 8642, "the TCP port (0: any free port)"),
+        Key("state_dir", PATH, None, "uploaded request crates, result crates, the SQLite "
+            "database (default: service/ beside runs_dir)"),
+        Key("database", NAME, None, "sqlite:///PATH or postgresql://... (default: "
+            "state_dir/service.sqlite)"),
+        Key("max_concurrent_runs", whole(1), 2, "runs going on at once"),
+        Key("max_queued_runs", whole(0), 100, "runs waiting; one more is refused with 429"),
+        Key("max_request_bytes", size(positive=True), 1024**3, "largest submission (the "
+            "whole HTTP body)"),
+        Key("tokens", TOKENS, [], "bearer tokens by SHA-256; none: loopback only"),
+        Key("shutdown_grace", DURATION, 60.0, "on SIGTERM, how long stopped runs may take to "
+            "write their result crates"),
     )),
 )}
 

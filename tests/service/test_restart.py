@@ -1,0 +1,204 @@
+"""Load and restarts: many submissions, ``kill -9`` of the server mid-queue, a clean SIGTERM.
+
+Every run is accounted for afterwards: queued runs still run, runs that were
+running end failed (SYSTEM_ERROR) with a result crate that says so, and no
+run starts twice (each run's events hold one ``accepted``, its runs folder one
+folder per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cratebridge.containers.mounts import release_stale
+from cratebridge.containers.sandbox import RUN_LABEL, labelled_containers
+from cratebridge.intake import open_crate
+
+from .conftest import DEMO, Server, sleep_crate
+
+FAILED = "http://schema.org/FailedActionStatus"
+#: Submissions of the demo crate per backend (the 50-run test on both would take too long).
+SCALE = {"sqlite": 50, "postgresql": 12}
+
+pytestmark = pytest.mark.docker
+
+
+def accepted_once(server: Server, run_id: str) -> None:
+    """The run's process started once: one ``accepted`` event, one runs folder."""
+    events = (server.state / "runs" / run_id / "events.jsonl").read_text().splitlines()
+    kinds = [json.loads(line)["kind"] for line in events if line.strip()]
+    assert kinds.count("accepted") == 1, (run_id, kinds)
+    assert (server.runs / run_id).is_dir()
+
+
+def most_at_once(logs: list[dict[str, Any]]) -> int:
+    edges = []
+    for log in logs:
+        edges.append((datetime.fromisoformat(log["run_log"]["start_time"]), 1))
+        edges.append((datetime.fromisoformat(log["run_log"]["end_time"]), -1))
+    peak = now = 0
+    for _, change in sorted(edges, key=lambda e: (e[0], e[1])):
+        now += change
+        peak = max(peak, now)
+    return peak
+
+
+def test_many_submissions_two_at_a_time_all_complete(make_server: Any, backend: str) -> None:
+    count = SCALE[backend]
+    server: Server = make_server(max_concurrent_runs=2, max_queued_runs=100).start()
+    started = time.monotonic()
+    ids = [server.run_id(DEMO, "alice" if n % 2 else "bob") for n in range(count)]
+    submitted = time.monotonic() - started
+    logs = [server.wait(i, "ops", timeout=60 * count) for i in ids]
+    took = time.monotonic() - started
+    print(f"{count} runs on {backend}: submitted in {submitted:.1f}s, all ended in {took:.1f}s")
+    assert [log["state"] for log in logs] == ["COMPLETE"] * count, [
+        (log["run_id"], log["state"], log["cratebridge"]["reason"]) for log in logs]
+    assert len(set(ids)) == count
+    listed = server.get(f"/runs?page_size={count // 3}", "ops").json()
+    seen = [r["run_id"] for r in listed["runs"]]
+    while listed["next_page_token"]:
+        listed = server.get(f"/runs?page_size={count // 3}&page_token="
+                            f"{listed['next_page_token']}", "ops").json()
+        seen += [r["run_id"] for r in listed["runs"]]
+    assert seen == ids[::-1]
+    assert most_at_once(logs) <= 2
+    for run_id in ids:
+        accepted_once(server, run_id)
+    assert len(list(server.runs.iterdir())) == count
+
+
+def test_kill_9_mid_queue_then_restart_accounts_for_every_run(
+        make_server: Any, tmp_path: Path) -> None:
+    server: Server = make_server(max_concurrent_runs=2).start()
+    running = [server.run_id(sleep_crate(tmp_path, 300)) for _ in range(2)]
+    queued = [server.run_id(DEMO) for _ in range(3)]
+    for run_id in running:
+        server.wait(run_id, until=lambda s: s == "RUNNING", timeout=120)
+    assert [server.state_of(q) for q in queued] == ["QUEUED"] * 3
+
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    server.start()
+    for run_id in running:
+        log = server.wait(run_id, timeout=180)
+        assert (log["state"], log["cratebridge"]["outcome"]) == (
+            "SYSTEM_ERROR", "interrupted"), log
+        assert "the server stopped while this run was running" in log["cratebridge"]["reason"]
+        result = server.download(run_id, tmp_path / f"{run_id}.zip")
+        root = open_crate(result, tmp_path / run_id).root
+        graph = json.loads((root / "ro-crate-metadata.json").read_text())["@graph"]
+        action = next(e for e in graph if e.get("@type") == "CreateAction")
+        # PR_SET_PDEATHSIG: the server's death reached the run as SIGHUP (a cancel is SIGTERM)
+        assert action["actionStatus"] == FAILED and "SIGHUP" in action["error"], action
+    for run_id in queued:
+        assert server.wait(run_id, timeout=180)["state"] == "COMPLETE"
+    for run_id in running + queued:
+        accepted_once(server, run_id)
+    assert len(list(server.runs.iterdir())) == 5
+    assert "settled: SYSTEM_ERROR" in server.log()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_sigterm_stops_running_runs_and_keeps_the_queue(make_server: Any,
+                                                        tmp_path: Path) -> None:
+    server: Server = make_server(max_concurrent_runs=1).start()
+    running = server.run_id(sleep_crate(tmp_path, 300))
+    server.wait(running, until=lambda s: s == "RUNNING", timeout=120)
+    queued = server.run_id(DEMO)
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 30
+    assert "the server was shut down (SIGTERM)" in server.log()
+    server.start()
+    log = server.wait(running, timeout=30)
+    assert log["state"] == "SYSTEM_ERROR" and "shut down (SIGTERM)" in log["cratebridge"][
+        "reason"]
+    result = server.download(running, tmp_path / "stopped.zip")
+    root = open_crate(result, tmp_path / "stopped").root
+    graph = json.loads((root / "ro-crate-metadata.json").read_text())["@graph"]
+    action = next(e for e in graph if e.get("@type") == "CreateAction")
+    assert action["actionStatus"] == FAILED and "SIGHUP" in action["error"], action
+    assert server.wait(queued)["state"] == "COMPLETE"
+
+
+def run_tree(run_id: str) -> list[int]:
+    """The run's ``cratebridge run`` process and every process below it (its reaper too)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            table[int(entry.name)] = (int(stat[1]), cmd)
+    roots = [p for p, (_, cmd) in table.items()
+             if f"--run-id {run_id}" in cmd and " run " in cmd]
+    found, parents = list(roots), set(roots)
+    while parents:
+        parents = {p for p, (ppid, _) in table.items() if ppid in parents}
+        found += sorted(parents)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_run_killed_before_it_wrote_a_crate_gets_one_at_restart(
+        make_server: Any, tmp_path: Path) -> None:
+    """Server and run killed at once (no SIGTERM reaches the run): the restart writes its crate."""
+    server: Server = make_server(max_concurrent_runs=1).start()
+    run_id = server.run_id(sleep_crate(tmp_path, 300))
+    server.wait(run_id, until=lambda s: s == "RUNNING", timeout=120)
+    tree = run_tree(run_id)
+    assert tree, "the run's process was not found"
+    try:
+        for pid in tree:  # frozen first, so that the server's death cannot reach it
+            os.kill(pid, signal.SIGSTOP)
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        assert not (server.state / "runs" / run_id / "result.zip").exists()
+        server.start()
+        log = server.wait(run_id, timeout=180)
+        assert (log["state"], log["cratebridge"]["outcome"]) == ("SYSTEM_ERROR", "interrupted")
+        assert "wrote no result crate" in log["cratebridge"]["reason"], log
+        result = server.download(run_id, tmp_path / "settled.zip")
+        root = open_crate(result, tmp_path / "settled").root
+        graph = json.loads((root / "ro-crate-metadata.json").read_text())["@graph"]
+        action = next(e for e in graph if e.get("@type") == "CreateAction")
+        assert action["actionStatus"] == FAILED
+        assert "the server stopped while this run was running" in action["error"]
+    finally:
+        left = labelled_containers("docker", f"{RUN_LABEL}={run_id}")
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        if os.geteuid() == 0:
+            release_stale(server.runs)
+
+
+def test_settle_writes_a_failed_result_crate_through_the_pipeline(
+        tmp_path: Path, docker_available: bool) -> None:
+    """What the server does at restart for a running run that wrote no result crate."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[run]\nruns_dir = "{tmp_path / "runs"}"\n')
+    out = tmp_path / "result.zip"
+    done = subprocess.run([sys.executable, "-m", "cratebridge.service.settle", str(DEMO),
+                           str(out), "the server stopped while this run was running",
+                           "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["status"] == "failed"
+    root = open_crate(out, tmp_path / "unpacked").root
+    graph = json.loads((root / "ro-crate-metadata.json").read_text())["@graph"]
+    action = next(e for e in graph if e.get("@type") == "CreateAction")
+    assert action["actionStatus"] == FAILED
+    assert "the server stopped while this run was running" in action["error"]
