@@ -60,7 +60,6 @@ def test_kill_9_mid_queue_then_restart_accounts_for_every_run(
     assert "settled: SYSTEM_ERROR" in server.log()
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_sigterm_stops_running_runs_and_keeps_the_queue(make_server: Any,
                                                         tmp_path: Path) -> None:
     server: Server = make_server(max_concurrent_runs=1).start()
@@ -103,7 +102,6 @@ def run_tree(run_id: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_a_run_killed_before_it_wrote_a_crate_gets_one_at_restart(
         make_server: Any, tmp_path: Path) -> None:
     """Server and run killed at once (no SIGTERM reaches the run): the restart writes its crate."""

@@ -164,7 +164,6 @@ def test_cancel_a_running_and_a_queued_run_and_a_full_queue_is_429(
     assert server.submit(unsafe_crate(tmp_path)).status_code == 200
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_tokens_keep_each_caller_to_their_own_runs(make_server: Any, tmp_path: Path) -> None:
     server: Server = make_server().start()
     for headers in ({}, {"Authorization": "Bearer not-a-token"},
@@ -193,7 +192,6 @@ def test_tokens_keep_each_caller_to_their_own_runs(make_server: Any, tmp_path: P
     assert [r["run_id"] for r in server.get("/runs", "alice").json()["runs"]] == [mine]
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_submissions_are_checked_before_anything_runs(make_server: Any, tmp_path: Path) -> None:
     server: Server = make_server(max_request_bytes=6000).start()
     big = server.submit(DEMO)  # 8 KiB
