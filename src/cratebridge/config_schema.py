@@ -336,7 +336,8 @@ ENGINE_TABLES: Mapping[str, Section] = {s.name.split(".", 1)[1]: s for s in (
             ("python_image", STRING, None, "image with Snakemake for run: and script: rules "
              "(default cratebridge/snakemake:<installed Snakemake>; \"\" for none)"),
             ("outputs", choice("all", "targets"), "all", "what goes under outputs/: every "
-             "file the jobs made and Snakemake kept, or only the final targets")),
+             "file the jobs made and Snakemake kept or left undeclared, or only the final "
+             "targets")),
     _engine("nextflow", "the nextflow engine (docs/nextflow.md)",
             ("program", PATH, None, "path of nextflow (default: the one on PATH)"),
             ("executor", choice("local", "slurm"), "local", "where tasks run"),

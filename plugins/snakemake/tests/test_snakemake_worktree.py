@@ -285,11 +285,15 @@ def test_outputs_hold_what_the_author_would_find_or_only_the_targets(
         (tmp_path / sub).mkdir()
     # default: every file the jobs made and Snakemake kept, as in the folder after a bare run
     outcome = _run(tmp_path / "all", config(""), "kept-files")
+    # and what a job left there undeclared, a shipped file it changed among it; not the
+    # shipped files left as they were, nor Snakemake's own .snakemake folder
     assert _outputs(outcome) == {"report.txt": "report: scratch\n",
-                                 "parts/one.txt": "scratch\n", "logs/part.log": "part made\n"}
+                                 "parts/one.txt": "scratch\n", "logs/part.log": "part made\n",
+                                 "side/notes.txt": "undeclared\n",
+                                 "tally.txt": "shipped\npart ran\n"}
     assert sorted(p.relative_to(outcome.run_dir / "outputs").as_posix()
                   for p in (outcome.run_dir / "outputs").rglob("*") if p.is_file()) == [
-        "logs/part.log", "parts/one.txt", "report.txt"]
+        "logs/part.log", "parts/one.txt", "report.txt", "side/notes.txt", "tally.txt"]
     # the operator may keep outputs/ to the final targets
     targets = _run(tmp_path / "targets", config('[engines.snakemake]\noutputs = "targets"\n'),
                    "kept-files")
@@ -320,3 +324,34 @@ def test_the_snakefile_may_reopen_its_own_stderr_in_the_room(
                   config=config(""))
     assert outcome.exit_code == 0, outcome.record.error
     assert _outputs(outcome) == {"out.txt": "made\n"}
+
+
+SETS_ENVIRONMENT = '''
+import os
+os.environ["GREETING"] = "set by the Snakefile"
+os.environ["PATH"] = "/not/in/the/image:" + os.environ["PATH"]
+
+rule all:
+    input: "env.txt"
+
+rule show:
+    output: "env.txt"
+    container: "docker://cratebridge/busybox:1"
+    shell: "(echo \\"$GREETING\\"; echo \\"$PATH\\"; echo \\"${{TMPDIR-unset}}\\") > {output}"
+'''
+
+
+@pytest.mark.docker
+def test_jobs_get_what_the_snakefile_put_in_its_environment_and_nothing_of_ours(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # bare Snakemake's jobs inherit the engine's environment, the Snakefile's changes
+    # among it; here only those changes reach the job: not the room's own variables
+    # (TMPDIR names a folder of ours), and PATH stays the image's
+    outcome = run(make_request(SETS_ENVIRONMENT), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.exit_code == 0, outcome.record.error
+    greeting, path, tmpdir = _outputs(outcome)["env.txt"].splitlines()
+    assert greeting == "set by the Snakefile"
+    assert "/not/in/the/image" not in path and "/bin" in path.split(":")
+    assert tmpdir == "unset"

@@ -14,9 +14,8 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -33,13 +32,14 @@ from cratebridge.engines.interface import (
     RunContext,
 )
 from cratebridge.engines.process import run_engine
-from cratebridge.engines.record import FileRecord, LogRecord, RunRecord, RunStatus
+from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate, UsageError
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_snakemake.failures import failure_summary
 from cratebridge_snakemake.images import find_program, find_snakemake
 from cratebridge_snakemake.jobs import DEFAULT_SHELL, image_of
-from cratebridge_snakemake.records import Events, read_events, step_records
+from cratebridge_snakemake.outputs import copy_outputs, exported
+from cratebridge_snakemake.records import read_events, step_records
 from cratebridge_snakemake.workflow import (
     SNAKEMAKE_KINDS,
     SnakeWorkflow,
@@ -162,24 +162,22 @@ class SnakemakeEngine(Engine):
 
     def _env(self, context: RunContext) -> dict[str, str]:
         home = _home(context)
+        # PYTHONDONTWRITEBYTECODE: no __pycache__ of the Snakefile's own modules among
+        # the files the run leaves in the working copy (outputs/)
         return {**context.env, **context.docker_env(), "HOME": str(home),
-                "TMPDIR": str(context.work_dir),
+                "TMPDIR": str(context.work_dir), "PYTHONDONTWRITEBYTECODE": "1",
                 "XDG_CACHE_HOME": str(home / ".cache"),
                 "LANG": context.env.get("LANG", "C.UTF-8")}
 
     def _images(self, workflow: SnakeWorkflow, settings: _Settings,
                 context: RunContext) -> tuple[ImageUse, ...]:
-        by_image: dict[str, list[str]] = {}
-        for rule in workflow.used_rules():
-            if rule.kind == "norun":
-                continue
-            fallback = settings.python_image if rule.kind in SNAKEMAKE_KINDS else \
-                settings.default_container
-            image = image_of(rule.image) or fallback
-            if image:
-                by_image.setdefault(image, []).append(rule.name)
+        by_image = _by_image(
+            (rule.name, image_of(rule.image) or (settings.python_image
+                                                 if rule.kind in SNAKEMAKE_KINDS
+                                                 else settings.default_container))
+            for rule in workflow.used_rules() if rule.kind != "norun")
         uses = []
-        for image, rules in sorted(by_image.items()):
+        for image, rules in by_image.items():
             found = image_id(context.sandbox.docker, image)
             uses.append(ImageUse(image, tuple(rules), found is not None, found))
         return tuple(uses)
@@ -221,8 +219,8 @@ class SnakemakeEngine(Engine):
                              jobs_dir=context.work_dir / "jobs")
         ok = ended.exit_code == 0 and not ended.reason
         kept = _Settings.read(context.settings).outputs == "all"
-        outputs = _copy_outputs(_exported(events, kept), context.work_dir / SNAKEMAKE_DIR,
-                                context.outputs_dir) if ok else ()
+        outputs = copy_outputs(exported(events, tree, _copied_from(plan, tree), kept), tree,
+                               context.outputs_dir) if ok else ()
         error = None
         if not ok:
             # a failed job's logs are read only where the room or the broker wrote them
@@ -339,15 +337,12 @@ def _check_shell(workflow: SnakeWorkflow, default_image: str | None,
     if name is not None and not _PROGRAM.fullmatch(name):
         raise UnsupportedCrate(f"shell.executable({name!r}) is not a program name",
                                where=where)
-    by_image: dict[str, list[str]] = {}
     # every rule: a rule whose jobs only a checkpoint brings in has no job in the plan yet
-    for rule in workflow.rules:
-        image = image_of(rule.image) or default_image
-        if rule.kind == "shell" and image:
-            by_image.setdefault(image, []).append(rule.name)
+    by_image = _by_image((rule.name, image_of(rule.image) or default_image)
+                         for rule in workflow.rules if rule.kind == "shell")
     docker = context.sandbox.docker
     labels = [arg for arg in context.sandbox.docker_args() if arg.startswith("--label=")]
-    present = {image: rules for image, rules in sorted(by_image.items())
+    present = {image: rules for image, rules in by_image.items()
                # an absent image is refused with every other absent one once the plan is made
                if image_id(docker, image) is not None}
     if name is None:
@@ -366,6 +361,18 @@ def _check_shell(workflow: SnakeWorkflow, default_image: str | None,
     return name, ()
 
 
+def _by_image(uses: Iterable[tuple[str, str | None]]) -> dict[str, list[str]]:
+    """Rule names (each once, in order) by the image they run in, sorted by image.
+
+    ``uses`` pairs a rule's name with its image (None: no image, left out).
+    """
+    by_image: dict[str, list[str]] = {}
+    for rule, image in uses:
+        if image and rule not in by_image.setdefault(image, []):
+            by_image[image].append(rule)
+    return dict(sorted(by_image.items()))
+
+
 def _check_snakemake_images(workflow: SnakeWorkflow, python_image: str | None,
                             context: RunContext) -> None:
     """Refuse a ``run:`` / ``script:`` rule whose image lacks the engine's Snakemake.
@@ -375,16 +382,12 @@ def _check_snakemake_images(workflow: SnakeWorkflow, python_image: str | None,
     Snakemake version. An absent ``python_image`` is refused naming the setting;
     other absent images are refused with every image once the plan is made.
     """
-    by_image: dict[str, list[str]] = {}
-    for job in workflow.jobs:
-        if workflow.rule(job.rule).kind in SNAKEMAKE_KINDS:
-            image = image_of(job.image) or python_image
-            if image and job.rule not in by_image.setdefault(image, []):
-                by_image[image].append(job.rule)
+    by_image = _by_image((job.rule, image_of(job.image) or python_image) for job in workflow.jobs
+                         if workflow.rule(job.rule).kind in SNAKEMAKE_KINDS)
     docker = context.sandbox.docker
     labels = [arg for arg in context.sandbox.docker_args() if arg.startswith("--label=")]
     version = workflow.snakemake_version
-    for image, rules in sorted(by_image.items()):
+    for image, rules in by_image.items():
         where = f"image {image}"
         who = f"rule {rules[0]} runs" if len(rules) == 1 else f"rules {', '.join(rules)} run"
         if image_id(docker, image) is None:
@@ -438,55 +441,3 @@ def _image_notes(workflow: SnakeWorkflow, default: str | None,
             notes.append(f"rule {rule.name} has no container: and runs in the operator's "
                          f"default image {default}")
     return notes
-
-
-def _exported(events: Events, kept: bool) -> tuple[Path, ...]:
-    """What goes under outputs/: the final targets, and with ``kept`` what the jobs made.
-
-    ``kept``: every output and ``log:`` file of a job that succeeded and that
-    Snakemake kept (a ``temp()`` file it removed is gone), as the author's
-    working folder holds them after a bare run; the targets first.
-    """
-    paths = list(events.targets)
-    if kept:
-        for event in events.started:
-            if events.finished.get(event["token"], {}).get("status") != "success":
-                continue
-            paths += [Path(path) for _, path in event.get("outputs", [])]
-            paths += [Path(path) for path in event.get("logs", [])]
-    return tuple(dict.fromkeys(paths))
-
-
-def _copy_outputs(paths: tuple[Path, ...], workdir: Path,
-                  outputs_dir: Path) -> tuple[FileRecord, ...]:
-    """Copy files the run made under outputs/, keeping paths relative to its workdir.
-
-    The events file was written in the room: a path counts only inside the
-    workdir, both where it is (its folders' links resolved) and what it is
-    (links resolved). A target that is a link is copied under its own name,
-    as the bytes (or folder) it points to; links inside a folder are copied
-    as links, never followed. A file inside a folder that is copied is copied
-    with it, not again on its own.
-    """
-    records = []
-    workdir = workdir.resolve()
-    found: dict[Path, Path] = {}
-    for target in paths:
-        place = Path(os.path.realpath(target.parent)) / target.name
-        real = Path(os.path.realpath(target))
-        if (place.is_relative_to(workdir) and real.is_relative_to(workdir)) \
-                and place != workdir and real.exists():
-            found.setdefault(place, real)
-    folders = [place for place, real in found.items() if real.is_dir()]
-    for place, real in found.items():
-        if any(place != folder and place.is_relative_to(folder) for folder in folders):
-            continue
-        relative = place.relative_to(workdir)
-        dest = outputs_dir / relative
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if real.is_dir():
-            shutil.copytree(real, dest, symlinks=True, dirs_exist_ok=True)
-        else:
-            shutil.copy2(real, dest, follow_symlinks=False)
-        records.append(FileRecord(dest, relative.as_posix(), real.is_dir()))
-    return tuple(records)

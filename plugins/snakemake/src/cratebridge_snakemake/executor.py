@@ -52,8 +52,8 @@ from cratebridge_snakemake.snakejob import (
     job_folders,
 )
 
-__all__ = ["Executor", "ExecutorSettings", "JobFailed", "common_settings", "record_group",
-           "record_norun", "record_targets", "snakemake_job", "target_files"]
+__all__ = ["CratebridgeSettings", "Executor", "ExecutorSettings", "JobFailed", "common_settings",
+           "record_group", "record_norun", "record_targets", "snakemake_job", "target_files"]
 
 common_settings = CommonSettings(
     non_local_exec=False,
@@ -65,17 +65,16 @@ common_settings = CommonSettings(
 
 
 @dataclass
-class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
-    """The executor's settings: ``--cratebridge-events``, ``-default-image`` and the rest."""
+class CratebridgeSettings:
+    """Our executors' own settings (``--cratebridge-events`` and the rest; on Slurm
+    ``--cratebridge-slurm-...``): the local executor's and the Slurm one's alike."""
 
     events: str | None = field(default=None, metadata={
         "help": "JSON-lines file the executor appends one event per job to", "type": str,
-        "env_var": False,
-        "required": False})
+        "env_var": False, "required": False})
     default_image: str | None = field(default=None, metadata={
         "help": "image for rules without a container: directive (operator setting)",
-        "type": str,
-        "env_var": False, "required": False})
+        "type": str, "env_var": False, "required": False})
     shell: str | None = field(default=None, metadata={
         "help": "program each job's command runs under (the Snakefile's shell.executable, "
                 "checked at plan time to be in every image); default: see bash_images",
@@ -88,6 +87,11 @@ class ExecutorSettings(ExecutorSettingsBase):  # type: ignore[misc]
         "help": "image with Snakemake for run: and script: rules without a container: "
                 "directive (operator setting)",
         "type": str, "env_var": False, "required": False})
+
+
+@dataclass
+class ExecutorSettings(ExecutorSettingsBase, CratebridgeSettings):  # type: ignore[misc]
+    """The local executor's settings: ours (:class:`CratebridgeSettings`)."""
 
 
 class JobFailed(Exception):

@@ -15,6 +15,12 @@ links resolve inside the mount), as Snakemake runs it there itself. A
 ``run:`` or ``script:`` job's command is Snakemake's own per-job command
 (:mod:`cratebridge_snakemake.snakejob`), run under ``sh`` in an image with
 Snakemake: the rule's ``container:`` or the operator's ``python_image``.
+
+A job's container gets what the Snakefile's own code put in ``os.environ``
+(its top level runs in the engine's process, before any job): bare Snakemake
+runs its jobs with the engine's whole environment, which here is the room's
+and ours, so only the difference from the environment Snakemake started with
+is the workflow's (:func:`workflow_env`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 from cratebridge.containers.sandbox import STEP_LABEL
 
 __all__ = ["DEFAULT_SHELL", "EventLog", "JobSpec", "SnakemakeJob", "docker_argv", "image_of",
-           "job_script", "named_files", "now", "shell_command", "spec_for"]
+           "job_script", "named_files", "now", "shell_command", "spec_for", "workflow_env"]
 
 DOCKER_PREFIX = "docker://"
 DEFAULT_SHELL = "sh"  # images need not have bash; see docs/snakemake.md
@@ -39,6 +45,24 @@ DEFAULT_SHELL = "sh"  # images need not have bash; see docs/snakemake.md
 # (MAX_ARG_STRLEN); Snakemake's own limit for the same reason.
 MAX_INLINE_SCRIPT = 16 * 4096 - 1
 SCRIPTS_DIR = ".snakemake/cratebridge-scripts"  # in the workdir, which every job mounts
+
+
+# The environment Snakemake started with, before it read the Snakefile: Snakemake imports
+# every executor plugin (this module among them) while it builds its command line.
+_START_ENV = dict(os.environ)
+# Names a job takes from its image (the room's PATH names folders the image does not have)
+# or from docker_argv.
+_NOT_PASSED = frozenset(("PATH", "HOME", "USER", "PYTHONDONTWRITEBYTECODE"))
+
+
+def workflow_env() -> dict[str, str]:
+    """What the Snakefile set or changed in ``os.environ``: every job gets it, as in a bare run.
+
+    A name it removed stays removed: the container starts from its image's
+    environment, which never had the room's variables.
+    """
+    return {name: value for name, value in os.environ.items()
+            if _START_ENV.get(name) != value and name not in _NOT_PASSED}
 
 
 def now() -> str:
@@ -75,6 +99,7 @@ class JobSpec:
     script_file: str | None = None  # the script, when too long for one argument
     shadow_dir: str | None = None  # a shadow: rule's folder, which the command runs in
     snakemake: bool = False  # the command is Snakemake's own, running a run:/script: job
+    env: dict[str, str] = field(default_factory=dict)  # what the Snakefile set (workflow_env)
 
 
 @dataclass(frozen=True)
@@ -147,7 +172,8 @@ def spec_for(job: Any, workdir: str, default_image: str | None,
         outputs=named_files(job.output, workdir, "output"),
         logs=[_absolute(str(f), workdir) for f in job.log],
         image=image, image_source=source, shellcmd="" if norun else shell_command(job),
-        workdir=workdir, shell=shell, **({} if norun else _affixes()),
+        workdir=workdir, shell=shell, env={} if norun else workflow_env(),
+        **({} if norun else _affixes()),
     )
     if norun:
         return spec
@@ -185,7 +211,7 @@ def _snakemake_spec(job: Any, workdir: str, snakemake: SnakemakeJob) -> JobSpec:
         outputs=named_files(job.output, workdir, "output"),
         logs=[_absolute(str(f), workdir) for f in job.log],
         image=image, image_source=source, shellcmd=snakemake.command, workdir=workdir,
-        snakemake=True)
+        snakemake=True, env=workflow_env())
     if len(job_script(spec).encode()) > MAX_INLINE_SCRIPT:
         spec = replace(spec, script_file=_write_script(job_script(spec), workdir, spec.token))
     basedir = str(rule.basedir) if rule.basedir else None
@@ -300,8 +326,11 @@ def docker_argv(spec: JobSpec, basedir: str | None, files: tuple[str, ...] = (),
     # Docker as the plan's check found it
     entrypoint = "/bin/sh" if spec.shell == DEFAULT_SHELL else spec.shell
     # Snakemake asks for the user's name (getpass), which the step uid may not have
-    # in the image's /etc/passwd
-    env = ["--env=HOME=/tmp", *(["--env=USER=snakemake"] if spec.snakemake else [])]
+    # in the image's /etc/passwd; its Python leaves no __pycache__ in the working folder
+    env = [*(f"--env={name}={value}" for name, value in sorted(spec.env.items())),
+           "--env=HOME=/tmp",
+           *(["--env=USER=snakemake", "--env=PYTHONDONTWRITEBYTECODE=1"] if spec.snakemake
+             else [])]
     return [
         "docker", "run", "--rm", f"--label={STEP_LABEL}={spec.token}",
         f"--workdir={cwd}", *mounts, *env, f"--entrypoint={entrypoint}",

@@ -16,7 +16,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from snakemake_interface_common.exceptions import WorkflowError
 from cratebridge.containers.shim import BROKER_ENV
 from cratebridge_snakemake.benchmarks import write_benchmark
 from cratebridge_snakemake.executor import (
+    CratebridgeSettings,
     events_of,
     record_group,
     record_norun,
@@ -42,27 +43,8 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 
 @dataclass
-class ExecutorSettings(SlurmSettings):  # type: ignore[misc]
-    """The Slurm plugin's settings plus those of our local executor's ExecutorSettings."""
-
-    events: str | None = field(default=None, metadata={
-        "help": "JSON-lines file the executor appends one event per job to", "type": str,
-        "env_var": False, "required": False})
-    default_image: str | None = field(default=None, metadata={
-        "help": "image for rules without a container: directive (operator setting)",
-        "type": str, "env_var": False, "required": False})
-    shell: str | None = field(default=None, metadata={
-        "help": "program each job's command runs under (the Snakefile's shell.executable, "
-                "checked at plan time to be in every image); default: see bash_images",
-        "type": str, "env_var": False, "required": False})
-    bash_images: str | None = field(default=None, metadata={
-        "help": "images (comma-separated) the plan found bash in: with no shell, jobs run "
-                "under bash in these and under sh in others",
-        "type": str, "env_var": False, "required": False})
-    python_image: str | None = field(default=None, metadata={
-        "help": "image with Snakemake for run: and script: rules without a container: "
-                "directive (operator setting)",
-        "type": str, "env_var": False, "required": False})
+class ExecutorSettings(SlurmSettings, CratebridgeSettings):  # type: ignore[misc]
+    """The Slurm plugin's settings and ours (:class:`CratebridgeSettings`)."""
 
 
 class Executor(SlurmExecutor):  # type: ignore[misc]
