@@ -4,7 +4,8 @@ A run's engine dies with cratebridge (its room is killed with it), but its step
 containers, its Slurm jobs and the bind mounts its broker pinned would not: a
 ``kill -9`` or the OOM killer gives cratebridge no chance to stop them. So
 while a run executes, :func:`guard` keeps a reaper (``python -m
-cratebridge.containers.reaper``) in a session of its own, holding the read end
+cratebridge.containers.reaper_watch``, which imports this module only when it
+must reap) in a session of its own, holding the read end
 of a pipe whose write end only cratebridge holds. A run that ends writes
 ``done`` first and the reaper just exits; when the pipe closes without it,
 the run's process is gone, and the reaper removes the run's containers (by
@@ -19,7 +20,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cratebridge.containers.mounts import release_pins
+from cratebridge.containers.reaper_watch import DONE
 from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labelled_containers
 
-__all__ = ["LastWords", "Removed", "RunRemains", "dies_with_us", "guard", "main", "reap",
+__all__ = ["LastWords", "Removed", "RunRemains", "after_death", "dies_with_us", "guard", "reap",
            "submitted_jobs"]
 
-DONE = b"done\n"
 #: Seconds to wait before each sweep for containers: a ``docker run`` killed with
 #: cratebridge may still have its container created (and started) by the daemon.
 SWEEPS = (0.0, 1.0, 2.0)
@@ -125,7 +125,7 @@ def guard(sandbox: Sandbox, run_dir: Path,
     read, write = os.pipe()  # not inheritable: the reaper gets the read end as its stdin only
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cratebridge.containers.reaper",
+            [sys.executable, "-m", "cratebridge.containers.reaper_watch",
              json.dumps(remains.to_json())],
             stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
             start_new_session=True)
@@ -164,20 +164,6 @@ def _say(pipe: int, last_words: LastWords | None) -> None:
             view = view[os.write(pipe, view):]
     except OSError:
         pass  # the reaper is gone already: the run goes on without one
-
-
-def _hear(fd: int) -> tuple[LastWords | None, bytes]:
-    """What :func:`_say` sent, then the rest of the pipe until it closes."""
-    data = b""
-    while chunk := os.read(fd, 65536):
-        data += chunk
-    parts = []
-    for _ in range(2):
-        size = int.from_bytes(data[:8], "big")
-        parts.append(data[8:8 + size])
-        data = data[8 + size:]
-    module, payload = parts
-    return (LastWords(module.decode(), payload) if module else None), data
 
 
 def reap(remains: RunRemains) -> Removed:
@@ -256,26 +242,16 @@ def _note(ledger: Path, removed: Removed) -> None:
         os.close(fd)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The reaper: wait for the end of standard input; unless it said ``done``, reap."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m cratebridge.containers.reaper REMAINS-JSON", file=sys.stderr)
-        return 2
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_IGN)
-    remains = RunRemains.from_json(json.loads(args[0]))
-    last_words, said = _hear(0)
-    if said == DONE:
-        return 0
-    reap(remains)
-    if last_words is not None:
+def after_death(remains: str, module: str, payload: bytes) -> int:
+    """Reap a run that died without saying ``done``, then run its last words if it had any.
+
+    ``remains`` is :meth:`RunRemains.to_json` as JSON; called by
+    :mod:`cratebridge.containers.reaper_watch`, which waited for the run.
+    """
+    reap(RunRemains.from_json(json.loads(remains)))
+    if module:
         try:
-            importlib.import_module(last_words.module).last_words(last_words.payload)
+            importlib.import_module(module).last_words(payload)
         except Exception:
             pass  # nobody to tell: the run's process is gone (the finisher logs its own)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

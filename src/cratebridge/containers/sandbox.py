@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cratebridge.containers import shim
 from cratebridge.containers.shim import BROKER_ENV, SLURM_TOOLS
@@ -170,6 +171,11 @@ class Sandbox:
 
     def container_names(self) -> set[str]:
         """Ids (full and short) and names of this run's containers."""
+        listed = _listed(f"{RUN_LABEL}={self.run_id}")
+        if listed is not None:
+            return {part for c in listed
+                    for part in (c["Id"], c["Id"][:12],
+                                 *(str(n).lstrip("/") for n in c.get("Names") or ()))} - {""}
         out = subprocess.run(
             [self.docker, "ps", "-a", "--no-trunc", "--filter",
              f"label={RUN_LABEL}={self.run_id}", "--format", "{{.ID}} {{.Names}}"],
@@ -214,10 +220,32 @@ def labelled_containers(docker: str, *labels: str, check: bool = False) -> list[
 
     ``check``: raise when docker cannot answer, instead of returning none.
     """
+    listed = _listed(*labels)
+    if listed is not None:
+        return [str(c["Id"])[:12] for c in listed]
     filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
     out = subprocess.run([docker, "ps", "-aq", *filters], capture_output=True, text=True,
                          check=check)
     return out.stdout.split()
+
+
+def _listed(*labels: str, timeout: float = 60.0) -> list[dict[str, Any]] | None:
+    """The containers with every label given, from the daemon's socket when it is local.
+
+    None when it is not, or fails: the caller then asks the client. Raises
+    :class:`subprocess.TimeoutExpired` when it does not answer in ``timeout``.
+    """
+    from cratebridge.containers.dockerapi import local_api  # not for every importer of ours
+
+    api = local_api(timeout=timeout)
+    if api is None:
+        return None
+    try:
+        return api.containers(*labels)
+    except TimeoutError as exc:
+        raise subprocess.TimeoutExpired(["docker", "ps", *labels], timeout) from exc
+    except OSError:
+        return None
 
 
 def owner_id(pid: int | None = None) -> str:
@@ -264,6 +292,10 @@ def stale_containers(docker: str, runs_dir: Path, everything: bool = False,
     another folder's runs, live or dead, nor a container without the label.
     Raises :class:`subprocess.TimeoutExpired` when docker does not answer in time.
     """
+    listed = _listed(RUN_LABEL, runs_label(runs_dir), timeout=timeout)
+    if listed is not None:
+        return [str(c["Id"])[:12] for c in listed
+                if everything or not owner_alive(str((c.get("Labels") or {}).get(OWNER_LABEL, "")))]
     out = subprocess.run(
         [docker, "ps", "-a", "--filter", f"label={RUN_LABEL}",
          "--filter", f"label={runs_label(runs_dir)}",
@@ -314,7 +346,21 @@ def find_docker() -> str | None:
 
 
 def image_id(docker: str, image: str) -> str | None:
-    """The local image id (``sha256:...``) of ``image``, or None when it is not here."""
+    """The local image id (``sha256:...``) of ``image``, or None when it is not here.
+
+    Asked on the daemon's socket when it is local, else (or when that fails)
+    with the ``docker`` client.
+    """
+    from cratebridge.containers.dockerapi import local_api  # not for every importer of ours
+
+    api = local_api()
+    if api is not None:
+        try:
+            found = api.image(image)
+        except OSError:
+            pass
+        else:
+            return str(found["Id"]) if found and found.get("Id") else None
     out = subprocess.run(
         [docker, "image", "inspect", "--format", "{{.Id}}", image],
         capture_output=True, text=True, check=False,
