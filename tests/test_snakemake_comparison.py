@@ -34,9 +34,9 @@ def test_ok():
     run(dpath("test_ok"))
 
 
-def test_pipe():
+def test_service():
     """A docstring does not count as extra test code."""
-    run(dpath("test_pipe"))
+    run(dpath("test_service"))
 
 
 def test_wrong():
@@ -75,20 +75,20 @@ rule b:
     shell: "cat {input} {input} > {output}"
 '''
 
-# A pipe() output: bare Snakemake runs both jobs at once joined through a FIFO;
-# cratebridge refuses it (each job runs alone in its own container).
-PIPE_SNAKEFILE = '''\
+# A service() output: bare Snakemake runs the service beside the job reading it and
+# stops it when that job ends; cratebridge refuses it (it runs a job until it ends).
+SERVICE_SNAKEFILE = '''\
 rule all:
     input: "c.txt"
 
-rule p:
-    output: pipe("p.txt")
-    shell: "echo from a pipe > {output}"
+rule s:
+    output: service("s.txt")
+    shell: "echo from a service > {output}; sleep 60"
 
 rule c:
-    input: "p.txt"
+    input: "s.txt"
     output: "c.txt"
-    shell: "cat {input} > {output}"
+    shell: "while [ ! -s {input} ]; do sleep 0.1; done; cat {input} > {output}"
 '''
 
 WRONG_SNAKEFILE = '''\
@@ -119,7 +119,7 @@ def checkout(tmp_path: Path) -> Path:
     tests.mkdir(parents=True)
     (tests / "tests.py").write_text(TESTS_PY)
     _workflow(tests, "test_ok", OK_SNAKEFILE, {"out/b.txt": "hello\nhello\n"})
-    _workflow(tests, "test_pipe", PIPE_SNAKEFILE, {"c.txt": "from a pipe\n"})
+    _workflow(tests, "test_service", SERVICE_SNAKEFILE, {"c.txt": "from a service\n"})
     _workflow(tests, "test_wrong", WRONG_SNAKEFILE, {"w.txt": "expected\n"})
     _workflow(tests, "test_targets", OK_SNAKEFILE, {"a.txt": "hello\n"})
     _workflow(tests, "test_net", OK_SNAKEFILE, {})
@@ -132,7 +132,7 @@ def checkout(tmp_path: Path) -> Path:
 
 def test_selection_keeps_default_runs_and_says_why_others_are_left_out(checkout: Path) -> None:
     selection = select_workflows(checkout)
-    assert [w.name for w in selection.chosen] == ["test_ok", "test_pipe", "test_wrong"]
+    assert [w.name for w in selection.chosen] == ["test_ok", "test_service", "test_wrong"]
     reasons = {e.name: e.reason for e in selection.excluded}
     assert reasons == {
         "test_targets": "run with special arguments: targets",
@@ -203,11 +203,11 @@ def test_script_reports_both_counts_and_every_difference(
     by_name = {w["name"]: w for w in summary["workflows"]}
     assert by_name["test_ok"]["bare"]["passed"] and by_name["test_ok"]["cratebridge"]["passed"]
 
-    refused = by_name["test_pipe"]
+    refused = by_name["test_service"]
     assert refused["bare"]["passed"]
     assert refused["cratebridge"]["exit_code"] == 3
-    assert "pipe('p.txt')" in refused["cratebridge"]["reason"]
-    assert refused["category"] == "refused: pipe() output"
+    assert "service('s.txt')" in refused["cratebridge"]["reason"]
+    assert refused["category"] == "refused: service() output"
 
     wrong = by_name["test_wrong"]
     for side in ("bare", "cratebridge"):
@@ -219,7 +219,7 @@ def test_script_reports_both_counts_and_every_difference(
     assert summary["snakemake_version"] and summary["command"].startswith("scripts/")
 
     report = (out / "report.md").read_text()
-    assert "| test_pipe | pass | FAIL | exit 3: UnsupportedCrate" in report
-    assert "- **refused: pipe() output** (1): test_pipe" in report
+    assert "| test_service | pass | FAIL | exit 3: UnsupportedCrate" in report
+    assert "- **refused: service() output** (1): test_service" in report
     assert "| test_net | needs the network (@connected) |" in report
     assert (out / "logs" / "test_ok" / "cratebridge.json").is_file()

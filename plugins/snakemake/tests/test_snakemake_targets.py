@@ -3,7 +3,7 @@
 Real Snakemake, real Docker through the broker, the real pipeline: a target
 rule that runs no command (its ``touch()`` and ``log:`` files are outputs),
 ``shadow:`` rules and a ``benchmark:``, a module's ``config:``, a target that is a
-link, and ``pipe()`` refused in the plan.
+link, jobs joined by a ``pipe()`` (``service()`` refused in the plan).
 """
 
 from __future__ import annotations
@@ -202,14 +202,54 @@ rule consume:
 '''
 
 
-def test_a_pipe_output_is_refused_in_the_plan_naming_the_rule_and_pipe(
+@pytest.mark.docker
+def test_jobs_joined_by_a_pipe_run_at_once_each_in_its_own_container(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # the reader and the writer run at once, in two containers, joined by the FIFO
+    # Snakemake makes in the working folder; the pipe is no output afterwards
+    outcome = _run(make_request(PIPE), tmp_path, config(""))
+    assert _outputs(outcome) == {"out.txt": "data\n"}
+    steps = {s.step: s for s in outcome.record.steps}
+    assert sorted(steps) == ["consume", "produce"]
+    assert all(s.status is RunStatus.COMPLETED and s.container for s in steps.values())
+    assert steps["consume"].container != steps["produce"].container
+    # they ran at the same time: each started before the other ended
+    assert steps["consume"].start_time < steps["produce"].end_time
+    assert steps["produce"].start_time < steps["consume"].end_time
+
+
+PIPE_WRITER_FAILS = PIPE.replace('shell: "echo data > {output}"',
+                                 'shell: "echo no data >&2; exit 3"')
+
+
+@pytest.mark.docker
+def test_a_pipe_writer_that_fails_stops_its_reader_and_fails_the_run(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # the reader waits for a writer that never opens the pipe: it is stopped, not waited for
+    outcome = run(make_request(PIPE_WRITER_FAILS), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.exit_code == 1
+    assert "produce (exit 3)" in str(outcome.record.error)
+    assert "no data" in str(outcome.record.error)
+    statuses = {s.step: s.status for s in outcome.record.steps}
+    assert statuses == {"produce": RunStatus.FAILED, "consume": RunStatus.FAILED}
+
+
+def test_a_pipe_on_slurm_and_a_service_anywhere_are_refused_in_the_plan(
         make_request: MakeRequest, config: Callable[[str], Config]) -> None:
+    slurm = config('[engines.snakemake]\nexecutor = "slurm"\n')
     with pytest.raises(UnsupportedCrate, match=r"rule produce has the output "
-                                               r"pipe\('stream\.txt'\).*each job runs on its "
-                                               r"own") as caught:
-        plan(make_request(PIPE), engine="snakemake", config=config(""))
+                                               r"pipe\('stream\.txt'\).*on Slurm each job "
+                                               r"runs on its own") as caught:
+        plan(make_request(PIPE), engine="snakemake", config=slurm)
     assert caught.value.exit_code == 3
     assert "produce" in str(caught.value.where)
+    service = PIPE.replace('pipe("stream.txt")', 'service("stream.txt")')
+    with pytest.raises(UnsupportedCrate, match=r"service\('stream\.txt'\).*a service never "
+                                               r"does"):
+        plan(make_request(service), engine="snakemake", config=config(""))
 
 
 PIPE_AFTER_CHECKPOINT = '''
@@ -242,14 +282,10 @@ rule consume:
 
 
 @pytest.mark.docker
-def test_a_pipe_the_plan_could_not_see_fails_the_run_naming_pipe(
+def test_a_pipe_the_plan_could_not_see_runs_too(
         tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
         docker_available: bool) -> None:
     # the pipe's rules join the DAG only once the checkpoint ran: the plan cannot see them
-    outcome = run(make_request(PIPE_AFTER_CHECKPOINT), tmp_path / "result",
-                  engine="snakemake", config=config(""))
-    assert outcome.exit_code == 1
-    error = str(outcome.record.error)
-    assert "rules consume, produce are joined by pipe() or service() outputs" in error
-    failed = sorted(s.step for s in outcome.record.steps if s.status is RunStatus.FAILED)
-    assert failed == ["consume", "produce"]
+    outcome = _run(make_request(PIPE_AFTER_CHECKPOINT), tmp_path, config(""))
+    assert _outputs(outcome)["piped/a.txt"] == "data\n"
+    assert sorted(s.step for s in outcome.record.steps) == ["consume", "produce", "split"]

@@ -23,12 +23,15 @@ import concurrent.futures
 import os
 import shutil
 import subprocess
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from snakemake.io import is_flagged
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
 from snakemake_interface_executor_plugins.executors.real import RealExecutor
 from snakemake_interface_executor_plugins.settings import (
@@ -53,7 +56,8 @@ from cratebridge_snakemake.snakejob import (
 )
 
 __all__ = ["CratebridgeSettings", "Executor", "ExecutorSettings", "JobFailed", "common_settings",
-           "record_group", "record_norun", "record_targets", "snakemake_job", "target_files"]
+           "has_service", "record_group", "record_norun", "record_targets", "snakemake_job",
+           "target_files"]
 
 common_settings = CommonSettings(
     non_local_exec=False,
@@ -96,6 +100,17 @@ class ExecutorSettings(ExecutorSettingsBase, CratebridgeSettings):  # type: igno
 
 class JobFailed(Exception):
     """A job's container exited non-zero, or the job could not be started."""
+
+
+@dataclass
+class _Launched:
+    """A job whose container was started: its spec, start time and docker client."""
+
+    job: Any
+    spec: JobSpec
+    start: str
+    began: float
+    proc: subprocess.Popen[bytes]
 
 
 def events_of(workflow: Any) -> EventLog:
@@ -166,19 +181,25 @@ def record_norun(job: Any, workdir: str, events: EventLog) -> None:
     events.finished(spec, start=start, exit_code=None, status="success")
 
 
-def record_group(group: Any, workdir: str, events: EventLog) -> str:
-    """A group job (jobs joined by ``pipe()`` / ``service()`` outputs): refused, each job failed.
+def has_service(group: Any) -> bool:
+    """Whether a group job has a ``service()`` output (a job that never ends on its own)."""
+    return any(is_flagged(f, "service") for job in group.jobs for f in job.output)
 
-    The plan refuses such rules when it sees them; one can still appear once a
-    checkpoint has changed the DAG. Each job of the group gets its two events
-    with the reason, so that the run's error names them and ``pipe()``.
+
+def record_group(group: Any, workdir: str, events: EventLog, why: str) -> str:
+    """A group job we cannot run (``why``): refused, each of its jobs failed.
+
+    On Slurm every group is refused (each job is a Slurm job of its own), and
+    a group with a ``service()`` output everywhere. The plan refuses such
+    rules when it sees them; one can still appear once a checkpoint has changed
+    the DAG. Each job of the group gets its two events with the reason, so
+    that the run's error names them.
     """
     jobs = sorted(group.jobs, key=lambda j: j.jobid or 0)
     rules = ", ".join(sorted({j.rule.name for j in jobs}))
-    error = (f"rules {rules} are joined by pipe() or service() outputs into one group job: "
-             "Snakemake would run them at the same time, talking through the pipe, but under "
-             "cratebridge every job runs on its own in its own container; write a regular "
-             "file instead of pipe()")
+    error = (f"rules {rules} are joined into one group job (by pipe() or service() outputs, "
+             f"or group:): Snakemake would run them together, but {why}; write regular "
+             "files instead of pipe() or service()")
     for job in jobs:
         spec = spec_for(job, workdir, None, norun=True)
         start = now()
@@ -204,8 +225,6 @@ class Executor(RealExecutor):  # type: ignore[misc]
         return ExecMode.SUBPROCESS
 
     def get_python_executable(self) -> str:
-        import sys
-
         return sys.executable
 
     @property
@@ -214,21 +233,64 @@ class Executor(RealExecutor):  # type: ignore[misc]
 
     def run_job(self, job: Any) -> None:
         job_info = SubmittedJobInfo(job=job)
-        if job.is_group():
-            error = record_group(job, str(self.workflow.workdir_init), self.events)
-            self.report_job_submission(job_info)
-            self.report_job_error(job_info, msg=error)
-            return
-        if job.is_norun:
+        if not job.is_group() and job.is_norun:
             record_norun(job, str(self.workflow.workdir_init), self.events)
             self.report_job_submission(job_info)
             self.report_job_success(job_info)
             return
-        future = self.pool.submit(self._run, job)
+        if job.is_group() and has_service(job):
+            error = record_group(job, str(self.workflow.workdir_init), self.events,
+                                 "cratebridge runs a job until it ends, and a service never does")
+            self.report_job_submission(job_info)
+            self.report_job_error(job_info, msg=error)
+            return
+        future = self.pool.submit(self._run_group if job.is_group() else self._run, job)
         future.add_done_callback(partial(self._done, job_info))
         self.report_job_submission(job_info)
 
     def _run(self, job: Any) -> None:
+        self._wait(self._launch(job))
+
+    def _run_group(self, group: Any) -> None:
+        """A group job: its jobs level by level, those joined by a ``pipe()`` at once.
+
+        Snakemake joins jobs that share a ``pipe()`` output into a group, whose
+        jobs must run at the same time: each runs in its own container, and the
+        pipe (a FIFO Snakemake makes in the working folder, which every job
+        mounts) joins them as it joins two processes. When one fails, the others
+        of its level are stopped (a reader would wait forever for a writer that
+        is gone), and the group fails with it.
+        """
+        workdir = str(self.workflow.workdir_init)
+        for level in self.workflow.dag.toposorted(group.jobs, inherit_pipe_dependencies=True):
+            launched: list[_Launched] = []
+            try:
+                for job in level:  # a pipe's writer before its readers: it makes the FIFO
+                    if job.is_norun:
+                        record_norun(job, workdir, self.events)
+                    else:
+                        launched.append(self._launch(job))
+            except JobFailed:
+                self._stop(launched)
+                raise
+            errors: list[JobFailed] = []
+            pending = list(launched)
+            while pending:
+                done = next((one for one in pending if one.proc.poll() is not None), None)
+                if done is None:
+                    time.sleep(0.05)
+                    continue
+                pending.remove(done)
+                try:
+                    self._wait(done)
+                except JobFailed as exc:
+                    errors.append(exc)
+                    self._stop(pending)
+            if errors:
+                raise errors[0]
+
+    def _launch(self, job: Any) -> _Launched:
+        """Start a job's container (its start event written); :class:`JobFailed` if it cannot."""
         snakemake = snakemake_job(self, job)
         if snakemake is None:  # Snakemake in the container prepares its own job
             self.workflow.async_run(job.prepare())
@@ -239,14 +301,28 @@ class Executor(RealExecutor):  # type: ignore[misc]
             raise JobFailed(str(exc)) from None
         start = now()
         self.events.started(spec, start=start)
+        out_dir = self.events.path.parent / "jobs"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        argv = [self.docker, *spec.argv[1:]]
         began = time.monotonic()
         try:
-            code = self._container(spec)
+            with (out_dir / f"{spec.token}.stdout.log").open("wb") as stdout:
+                proc = subprocess.Popen(argv, stdout=stdout, stdin=subprocess.DEVNULL)
         except OSError as exc:  # docker could not even be started
             error = f"rule {spec.rule}: its container could not be started: {exc.strerror}"
             self.events.finished(spec, start=start, exit_code=None, error=error)
             raise JobFailed(error) from None
-        self.events.finished(spec, start=start, exit_code=code)
+        self.processes[spec.token] = proc
+        return _Launched(job, spec, start, began, proc)
+
+    def _wait(self, launched: _Launched) -> None:
+        """Wait for a started job's container; its end event; :class:`JobFailed` if it failed."""
+        job, spec = launched.job, launched.spec
+        try:
+            code = launched.proc.wait()
+        finally:
+            self.processes.pop(spec.token, None)
+        self.events.finished(spec, start=launched.start, exit_code=code)
         if code != 0:
             raise JobFailed(f"rule {spec.rule}: container {spec.image} exited with status "
                             f"{code}")
@@ -254,27 +330,29 @@ class Executor(RealExecutor):  # type: ignore[misc]
         # job's Snakemake writes its own, in the container.)
         if job.benchmark and not spec.snakemake:
             path = os.path.join(str(self.workflow.workdir_init), str(job.benchmark))
-            write_benchmark(job, path, time.monotonic() - began,
+            write_benchmark(job, path, time.monotonic() - launched.began,
                             bool(self.workflow.output_settings.benchmark_extended))
 
-    def _container(self, spec: JobSpec) -> int:
-        out_dir = self.events.path.parent / "jobs"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        argv = [self.docker, *spec.argv[1:]]
-        with (out_dir / f"{spec.token}.stdout.log").open("wb") as stdout:
-            proc = subprocess.Popen(argv, stdout=stdout, stdin=subprocess.DEVNULL)
-            self.processes[spec.token] = proc
+    def _stop(self, launched: list[_Launched]) -> None:
+        """Stop started containers (the broker removes a container whose client goes away)."""
+        for one in launched:
+            if one.proc.poll() is None:
+                one.proc.terminate()
+        for one in launched:
             try:
-                return proc.wait()
-            finally:
-                self.processes.pop(spec.token, None)
+                self._wait(one)
+            except JobFailed:
+                pass
 
     def _done(self, job_info: SubmittedJobInfo, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
         if error is None:
             self.report_job_success(job_info)
-        else:
+        elif isinstance(error, JobFailed):
             self.report_job_error(job_info, msg=str(error))
+        else:  # ours, not the job's: its traceback goes to Snakemake's log
+            traceback.print_exception(error, file=sys.stderr)
+            self.report_job_error(job_info, msg=f"{type(error).__name__}: {error}")
 
     def handle_job_success(self, job: Any) -> None:
         pass

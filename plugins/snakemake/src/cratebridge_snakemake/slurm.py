@@ -66,8 +66,9 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
 
     def format_job_exec(self, job: Any) -> str:
         if job.is_group():
-            raise WorkflowError(record_group(job, str(self.workflow.workdir_init),
-                                             self.cb_events))
+            raise WorkflowError(record_group(
+                job, str(self.workflow.workdir_init), self.cb_events,
+                "on Slurm every job runs on its own, as a Slurm job of its own"))
         snakemake = snakemake_job(self, job)
         if snakemake is None:  # Snakemake in the container prepares its own job
             self.workflow.async_run(job.prepare())
