@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -287,21 +287,19 @@ def test_writer_never_writes_through_a_swapped_folder(tmp_path: Path) -> None:
         tmp_path / "two.zip",
         [("c/a/one.txt", b"1"), ("c/a/two.txt", b"2"), ("c/a/b/three.txt", b"3")],
     )
-    real_pump = unpack._Writer._pump
+    real_create = unpack._Writer._create
 
-    def swap_after_first(  # type: ignore[no-untyped-def]
-        self: unpack._Writer, rel, data, out, compressed
-    ) -> str:
-        digest: str = real_pump(self, rel, data, out, compressed)
-        if rel.name == "one.txt":
+    def swap_after_first(self: unpack._Writer, rel: PurePosixPath, executable: bool) -> int:
+        fd: int = real_create(self, rel, executable)
+        if rel.name == "one.txt":  # made: now its folder becomes a link, before two.txt
             folder = self.dest / "c" / "a"
             shutil.move(str(folder), str(tmp_path / "moved"))
             folder.symlink_to(outside, target_is_directory=True)
-        return digest
+        return fd
 
     dest = tmp_path / "run" / "request"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(unpack._Writer, "_pump", swap_after_first)
+        patch.setattr(unpack._Writer, "_create", swap_after_first)
         with pytest.raises(UnsafeCrate) as info:
             open_crate(source, dest)
     assert "'c/a/b' resolves outside the crate" in str(info.value)

@@ -116,7 +116,7 @@ def _copy_file(
     name: str, folder: int, child: PurePosixPath, where: str, writer: Writer
 ) -> None:
     fd = _open(name, folder, _FILE_FLAGS, child, where)
-    with os.fdopen(fd, "rb") as data:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafeCrate(
@@ -128,6 +128,14 @@ def _copy_file(
                 "outside the crate); copy the file into the crate instead of linking it",
                 where=where,
             )
-        writer.write_file(
-            child, data, executable=bool(info.st_mode & stat.S_IXUSR), compressed=None
-        )
+        data = os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    writer.write_file(  # the writer owns data from here, and closes it
+        child,
+        data,
+        executable=bool(info.st_mode & stat.S_IXUSR),
+        size=info.st_size,
+        compressed=None,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import stat
 import struct
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -75,9 +76,12 @@ def extract_zip(source: Path, writer: Writer) -> None:
                 f"not a readable zip file ({shown(str(exc), 200)}); re-create the archive",
                 where=where,
             ) from exc
-        with archive:
+        with archive, writer.copying():  # every copy ends before the zip is closed
+            # Members are read by the writer's copy threads; zipfile's reads are locked,
+            # but opening and closing a member count references without a lock.
+            refs = threading.Lock()
             for member in _check_members(archive.infolist(), size, writer.limits, where):
-                _extract_member(archive, member, writer)
+                _extract_member(archive, member, writer, refs)
 
 
 # -- pass 1: count the central directory -----------------------------------------------------
@@ -238,39 +242,48 @@ def _check_member(
 # -- pass 3: stream each member ----------------------------------------------------------------
 
 
-def _extract_member(archive: zipfile.ZipFile, member: _Member, writer: Writer) -> None:
+def _extract_member(
+    archive: zipfile.ZipFile, member: _Member, writer: Writer, refs: threading.Lock
+) -> None:
     writer.count_member(str(member.rel))
     if member.is_dir:
         writer.make_dir(member.rel)
         return
     info = member.info
-    try:
-        stream = archive.open(info)
-    except _READ_ERRORS as exc:
-        raise _damaged(member, exc) from exc
-    with stream:
-        writer.write_file(
-            member.rel,
-            _MemberReader(stream, member),
-            executable=bool((info.external_attr >> 16) & stat.S_IXUSR),
-            compressed=info.compress_size,
-        )
+    writer.write_file(  # the writer owns the reader from here, and closes it
+        member.rel,
+        _MemberReader(archive, member, refs),
+        executable=bool((info.external_attr >> 16) & stat.S_IXUSR),
+        size=info.file_size,
+        compressed=info.compress_size,
+    )
 
 
 class _MemberReader:
     """One member's data, read with every fault a refusal naming the member.
 
-    Yields at most the size the central directory declares and, at the end, checks
-    that it yielded exactly that much (zipfile has already checked the CRC).
+    The member is opened at the first read, in the thread that copies it. Yields at
+    most the size the central directory declares and, at the end, checks that it
+    yielded exactly that much (zipfile has already checked the CRC).
     """
 
-    def __init__(self, stream: IO[bytes], member: _Member) -> None:
-        self._stream = stream
+    def __init__(self, archive: zipfile.ZipFile, member: _Member, refs: threading.Lock) -> None:
+        self._archive = archive
+        self._stream: IO[bytes] | None = None
         self._member = member
+        self._refs = refs
         self._left = member.info.file_size
+
+    def close(self) -> None:
+        if self._stream is not None:
+            with self._refs:
+                self._stream.close()
 
     def read(self, size: int, /) -> bytes:
         try:
+            if self._stream is None:
+                with self._refs:
+                    self._stream = self._archive.open(self._member.info)
             chunk = self._stream.read(min(size, self._left + 1))
         except _READ_ERRORS as exc:
             raise _damaged(self._member, exc) from exc

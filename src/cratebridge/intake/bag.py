@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from cratebridge.errors import BagItError
 
@@ -32,6 +32,8 @@ _ALGORITHMS = frozenset({"md5", "sha1", "sha224", "sha256", "sha384", "sha512"})
 _MANIFEST = re.compile(r"^(tag)?manifest-([A-Za-z0-9]+)\.txt$")
 _LINE = re.compile(r"^(\S+)[ \t]+(.+)$")
 _DECODE = {"%0D": "\r", "%0A": "\n", "%25": "%", "%0d": "\r", "%0a": "\n"}
+_ENCODED = re.compile(r"%0[DdAa]|%25")
+_DRIVE = re.compile(r"^[A-Za-z]:")
 # What may sit beside data/ in a bag without a tag manifest (manifests aside).
 _STANDARD_TAG_FILES = frozenset({"bagit.txt", "bag-info.txt", "fetch.txt"})
 
@@ -202,17 +204,15 @@ def _parse_manifest(path: Path, *, is_tag: bool, problems: list[str]) -> dict[st
 def _manifest_path(
     raw: str, manifest: str, number: int, is_tag: bool, problems: list[str]
 ) -> str | None:
-    decoded = re.sub(r"%0[DdAa]|%25", lambda m: _DECODE[m.group(0)], raw.strip())
+    decoded = raw.strip()
+    if "%" in decoded:
+        decoded = _ENCODED.sub(lambda m: _DECODE[m.group(0)], decoded)
     parts = decoded.split("/")
-    if (
-        decoded.startswith("/")
-        or "\\" in decoded
-        or ".." in parts
-        or re.match(r"^[A-Za-z]:", decoded)
-    ):
+    if decoded.startswith("/") or "\\" in decoded or ".." in parts or _DRIVE.match(decoded):
         problems.append(f"{manifest} line {number}: path {raw!r} points outside the bag")
         return None
-    rel = str(PurePosixPath(decoded))
+    # As PurePosixPath would print it (no empty or '.' parts), without building one a line.
+    rel = "/".join(part for part in parts if part and part != ".") or "."
     if not is_tag and not rel.startswith("data/"):
         problems.append(f"{manifest} line {number}: payload path {raw!r} is not under data/")
         return None
@@ -254,24 +254,26 @@ def _files_under(
 ) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """Every entry under ``top`` that is not a folder (links included, never followed),
     with its path in the bag; ``skip`` names a folder of ``top`` left out. A stack, not
-    recursion, so a deep tree costs memory per folder, not a Python frame."""
-    stack = [top]
+    recursion, so a deep tree costs memory per folder, not a Python frame. Paths are
+    joined as text: this runs once per file."""
+    first = top.relative_to(bag_dir).as_posix()
+    root = str(top)
+    stack = [(root, "" if first == "." else f"{first}/")]
     while stack:
-        folder = stack.pop()
+        folder, prefix = stack.pop()
         try:
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda e: e.name, reverse=True)
         except OSError as exc:
-            rel = folder.relative_to(bag_dir).as_posix()
-            problems.append(f"{rel}/: cannot be listed ({exc.strerror})")
+            problems.append(f"{prefix or './'}: cannot be listed ({exc.strerror})")
             continue
         for entry in entries:
-            if folder == top and entry.name == skip:
+            if folder == root and entry.name == skip:
                 continue
             if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
+                stack.append((entry.path, f"{prefix}{entry.name}/"))
             else:
-                yield Path(entry.path).relative_to(bag_dir).as_posix(), entry
+                yield f"{prefix}{entry.name}", entry
 
 
 def _check_tag_files(bag_dir: Path, manifests: _Manifests, problems: list[str]) -> None:
@@ -325,7 +327,10 @@ def _check_digests(
                     problems.append(f"{rel}: listed in tagmanifest-{algorithm}.txt but missing")
                     continue
                 wanted.setdefault(rel, {})[algorithm] = digest
-    present = {rel: algs for rel, algs in wanted.items() if (bag_dir / rel).is_file()}
+    # A payload file the walk found is a regular file: no need to ask the disk again.
+    present = {
+        rel: algs for rel, algs in wanted.items() if rel in payload or (bag_dir / rel).is_file()
+    }
 
     def from_unpack(rel: str, expected: Mapping[str, str]) -> str | None:
         digest = known.get(rel) if rel in payload and "sha512" in expected else None
