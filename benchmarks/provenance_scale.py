@@ -7,8 +7,10 @@ parsed by intake, as in a real run. Each size runs in its own process, which
 reports its peak RSS. Timed there, alternating: the baseline (``shutil.copy``
 of the same step files into a fresh folder), then ``build_result_crate`` +
 ``write_result`` (BagIt, to a folder and to a ZIP).
-Target at 10,000 steps: build + write under 10 s and peak RSS under 500 MB;
-growth is shown as time per step at 10,000 over time per step at 1,000.
+Target (issue 17), at 10,000 steps: build + write to a folder under 4 s, peak
+RSS under 300 MB, and linear in the number of steps: time per step at 10,000 at
+most 1.5 times that at 1,000 (1.0 is linear; fixed costs make it lower). The
+ZIP is measured and shown, not part of the target.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ WORKFLOW = ROOT / "fixtures" / "workflows" / "cwl" / "three-step"
 TOOLS = (("head", "tools/head.cwl"), ("count", "tools/count.cwl"),
          ("combine", "tools/combine.cwl"))
 IMAGE_ID = "sha256:" + "ab" * 32
-MAX_SECONDS = 10.0
-MAX_RSS_MB = 500.0
+MAX_SECONDS = 4.0
+MAX_RSS_MB = 300.0
+MAX_GROWTH = 1.5
 
 
 # -- the child: one size --------------------------------------------------------------
@@ -163,20 +166,18 @@ def run() -> int:
               f"{r['peak_rss_mb']:8.0f}")
     print("  (ratio = (build + write folder) / shutil.copy of the step files; "
           "peak MB = peak RSS of the size's process)")
-    ok = True
-    if 1000 in per_step and 10000 in per_step:
-        print(f"  growth: time per step at 10,000 / at 1,000 = "
-              f"{per_step[10000] / per_step[1000]:.2f} (1.0 is linear)")
-    if 10000 in results:
-        r = results[10000]
-        total = median(r["build"]) + median(r["folder"])
-        total_zip = median(r["build"]) + median(r["zip"])
-        ok = total < MAX_SECONDS and total_zip < MAX_SECONDS and r["peak_rss_mb"] < MAX_RSS_MB
-        print(verdict(ok, f"10,000 steps: build+folder {total:.2f} s, build+zip {total_zip:.2f} s "
-                          f"(< {MAX_SECONDS} s), peak RSS {r['peak_rss_mb']:.0f} MB "
-                          f"(< {MAX_RSS_MB} MB)"))
-    else:
-        print("TARGET MISSED: 10,000 steps not measured (pass --sizes with 10000)")
+    if 10000 not in results or 1000 not in results:
+        print("TARGET MISSED: not measured (pass --sizes with 1000 and 10000)")
+        return 0
+    growth = per_step[10000] / per_step[1000]
+    print(f"  growth: time per step at 10,000 / at 1,000 = {growth:.2f} (1.0 is linear)")
+    r = results[10000]
+    total = median(r["build"]) + median(r["folder"])
+    total_zip = median(r["build"]) + median(r["zip"])
+    ok = total < MAX_SECONDS and r["peak_rss_mb"] < MAX_RSS_MB and growth <= MAX_GROWTH
+    print(verdict(ok, f"10,000 steps: build+folder {total:.2f} s (< {MAX_SECONDS:.0f} s), "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB (< {MAX_RSS_MB:.0f} MB), growth "
+                      f"{growth:.2f} (<= {MAX_GROWTH}); build+zip {total_zip:.2f} s"))
     return 0
 
 

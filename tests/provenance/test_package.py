@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -57,6 +58,35 @@ def test_plain_zip_and_folder(result: Path, tmp_path: Path) -> None:
     assert (out / "provenance" / "ro-crate-metadata.json").is_file()
 
 
+def test_a_folder_holds_copies_in_the_order_of_the_result(result: Path, tmp_path: Path) -> None:
+    """Every file is a file of its own (intake refuses a crate whose files have two names,
+    and the result folder's step files are links to the run's), listed in the manifest as
+    the folder is walked: each folder's files by name, then its folders."""
+    out = write_result(result, tmp_path / "bag", bagit=True)
+    files = sorted(p for p in (out / "data").rglob("*") if p.is_file())
+    assert files and all(p.stat().st_nlink == 1 for p in files)
+    listed = [line.split("  ", 1)[1] for line in
+              (out / "manifest-sha512.txt").read_text().splitlines()]
+    walked = [f"data/{Path(top, name).relative_to(result).as_posix()}"
+              for top, dirs, names in _walk(result) for name in sorted(names)]
+    assert listed == walked
+
+
+def _walk(folder: Path) -> list[tuple[str, list[str], list[str]]]:
+    found = []
+    for top, dirs, names in os.walk(folder):
+        dirs.sort()
+        found.append((top, dirs, names))
+    return found
+
+
+def test_a_pipe_in_the_result_folder_is_refused(result: Path, tmp_path: Path) -> None:
+    os.mkfifo(result / "provenance" / "pipe")
+    for name in ("bag", "bag.zip"):
+        with pytest.raises(ValueError, match="not a regular file"):
+            write_result(result, tmp_path / name, bagit=True)
+
+
 def test_non_empty_folder_is_refused(result: Path, tmp_path: Path) -> None:
     out = tmp_path / "taken"
     out.mkdir()
@@ -80,7 +110,7 @@ def test_failure_midway_leaves_nothing(
     result: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     calls = {"n": 0}
-    real_copy = package_module.shutil.copyfile
+    real_copy = package_module.copy_new
 
     real_write = zipfile.ZipFile.write
 
@@ -89,15 +119,15 @@ def test_failure_midway_leaves_nothing(
         if calls["n"] > 2:
             raise OSError("disk full")
 
-    def flaky_copy(src: Path, dst: Path) -> object:
+    def flaky_copy(src: str, dst: str) -> None:
         tick()
-        return real_copy(src, dst)
+        real_copy(src, dst)
 
     def flaky_write(self: zipfile.ZipFile, *args: object, **kwargs: object) -> None:
         tick()
         real_write(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(package_module.shutil, "copyfile", flaky_copy)
+    monkeypatch.setattr(package_module, "copy_new", flaky_copy)
     monkeypatch.setattr(zipfile.ZipFile, "write", flaky_write)
     with pytest.raises(OSError, match="disk full"):
         write_result(result, tmp_path / name, bagit=True)

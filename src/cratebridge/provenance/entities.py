@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -83,12 +84,18 @@ def capped_description(cut: int) -> str:
 
 def location_id(location: str) -> str:
     """The ``@id`` of a file or folder of the crate: its path as a relative URI."""
+    if _PLAIN_PATH.fullmatch(location):  # the usual path: nothing to escape
+        return location
     return quote(location, safe="/")
+
+
+# what ``quote(..., safe="/")`` never escapes
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
 def data_entity(entity_id: str, placed: Placed, name: str | None = None) -> Node:
     """A ``File`` (with size, sha-512 and media type) or ``Dataset`` entity for a copied path."""
-    label = name or PurePosixPath(placed.location.rstrip("/")).name or placed.location
+    label = name or _base_name(placed.location) or placed.location
     if placed.is_dir or placed.digest is None:
         return {"@id": entity_id, "@type": "Dataset", "name": label}
     node: Node = {
@@ -102,6 +109,14 @@ def data_entity(entity_id: str, placed: Placed, name: str | None = None) -> Node
     if encoding:
         node["encodingFormat"] = encoding
     return node
+
+
+def _base_name(location: str) -> str:
+    """The last segment of a location (``PurePosixPath(location).name``)."""
+    base = location.rstrip("/").rpartition("/")[2]
+    if base in ("", "."):  # a root, or a path that is not plain: as pathlib says
+        return PurePosixPath(location.rstrip("/")).name
+    return base
 
 
 def json_value(value: object) -> object:

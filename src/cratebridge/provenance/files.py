@@ -7,9 +7,10 @@ import hashlib
 import mimetypes
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-__all__ = ["CHUNK", "Digest", "copy_hashed", "hash_file", "media_type"]
+__all__ = ["CHUNK", "Digest", "copy_hashed", "copy_new", "hash_file", "media_type"]
+
+StrPath = str | os.PathLike[str]
 
 CHUNK = 1024 * 1024
 # Workflow and log files that the mimetypes database does not know.
@@ -41,7 +42,7 @@ class Digest:
     sha512: str
 
 
-def copy_hashed(src: Path, dst: Path) -> tuple[Digest, int]:
+def copy_hashed(src: StrPath, dst: StrPath) -> tuple[Digest, int]:
     """Put ``src`` at the new path ``dst``, hashing its bytes once.
 
     On the same filesystem ``dst`` is a hard link to ``src``: creating and
@@ -55,7 +56,7 @@ def copy_hashed(src: Path, dst: Path) -> tuple[Digest, int]:
         if exc.errno not in _LINK_REFUSED:
             raise
         return _copy_hashed(src, dst)
-    return hash_file(dst), os.stat(dst).st_mtime_ns
+    return _hash_path(dst)
 
 
 # Copy instead: another filesystem, links refused (protected_hardlinks), too many links.
@@ -63,7 +64,7 @@ _LINK_REFUSED = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK,
                            errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
-def _copy_hashed(src: Path, dst: Path) -> tuple[Digest, int]:
+def _copy_hashed(src: StrPath, dst: StrPath) -> tuple[Digest, int]:
     """Copy ``src`` to a new file ``dst``, hashing the bytes as they pass."""
     sha = hashlib.sha512()
     size = 0
@@ -83,21 +84,67 @@ def _copy_hashed(src: Path, dst: Path) -> tuple[Digest, int]:
     return Digest(size, sha.hexdigest()), mtime
 
 
+def copy_new(src: StrPath, dst: StrPath) -> None:
+    """Copy the bytes of ``src`` to a new file ``dst`` (never one that is there); the
+    kernel moves them (``sendfile``) where it can."""
+    reader = os.open(src, os.O_RDONLY)
+    try:
+        writer = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            _send_all(reader, writer)
+        finally:
+            os.close(writer)
+    finally:
+        os.close(reader)
+
+
+# sendfile cannot copy between these two files: read and write instead
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.ENOTSOCK,
+                          errno.EOPNOTSUPP})
+
+
+def _send_all(reader: int, writer: int) -> None:
+    sent = 0
+    try:
+        while count := os.sendfile(writer, reader, None, 8 * CHUNK):
+            sent += count
+    except OSError as exc:
+        if sent or exc.errno not in _NO_SENDFILE:
+            raise
+        while chunk := os.read(reader, CHUNK):
+            _write_all(writer, chunk)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def hash_file(path: Path) -> Digest:
+def hash_file(path: StrPath) -> Digest:
     """Hash one file in 1 MiB chunks."""
-    sha = hashlib.sha512()
-    size = 0
-    with path.open("rb") as reader:
-        while chunk := reader.read(CHUNK):
+    return _hash_path(path)[0]
+
+
+def _hash_path(path: StrPath) -> tuple[Digest, int]:
+    """The digest of a file and its modification time (ns), in one open.
+
+    The time is taken before the bytes are read: a change while they are read
+    makes the time differ from the file's next one.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stat = os.fstat(fd)
+        sha = hashlib.sha512()
+        size = 0
+        wanted = min(CHUNK, stat.st_size + 1)  # most run files are small: read whole at once
+        while chunk := os.read(fd, wanted):
             sha.update(chunk)
             size += len(chunk)
-    return Digest(size, sha.hexdigest())
+            wanted = CHUNK
+    finally:
+        os.close(fd)
+    return Digest(size, sha.hexdigest()), stat.st_mtime_ns
 
 
 def media_type(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +34,13 @@ def refs(ids: Iterable[str]) -> list[dict[str, str]]:
 
 def fragment(text: str) -> str:
     """``text`` made safe for use inside an IRI fragment or path segment."""
+    if _UNRESERVED.fullmatch(text):  # the usual name: nothing to escape
+        return text
     return quote(text, safe="-._~")
+
+
+# what ``quote`` never escapes (RFC 3986 unreserved characters)
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
 def iso(moment: datetime) -> str:
@@ -84,11 +91,14 @@ class Graph:
 def _flatten(node: Node) -> Node:
     """Single values instead of one-element lists, as RO-Crate recommends; ``@type`` is
     kept, and so is a ``value``: an array of one item is a list (runcrate runs it so)."""
-    return {
-        key: value[0] if key not in _LISTS and isinstance(value, list) and len(value) == 1
-        else value
-        for key, value in node.items()
-    }
+    singles = [key for key, value in node.items()
+               if isinstance(value, list) and len(value) == 1 and key not in _LISTS]
+    if not singles:
+        return node
+    flat = node.copy()  # the entity's own keys, in its order
+    for key in singles:
+        flat[key] = flat[key][0]
+    return flat
 
 
 _LISTS = frozenset({"@type", "value"})

@@ -1,9 +1,15 @@
-"""Where each file of a run ends up in the result crate, copied and hashed exactly once."""
+"""Where each file of a run ends up in the result crate, copied and hashed exactly once.
+
+A run of 10,000 steps places 10,000 files: paths are kept as strings here, and
+each file costs the system calls that put it in place (a folder, a link, one
+read to hash it), not more.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,33 +45,37 @@ class Placer:
         self.run_dir = run_dir.resolve()
         self.dest = dest
         self.cache = cache
-        self._by_source: dict[Path, Placed] = {}
+        self._run = str(self.run_dir)
+        self._root = os.fspath(dest)
+        self._by_source: dict[str, Placed] = {}  # by resolved source path
         self._folders: dict[str, str] = {}  # resolved folder copied whole -> its location
-        self._inside: dict[str, Path] = {}  # a path as given -> resolved, inside the run
+        self._inside: dict[str, str] = {}  # a path as given (or resolved) -> resolved
         self._digests: dict[str, Digest] = {}
         self._taken: set[str] = set()
-        self._made: set[Path] = set()
+        self._made: set[str] = set()  # folders made for placed files (locations)
+        self._ready: set[str] = set()  # folders known to be there, made here or not
         self._real_dirs: dict[str, str] = {}
         self._by_digest: dict[str, str] = {}  # sha-512 -> the first location holding it
 
-    def inside_run(self, path: Path) -> Path:
+    def _inside_run(self, path: Path | str) -> str:
         """``path`` resolved, or :class:`ValueError` when it lies outside the run folder."""
-        known = self._inside.get(os.fspath(path))
+        given = os.fspath(path)
+        known = self._inside.get(given)
         if known is not None:  # a step's output is the next one's input: asked again
             return known
-        resolved = self._resolve(path)
-        if not resolved.is_relative_to(self.run_dir):
+        resolved = self._resolve(given)
+        if not _within(resolved, self._run):
             raise ValueError(f"{path}: outside the run folder {self.run_dir}; refusing to copy it")
-        self._inside[os.fspath(path)] = resolved
+        self._inside[given] = self._inside[resolved] = resolved
         return resolved
 
-    def _resolve(self, path: Path) -> Path:
+    def _resolve(self, path: Path | str) -> str:
         """``path.resolve()``, resolving each parent folder only once (runs have many files)."""
         absolute = os.path.abspath(path)
         if os.path.islink(absolute):
-            return Path(absolute).resolve()
+            return str(Path(absolute).resolve())
         folder, name = os.path.split(absolute)
-        return Path(os.path.join(self._real_dir(folder), name))
+        return os.path.join(self._real_dir(folder), name)
 
     def _real_dir(self, folder: str) -> str:
         """``os.path.realpath(folder)`` (absolute, normalised), one ``lstat`` per new folder."""
@@ -79,9 +89,9 @@ class Placer:
             self._real_dirs[folder] = real
         return real
 
-    def relative_to_run(self, path: Path) -> str:
-        """The POSIX path of ``path`` (inside the run folder) relative to the run folder."""
-        return self.inside_run(path).relative_to(self.run_dir).as_posix()
+    def _in_run(self, resolved: str) -> str:
+        """The POSIX path of ``resolved`` (inside the run folder) relative to the run folder."""
+        return "." if resolved == self._run else resolved[len(self._run):].lstrip("/")
 
     def copy_folder(
         self, src: Path, location: str, *, skip: frozenset[str] = frozenset(), trusted: bool = False
@@ -91,23 +101,24 @@ class Placer:
         ``skip`` names top-level entries not to copy. ``trusted`` folders (the
         request payload, the workflow) need not lie inside the run folder.
         """
-        resolved = src.resolve() if trusted else self.inside_run(src)
+        resolved = str(src.resolve()) if trusted else self._inside_run(src)
         prefix = location if not location or location.endswith("/") else location + "/"
-        self._folders[str(resolved)] = prefix
-        target = self.dest / prefix if prefix else self.dest
-        target.mkdir(parents=True, exist_ok=True)
+        self._folders[resolved] = prefix
+        target = os.path.join(self._root, prefix)
+        os.makedirs(target, exist_ok=True)
         for dirpath, dirnames, filenames in os.walk(resolved):
-            here = Path(dirpath)
-            rel_dir = here.relative_to(resolved)
-            if rel_dir == Path("."):
+            rel_dir = os.path.relpath(dirpath, resolved)
+            if rel_dir == ".":
+                rel_dir = ""
                 dirnames[:] = [d for d in dirnames if d not in skip]
                 filenames = [f for f in filenames if f not in skip]
             dirnames.sort()
             for dirname in dirnames:
-                (target / rel_dir / dirname).mkdir(exist_ok=True)
+                _make_folder(os.path.join(target, rel_dir, dirname))
             for filename in sorted(filenames):
-                rel = (rel_dir / filename).as_posix()
-                self._copy_file(self._readable(here / filename, trusted), prefix + rel)
+                rel = posixpath.join(rel_dir, filename) if rel_dir else filename
+                source = self._readable(os.path.join(dirpath, filename), trusted)
+                self._copy_file(source, prefix + rel)
         placed = Placed(prefix or "./", True, None)
         self._by_source[resolved] = placed
         return placed
@@ -122,16 +133,24 @@ class Placer:
         (the workflow's outputs) is that file, not a copy; the request's own
         files and the outputs keep their names.
         """
-        resolved = self.inside_run(path)
+        return self._place(path, is_dir, lambda resolved: default(Path(resolved)), by_content)
+
+    def place_as_in_run(self, path: Path, is_dir: bool, prefix: str) -> Placed:
+        """:meth:`place` a step's file (by content) where it sits in the run folder, under
+        ``prefix``: ``work/s1/out.txt`` at ``prefix + "work/s1/out.txt"``."""
+        return self._place(path, is_dir, lambda resolved: prefix + self._in_run(resolved), True)
+
+    def _place(self, path: Path, is_dir: bool, default: Callable[[str], str],
+               by_content: bool) -> Placed:
+        resolved = self._inside_run(path)
         known = self._by_source.get(resolved) or self._covered(resolved, is_dir)
         if known is not None:
             return known
-        location = self._free(default(resolved).rstrip("/"))
+        wished = default(resolved).rstrip("/")
         if is_dir:
-            placed = self.copy_folder(resolved, location)
+            placed = self.copy_folder(Path(resolved), self._free(wished))
         else:
-            self._mkdir((self.dest / location).parent)
-            digest = self._copy_file(resolved, location)
+            location, digest = self._new_file(resolved, wished)
             placed = Placed(location, False, digest)
             if by_content:
                 placed = self._once(placed)
@@ -139,6 +158,26 @@ class Placer:
                 self._by_digest.setdefault(digest.sha512, location)
         self._by_source[resolved] = placed
         return placed
+
+    def _new_file(self, resolved: str, wished: str) -> tuple[str, Digest]:
+        """Copy ``resolved`` to ``wished``, or beside it with a number when that is taken.
+
+        A name is taken when placed before, or found on disk when the copy is
+        made (a folder copied whole, a name differing only in case where case is
+        not told apart): one system call, not a look first.
+        """
+        number = 1
+        location = wished
+        while True:
+            if location not in self._taken:
+                self._taken.add(location)
+                self._mkdir(posixpath.dirname(location))
+                try:
+                    return location, self._copy_file(resolved, location)
+                except FileExistsError:
+                    pass
+            number += 1
+            location = _numbered(wished, number)
 
     def _once(self, placed: Placed) -> Placed:
         """A step's file with the bytes of a workflow output (the file the engine then
@@ -148,20 +187,20 @@ class Placer:
         same = self._by_digest.get(digest.sha512)
         if same is None or same == placed.location or digest.size == 0:
             return placed
-        copy = self.dest / placed.location
-        copy.unlink()
+        os.unlink(os.path.join(self._root, placed.location))
         del self._digests[placed.location]
         self._taken.discard(placed.location)
-        folder = copy.parent
-        while folder != self.dest and folder in self._made and not any(folder.iterdir()):
-            folder.rmdir()  # made for this copy alone
+        folder = posixpath.dirname(placed.location)
+        while folder and folder in self._made and not os.listdir(os.path.join(self._root, folder)):
+            os.rmdir(os.path.join(self._root, folder))  # made for this copy alone
             self._made.discard(folder)
-            folder = folder.parent
+            self._ready.discard(folder)
+            folder = posixpath.dirname(folder)
         return Placed(same, False, digest)
 
     def write_new(self, location: str, data: bytes) -> Placed:
         """Write a file cratebridge makes (a README) at ``location``, hashed as any copy."""
-        self._mkdir((self.dest / location).parent)
+        self._mkdir(posixpath.dirname(location))
         (self.dest / location).write_bytes(data)
         digest = Digest(len(data), hashlib.sha512(data).hexdigest())
         self._digests[location] = digest
@@ -175,57 +214,80 @@ class Placer:
         Unlike :meth:`place` this never copies and never refuses.
         """
         resolved = self._resolve(path)
-        return self._by_source.get(resolved) or self._covered(resolved, resolved.is_dir())
+        return self._by_source.get(resolved) or self._covered(resolved, os.path.isdir(resolved))
 
     def digest_of(self, location: str) -> Digest | None:
         """The digest of a file copied to ``location``."""
         return self._digests.get(location)
 
-    def _covered(self, resolved: Path, is_dir: bool) -> Placed | None:
+    def _covered(self, resolved: str, is_dir: bool) -> Placed | None:
         """Where ``resolved`` is if a folder holding it was copied whole (its nearest one)."""
-        text = str(resolved)
-        parent = os.path.dirname(text)
-        while True:
+        end = len(resolved)
+        while self._folders and (end := resolved.rfind("/", 0, end)) >= 0:
+            parent = resolved[:end] or "/"
             prefix = self._folders.get(parent)
             if prefix is not None:
-                location = prefix + text[len(parent):].lstrip("/")
-                if is_dir and (self.dest / location).is_dir():
+                location = prefix + resolved[end:].lstrip("/")
+                if is_dir and os.path.isdir(os.path.join(self._root, location)):
                     return Placed(location + "/", True, None)
                 digest = self._digests.get(location)
                 return Placed(location, False, digest) if digest else None
-            up = os.path.dirname(parent)
-            if up == parent:
-                return None
-            parent = up
+        return None
 
     def _free(self, location: str) -> str:
         candidate, number = location, 1
-        path = PurePosixPath(location)
         while candidate in self._taken or (self.dest / candidate).exists():
             number += 1
-            candidate = str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+            candidate = _numbered(location, number)
         self._taken.add(candidate)
         return candidate
 
-    def _readable(self, path: Path, trusted: bool) -> Path:
+    def _readable(self, path: str, trusted: bool) -> str:
         # A link inside a copied folder may only point back into the run folder.
-        if path.is_symlink() or not trusted:
-            return self.inside_run(path)
+        if not trusted or os.path.islink(path):
+            return self._inside_run(path)
         return path
 
-    def _copy_file(self, src: Path, location: str) -> Digest:
-        digest, mtime_ns = copy_hashed(src, self.dest / location)
+    def _copy_file(self, src: str, location: str) -> Digest:
+        digest, mtime_ns = copy_hashed(src, os.path.join(self._root, location))
         self._digests[location] = digest
         self._taken.add(location)
         self.cache.record(location, digest, mtime_ns)
         return digest
 
-    def _mkdir(self, folder: Path) -> None:
-        if folder not in self._made:
-            missing, parent = [], folder.parent  # up to the first folder that is there
-            while parent != self.dest and parent not in self._made and not parent.exists():
-                missing.append(parent)
-                parent = parent.parent
-            folder.mkdir(parents=True, exist_ok=True)
-            self._made.update(missing)
+    def _mkdir(self, folder: str) -> None:
+        """Make the folder at ``folder`` (a location) and the ones missing above it."""
+        if not folder or folder in self._ready:
+            return
+        path = os.path.join(self._root, folder)
+        try:
+            made = _make_folder(path)
+        except FileNotFoundError:  # a folder above is missing too
+            self._mkdir(posixpath.dirname(folder))
+            os.mkdir(path)
+            made = True
+        self._ready.add(folder)
+        if made:  # only a folder made here may go again with the copy it was made for
             self._made.add(folder)
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both absolute and normalised)."""
+    return path == folder or path.startswith(folder if folder.endswith("/") else folder + "/")
+
+
+def _numbered(location: str, number: int) -> str:
+    """``location`` with ``-<number>`` before its suffix (``out-2.txt``)."""
+    path = PurePosixPath(location)
+    return str(path.with_name(f"{path.stem}-{number}{path.suffix}"))
+
+
+def _make_folder(path: str) -> bool:
+    """``os.mkdir``, True; False for a folder already there (a file there is an error)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return False
+    return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import shutil
 import tempfile
 import zipfile
@@ -16,9 +17,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from stat import S_ISREG
 from types import MappingProxyType
 
 from cratebridge.provenance.digests import DigestCache
+from cratebridge.provenance.files import copy_new
 
 __all__ = ["write_result"]
 
@@ -30,7 +33,7 @@ _BAGIT_TXT = "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
 @dataclass(frozen=True)
 class _Payload:
     relpath: str
-    path: Path
+    path: str
     size: int
     sha512: str | None
 
@@ -60,17 +63,44 @@ def write_result(
 
 def _payload(result_dir: Path, with_digests: bool) -> Iterator[_Payload]:
     cache = DigestCache.load(result_dir) if with_digests else None
-    for dirpath, dirnames, filenames in os.walk(result_dir):
-        dirnames.sort()
-        here = Path(dirpath)
-        for name in sorted(filenames):
-            path = here / name
-            if path.is_symlink():
-                raise ValueError(f"{path}: a link in the result folder; refusing to package it")
-            relpath = path.relative_to(result_dir).as_posix()
-            stat = path.stat()
-            sha = cache.digest(relpath, stat).sha512 if cache else None
-            yield _Payload(relpath, path, stat.st_size, sha)
+    for relpath, entry in _files(os.fspath(result_dir)):
+        if entry.is_symlink():
+            raise ValueError(f"{entry.path}: a link in the result folder; refusing to package it")
+        stat = entry.stat(follow_symlinks=False)
+        if not S_ISREG(stat.st_mode):  # a pipe or a device: reading it would never end
+            raise ValueError(f"{entry.path}: not a regular file in the result folder; "
+                             "refusing to package it")
+        sha = cache.digest(relpath, stat).sha512 if cache else None
+        yield _Payload(relpath, entry.path, stat.st_size, sha)
+
+
+def _files(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """The files under ``top`` as ``os.walk`` finds them: each folder's files by name,
+    then its sub-folders by name; links to folders listed as neither, unreadable folders
+    left out. One listing per folder; a file's ``stat`` is its entry's."""
+    pending = [(top, "")]  # folders to list, the next one last
+    while pending:
+        folder, relpath = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=_name)
+        except OSError:
+            continue
+        folders = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                yield relpath + entry.name, entry
+            elif not entry.is_symlink():
+                folders.append((entry.path, f"{relpath}{entry.name}/"))
+        pending.extend(reversed(folders))
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 def _tag_files(payload: list[_Payload], bag_info: Mapping[str, str]) -> dict[str, bytes]:
@@ -120,18 +150,31 @@ def _write_folder(payload: list[_Payload], tags: dict[str, bytes], out: Path, ba
         raise FileExistsError(f"{out}: exists and is not an empty folder; refusing to overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    data = tmp / "data" if bagit else tmp
+    data = os.path.join(tmp, "data") if bagit else os.fspath(tmp)
+    made: set[str] = set()  # the folders of ``data`` made, by their path relative to it
     try:
         for item in payload:
-            target = data / item.relpath
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(item.path, target)
+            _make_folders(data, posixpath.dirname(item.relpath), made)
+            # a new file, never a link: intake refuses a crate whose files have two names
+            copy_new(item.path, os.path.join(data, item.relpath))
         for tag, content in tags.items():
             (tmp / tag).write_bytes(content)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _make_folders(root: str, folder: str, made: set[str]) -> None:
+    """Make ``root``/``folder`` and the folders missing above it, each once."""
+    if folder in made:
+        return
+    if folder:
+        _make_folders(root, posixpath.dirname(folder), made)
+        os.mkdir(os.path.join(root, folder))
+    else:
+        os.makedirs(root, exist_ok=True)
+    made.add(folder)
 
 
 def _encode(relpath: str) -> str:

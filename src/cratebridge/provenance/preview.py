@@ -20,11 +20,10 @@ from cratebridge.provenance.preview_model import (
     Review,
     Status,
     Step,
-    clip,
     nested_crate,
-    parse_time,
     read_preview,
 )
+from cratebridge.provenance.preview_values import clip, parse_time
 
 __all__ = ["PREVIEW", "TAIL_LINES", "write_preview"]
 

@@ -5,20 +5,29 @@ The metadata is hostile input: every read tolerates any JSON, and no file outsid
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import overload
 from urllib.parse import quote, unquote
 
+from cratebridge.provenance.preview_values import Entity as _Entity
+from cratebridge.provenance.preview_values import as_text as _text
+from cratebridge.provenance.preview_values import clip
+from cratebridge.provenance.preview_values import ids_or_text as _ids_or_text
+from cratebridge.provenance.preview_values import joined as _joined
+from cratebridge.provenance.preview_values import refs as _refs
+from cratebridge.provenance.preview_values import sort_key as _sort_key
+from cratebridge.provenance.preview_values import types_of as _types
+
 __all__ = [
-    "TAIL_LINES", "Crate", "LogTail", "Output", "Preview", "Review", "Status", "Step", "clip",
-    "nested_crate", "parse_time", "read_preview",
+    "TAIL_LINES", "Crate", "LogTail", "Output", "Preview", "Review", "Status", "Step",
+    "nested_crate", "read_preview",
 ]
 
 #: How many lines of a failed step's log the page shows
@@ -33,8 +42,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _REVIEW_TYPES = frozenset({"AssessAction", "DownloadAction", "UpdateAction"})
-
-_Entity = Mapping[str, object]
+_LAST_SEGMENT = re.compile(r"[/#:]")
 
 
 class Status(Enum):
@@ -51,7 +59,7 @@ class Status(Enum):
     def of(cls, value: object) -> Status:
         """The status an ``actionStatus`` (IRI, ``{"@id": ...}`` or bare name) stands for."""
         word = _ids_or_text(value)
-        name = re.split(r"[/#:]", word[0])[-1] if word else ""
+        name = _LAST_SEGMENT.split(word[0])[-1] if word else ""
         return _STATUS_NAMES.get(name, cls.UNKNOWN)
 
 
@@ -142,7 +150,7 @@ class _Graph:
                 self.entities.setdefault(node["@id"], node)
         self._by_type: dict[str, list[_Entity]] | None = None
         #: the steps as read for each run action (both pages of a result read the same)
-        self.steps: dict[object, list[tuple[Step, _Entity]]] = {}
+        self.steps: dict[object, list[_Row]] = {}
 
     def get(self, entity_id: str) -> _Entity | None:
         return self.entities.get(entity_id)
@@ -159,6 +167,23 @@ class _Graph:
                 for kind in _types(entity):
                     self._by_type.setdefault(kind, []).append(entity)
         return list(self._by_type.get(name, ()))
+
+    @functools.cached_property
+    def request_action(self) -> _Entity | None:
+        """The action the crate is about: the one running the root's ``mainEntity``.
+
+        In a Five Safes crate that is the request's ``CreateAction``; in a run
+        crate, the workflow's run. Those the root ``mentions`` come first.
+        """
+        root = self.root()
+        main = set(_refs(root.get("mainEntity")))
+        mentioned = [e for e in self.linked(root, "mentions") if "CreateAction" in _types(e)]
+        listed = {e["@id"] for e in mentioned}  # a run crate's root may mention every action
+        others = (e for e in self.of_type("CreateAction") if e["@id"] not in listed)
+        for action in itertools.chain(mentioned, others):
+            if main & set(_refs(action.get("instrument"))):
+                return action
+        return mentioned[0] if mentioned else None
 
     def root(self) -> _Entity:
         descriptor = self.entities.get(_METADATA) or {}
@@ -217,12 +242,12 @@ def read_preview(crate: Crate, nested: Crate | None) -> Preview:
     """What the page of ``crate`` shows; the steps come from its ``nested`` run crate if any."""
     graph = crate.graph
     root = graph.root()
-    action = _request_action(graph) or {}
+    action = graph.request_action or {}
     run = nested or crate
-    run_action = _request_action(run.graph) if nested else action
+    run_action = run.graph.request_action if nested else action
     steps = _steps(run, run_action.get("@id") if run_action else None)
-    failed = [(f"{step.name}: ", entity, run) for step, entity in steps
-              if step.status is Status.FAILED]
+    failed = [(f"{_step_of(run.graph, row).name}: ", row[1], run) for row in steps
+              if row[0] is Status.FAILED]
     if Status.of(action.get("actionStatus")) is Status.FAILED:
         failed.append(("the run: ", action, crate))
     problems = [p for p in (crate.problem, nested.problem if nested else None) if p]
@@ -239,7 +264,7 @@ def read_preview(crate: Crate, nested: Crate | None) -> Preview:
         end=_text(action.get("endTime")),
         error=clip(_joined(action.get("error")), _MAX_TEXT),
         reviews=tuple(_reviews(graph, action)),
-        steps=tuple(step for step, _ in steps[:_MAX_STEPS]),
+        steps=tuple(_step_of(run.graph, row) for row in steps[:_MAX_STEPS]),
         steps_left_out=max(0, len(steps) - _MAX_STEPS),
         outputs=tuple(_outputs(crate, action)),
         tails=tuple(_tails(crate, failed)),
@@ -247,25 +272,9 @@ def read_preview(crate: Crate, nested: Crate | None) -> Preview:
     )
 
 
-def _request_action(graph: _Graph) -> _Entity | None:
-    """The action the crate is about: the one running the root's ``mainEntity``.
-
-    In a Five Safes crate that is the request's ``CreateAction``; in a run
-    crate, the workflow's run. Those the root ``mentions`` come first.
-    """
-    root = graph.root()
-    main = set(_refs(root.get("mainEntity")))
-    mentioned = [e for e in graph.linked(root, "mentions") if "CreateAction" in _types(e)]
-    listed = {e["@id"] for e in mentioned}  # a run crate's root may mention every action
-    actions = mentioned + [e for e in graph.of_type("CreateAction") if e["@id"] not in listed]
-    running_main = [a for a in actions if main & set(_refs(a.get("instrument")))]
-    first = running_main or mentioned
-    return first[0] if first else None
-
-
 def nested_crate(crate: Crate) -> Crate | None:
     """The run crate the request's action is ``subjectOf`` (a folder with its own metadata)."""
-    action = _request_action(crate.graph) or {}
+    action = crate.graph.request_action or {}
     for entity_id in _refs(action.get("subjectOf")):
         folder = crate.file(entity_id)
         if folder is not None and folder.is_dir() and folder != crate.folder \
@@ -293,11 +302,12 @@ def _project(graph: _Graph, root: _Entity, action: _Entity) -> str | None:
 
 def _reviews(graph: _Graph, action: _Entity) -> Iterator[Review]:
     """The checks and sign-offs on the request: its other actions (``AssessAction`` ...)."""
+    typed = {id(e) for kind in _REVIEW_TYPES for e in graph.of_type(kind)}
     for entity in graph.entities.values():
-        types = _types(entity)
         shp = [i for i in _refs(entity.get("additionalType")) if "/shp#" in i]
-        if entity is action or not (types & _REVIEW_TYPES or shp):
+        if entity is action or not (shp or id(entity) in typed):
             continue
+        types = _types(entity)
         kind = re.split(r"[/#]", shp[0])[-1] if shp else sorted(types & _REVIEW_TYPES)[0]
         yield Review(
             kind=clip(re.sub(r"(?<=[a-z])(?=[A-Z])", " ", kind), 100),
@@ -308,7 +318,12 @@ def _reviews(graph: _Graph, action: _Entity) -> Iterator[Review]:
         )
 
 
-def _steps(run: Crate, run_action_id: object) -> list[tuple[Step, _Entity]]:
+#: a step of the table: its status, its entity (an action, or a planned ``HowToStep``)
+#: and whether it was only planned; read into a :class:`Step` for the rows shown
+_Row = tuple[Status, _Entity, bool]
+
+
+def _steps(run: Crate, run_action_id: object) -> list[_Row]:
     """Each step execution, by start time, then each planned step with none recorded.
 
     Executions are the objects of the engine's ``ControlAction``s; a crate
@@ -320,7 +335,7 @@ def _steps(run: Crate, run_action_id: object) -> list[tuple[Step, _Entity]]:
     return graph.steps[run_action_id]
 
 
-def _read_steps(graph: _Graph, run_action_id: object) -> list[tuple[Step, _Entity]]:
+def _read_steps(graph: _Graph, run_action_id: object) -> list[_Row]:
     controls = [c for o in graph.of_type("OrganizeAction") for c in graph.linked(o, "object")
                 if "ControlAction" in _types(c)]
     actions = [a for c in controls for a in graph.linked(c, "object")
@@ -328,14 +343,20 @@ def _read_steps(graph: _Graph, run_action_id: object) -> list[tuple[Step, _Entit
     if not controls:
         actions = [a for a in graph.of_type("CreateAction") if a.get("@id") != run_action_id]
     unique = list({str(a.get("@id")): a for a in actions}.values())
-    executions = [(_step(graph, a), a) for a in unique]
-    executions.sort(key=lambda pair: _sort_key(pair[0].start))
+    unique.sort(key=lambda action: _sort_key(_text(action.get("startTime"))))
     ran = {i for c in controls for i in _refs(c.get("instrument"))}
     planned = [h for h in graph.of_type("HowToStep") if h.get("@id") not in ran] \
         if controls else []
     planned.sort(key=lambda h: _sort_key(_text(h.get("position"))))
-    return executions + [(Step(clip(_text(h.get("name")) or str(h.get("@id")), 300),
-                               Status.NOT_RUN), h) for h in planned]
+    return ([(Status.of(a.get("actionStatus")), a, False) for a in unique]
+            + [(Status.NOT_RUN, h, True) for h in planned])
+
+
+def _step_of(graph: _Graph, row: _Row) -> Step:
+    status, entity, planned = row
+    if planned:
+        return Step(clip(_text(entity.get("name")) or str(entity.get("@id")), 300), status)
+    return _step(graph, entity)
 
 
 def _step(graph: _Graph, action: _Entity) -> Step:
@@ -441,73 +462,3 @@ def _tail(path: Path) -> tuple[tuple[str, ...], bool]:
     if len(lines) > TAIL_LINES:
         lines, cut = lines[-TAIL_LINES:], True
     return tuple(clip(line, 2000) or "" for line in lines), cut
-
-
-# -- small readers ----------------------------------------------------------------
-
-
-def _types(entity: _Entity) -> set[str]:
-    # "type" for "@type": a slip the Five Safes 0.4 example result makes
-    value = entity.get("@type", entity.get("type"))
-    values = value if isinstance(value, list) else [value]
-    return {v for v in values if isinstance(v, str)}
-
-
-def _refs(value: object) -> list[str]:
-    """The ``@id``s a property refers to (one reference or a list of them)."""
-    values = value if isinstance(value, list) else [value]
-    return [v["@id"] for v in values if isinstance(v, dict) and isinstance(v.get("@id"), str)]
-
-
-def _ids_or_text(value: object) -> list[str]:
-    return _refs(value) or [t for t in [_text(value)] if t]
-
-
-def _text(value: object) -> str | None:
-    """A JSON value as text: strings, numbers, booleans, ``@value``s; the first of a list."""
-    if isinstance(value, list):
-        return next((t for t in map(_text, value) if t is not None), None)
-    if isinstance(value, dict):
-        return _text(value.get("@value")) if "@value" in value else None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    return None
-
-
-def _joined(value: object) -> str | None:
-    texts = [t for t in map(_text, value if isinstance(value, list) else [value]) if t]
-    return "; ".join(texts) or None
-
-
-@overload
-def clip(text: str, limit: int) -> str: ...
-@overload
-def clip(text: str | None, limit: int) -> str | None: ...
-def clip(text: str | None, limit: int) -> str | None:
-    """``text`` cut to ``limit`` characters, saying how many more there were."""
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit] + f"… ({len(text) - limit} more characters)"
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An ISO 8601 time with a time zone; ``None`` for anything else."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
-
-
-def _sort_key(text: str | None) -> tuple[int, float]:
-    moment = parse_time(text)
-    if moment is not None:
-        return 0, moment.timestamp()
-    try:
-        return 0, float(text) if text is not None else 0.0
-    except ValueError:
-        return 1, 0.0

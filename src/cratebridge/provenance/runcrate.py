@@ -126,7 +126,8 @@ class RunCrateBuilder(ValueWriter, NestedWorkflows):
 
     def build(self, run_logs: Iterable[tuple[LogRecord, Placed]] = ()) -> Graph:
         """All entities of the run crate, root first."""
-        step_records = [replace(step, step=_short(step.step)) for step in self.record.steps]
+        step_records = [step if _short(step.step) == step.step else  # a copy only to shorten
+                        replace(step, step=_short(step.step)) for step in self.record.steps]
         step_records = step_records or self._in_engine_step()
         with_steps = bool(step_records)
         self._mapped = {
@@ -405,9 +406,7 @@ class RunCrateBuilder(ValueWriter, NestedWorkflows):
 
     def _place_step_file(self, path: Path, is_dir: bool) -> Placed:
         """A step's file (or log) in the crate, copied where it sat in the run folder."""
-        return self.placer.place(
-            path, is_dir, lambda resolved: self.spec.prefix + self.placer.relative_to_run(resolved),
-            by_content=True)
+        return self.placer.place_as_in_run(path, is_dir, self.spec.prefix)
 
     # -- actions -------------------------------------------------------------
 
