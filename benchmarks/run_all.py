@@ -1,13 +1,15 @@
 """Runs every benchmark in turn and summarises TARGET MET / MISSED.
 
 ``--skip-intake`` leaves out the 1 GiB intake benchmark (it needs ~3.5 GiB of
-/tmp and a few minutes); ``--quick`` runs each with fewer rounds.
+/tmp and a few minutes); ``--quick`` runs each with fewer rounds;
+``--cwl-suite DIR`` (or ``$CWL_SUITE``) adds the CWL conformance suite's ratio.
 Exits non-zero only when a benchmark could not measure.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-intake", action="store_true", help="leave out the 1 GiB intake")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (figures are rougher)")
+    parser.add_argument("--cwl-suite", default=os.environ.get("CWL_SUITE"),
+                        help="the CWL v1.2 suite's folder, checked out from outside "
+                             "(default $CWL_SUITE; without it the suite's ratio is not run)")
     args = parser.parse_args()
     # (script, its arguments, and with --quick)
     runs = [
@@ -34,6 +39,9 @@ def main() -> int:
         ("provenance_scale.py", [], ["--repeats", "1"]),
         ("intake.py", [], ["--rounds", "1"]),
     ]
+    if args.cwl_suite:
+        runs.append(("cwl_suite.py", [args.cwl_suite], [args.cwl_suite, "--pairs", "1",
+                                                       "--tests", "1-20"]))
     if args.skip_intake:
         runs = [r for r in runs if r[0] != "intake.py"]
     verdicts, failed = [], []
