@@ -235,6 +235,9 @@ def test_a_pipe_writer_that_fails_stops_its_reader_and_fails_the_run(
     assert "no data" in str(outcome.record.error)
     statuses = {s.step: s.status for s in outcome.record.steps}
     assert statuses == {"produce": RunStatus.FAILED, "consume": RunStatus.FAILED}
+    # each job ended once: the reader stopped is not waited for again
+    events = (outcome.run_dir / "work" / "events.jsonl").read_text().splitlines()
+    assert sum('"event": "finished"' in line for line in events) == 2
 
 
 def test_a_pipe_on_slurm_and_a_service_anywhere_are_refused_in_the_plan(

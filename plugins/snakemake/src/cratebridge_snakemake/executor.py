@@ -285,7 +285,8 @@ class Executor(RealExecutor):  # type: ignore[misc]
                     self._wait(done)
                 except JobFailed as exc:
                     errors.append(exc)
-                    self._stop(pending)
+                    self._stop(pending)  # waited for (and recorded) there
+                    pending.clear()
             if errors:
                 raise errors[0]
 
