@@ -144,12 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         elif channel == CID:  # the engine asked for --cidfile: written with its rights
             # the container's id, a newline, the file (the broker's frame)
             cid, _, cidfile = os.fsdecode(payload).partition("\n")
-            with open(cidfile, "x", encoding="ascii") as handle:
-                handle.write(cid)
+            _write_cidfile(cidfile, cid)
         elif channel == EXIT:
             return int(payload or b"125")
     print("cratebridge-docker: the broker closed the connection", file=sys.stderr)
     return 125
+
+
+def _write_cidfile(cidfile: str, cid: str) -> None:
+    """Put the file in place with the id already in it: an engine polling for the file
+    never reads it empty. A file already there is an error, as with ``docker``."""
+    partial = f"{cidfile}.{os.getpid()}.partial"
+    with open(partial, "x", encoding="ascii") as handle:
+        handle.write(cid)
+    try:
+        os.link(partial, cidfile)
+    finally:
+        os.unlink(partial)
 
 
 if __name__ == "__main__":
