@@ -33,7 +33,6 @@ __all__ = ["DockerAPI", "local_api"]
 DEFAULT_SOCKET = "/var/run/docker.sock"
 _TIMEOUT = 60.0
 # Go's os.FileMode type bits, as the archive API reports a path's mode
-_MODE_DIR = 1 << 31
 _MODE_SYMLINK = 1 << 27
 _MODE_TYPE = 0xFFF00000  # every type bit: a regular file has none
 _MAX_LINKS = 40  # as the kernel's limit on links followed in one lookup
@@ -128,9 +127,8 @@ class DockerAPI:
             status, headers, _ = self._call("HEAD", _archive(container, path))
             if status != 200:
                 return False
-            stat = json.loads(base64.b64decode(headers.get("x-docker-container-path-stat", "")
-                                               or b"null"))
-            if not isinstance(stat, dict):
+            stat = _path_stat(headers)
+            if not stat:
                 return False
             mode = int(stat.get("mode", 0))
             if not mode & _MODE_SYMLINK:
@@ -149,8 +147,7 @@ class DockerAPI:
                                                limit=limit + (64 << 10))
             if status != 200:
                 return None
-            stat = json.loads(base64.b64decode(headers.get("x-docker-container-path-stat", "")
-                                               or b"null")) or {}
+            stat = _path_stat(headers)
             if int(stat.get("mode", 0)) & _MODE_SYMLINK and str(stat.get("linkTarget") or ""):
                 path = str(stat["linkTarget"])
                 continue
@@ -186,6 +183,15 @@ class DockerAPI:
         headers = {name.strip().lower(): value.strip()
                    for name, _, value in (line.partition(":") for line in lines[1:])}
         return int(status[1]), headers, rest[:limit]
+
+
+def _path_stat(headers: Mapping[str, str]) -> dict[str, Any]:
+    """The archive API's stat of a path (name, size, mode, linkTarget); {} when absent."""
+    try:
+        stat = json.loads(base64.b64decode(headers.get("x-docker-container-path-stat", "")))
+    except ValueError:
+        return {}
+    return stat if isinstance(stat, dict) else {}
 
 
 def _name(image: str) -> str:
