@@ -355,3 +355,25 @@ def test_jobs_get_what_the_snakefile_put_in_its_environment_and_nothing_of_ours(
     assert greeting == "set by the Snakefile"
     assert "/not/in/the/image" not in path and "/bin" in path.split(":")
     assert tmpdir == "unset"
+
+
+FIFO_OUTPUT = '''
+rule all:
+    input: "x.txt"
+
+rule make:
+    output: "x.txt"
+    container: "docker://cratebridge/busybox:1"
+    shell: "mkfifo {output}"
+'''
+
+
+@pytest.mark.docker
+def test_a_fifo_left_as_an_output_fails_the_result_crate_instead_of_hanging_the_run(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # opened plainly, a fifo waits for a writer forever: the run would never end
+    outcome = run(make_request(FIFO_OUTPUT), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.exit_code == 1
+    assert "x.txt: not a regular file (a fifo, socket or device)" in str(outcome.record.error)

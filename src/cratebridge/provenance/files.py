@@ -7,6 +7,7 @@ import hashlib
 import mimetypes
 import os
 from dataclasses import dataclass
+from stat import S_ISREG
 
 __all__ = ["CHUNK", "Digest", "copy_hashed", "copy_new", "hash_file", "media_type"]
 
@@ -68,7 +69,7 @@ def _copy_hashed(src: StrPath, dst: StrPath) -> tuple[Digest, int]:
     """Copy ``src`` to a new file ``dst``, hashing the bytes as they pass."""
     sha = hashlib.sha512()
     size = 0
-    reader = os.open(src, os.O_RDONLY)
+    reader = _open_regular(src)
     try:
         writer = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -82,6 +83,20 @@ def _copy_hashed(src: StrPath, dst: StrPath) -> tuple[Digest, int]:
     finally:
         os.close(reader)
     return Digest(size, sha.hexdigest()), mtime
+
+
+def _open_regular(path: StrPath) -> int:
+    """Open a file a run made, for reading; :class:`ValueError` unless it is a regular file.
+
+    A step may leave a fifo where a file was expected: opened plainly, it would
+    wait for a writer forever. ``O_NONBLOCK`` makes the open return at once.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{os.fspath(path)}: not a regular file (a fifo, socket or device); "
+                         "refusing to read it")
+    return fd
 
 
 def copy_new(src: StrPath, dst: StrPath) -> None:
@@ -132,7 +147,7 @@ def _hash_path(path: StrPath) -> tuple[Digest, int]:
     The time is taken before the bytes are read: a change while they are read
     makes the time differ from the file's next one.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = _open_regular(path)
     try:
         stat = os.fstat(fd)
         sha = hashlib.sha512()
