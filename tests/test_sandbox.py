@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import pytest
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
 from cratebridge.containers.hardening import Refused, authorise
-from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.ledger import read_ledger, refusal_note
 from cratebridge.containers.sandbox import RUN_LABEL, Limits, Sandbox, find_docker
 
 IMAGE = "cratebridge/busybox:1"
@@ -166,8 +167,14 @@ def test_refusals_reach_the_engine_and_the_ledger(broker: tuple[Sandbox, Path],
                     ["run", "--privileged", IMAGE, "true"]):
         done = client(socket, *command)
         assert done.returncode == 125 and "refused" in done.stderr
-    assert len(read_ledger(sb.ledger).refusals) == 4
+    refusals = read_ledger(sb.ledger).refusals
+    assert len(refusals) == 4
     assert sb.containers() == []
+    # a run's error quotes the first three different ones, in order
+    note = refusal_note(refusals + refusals)
+    assert note.startswith("sandbox refused: ") and note.count("; ") == 2, note
+    assert note.removeprefix("sandbox refused: ").split("; ") == list(dict.fromkeys(refusals))[:3]
+    assert refusal_note(()) == ""
 
 
 PROBE = r"""
@@ -428,3 +435,55 @@ def test_pins_of_a_killed_broker_are_released_by_the_next_run(tmp_path: Path) ->
     finally:
         for pinned in pins:
             pinned.release()
+
+
+@pytest.mark.docker
+def test_the_ledger_names_a_step_before_docker_is_asked_to_start_it(
+        tmp_path: Path, docker_available: bool) -> None:
+    """A run killed between the container's creation and its id being read still knows the
+    step: a wrapper around the real docker copies the ledger as it stood when it was called."""
+    seen = tmp_path / "ledger-as-docker-started"
+    wrapper = tmp_path / "docker-noting-the-ledger"
+    ledger = tmp_path / "run" / "broker" / "ledger.jsonl"
+    wrapper.write_text("#!/bin/sh\n"
+                       f'case "$*" in *--cidfile=*) cp {ledger} {seen} ;; esac\n'
+                       f'exec {find_docker() or "docker"} "$@"\n')
+    wrapper.chmod(0o755)
+    sb = replace(sandbox_for(tmp_path), docker=str(wrapper))
+    short = Path(tempfile.mkdtemp(prefix="cb-"))
+    try:
+        with Broker(sb, short / "docker.sock", os.getuid(), os.getgid()).serving():
+            done = client(short / "docker.sock", "run", "--rm",
+                          "--label=org.cratebridge.step=early", IMAGE, "true")
+    finally:
+        sb.stop_all()
+        shutil.rmtree(short, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [(line["token"], "end" in line) for line in lines] == [("early", False)]
+    (entry,) = read_ledger(sb.ledger).entries  # and the later lines complete it
+    assert entry.token == "early" and entry.exit_code == 0 and entry.container.container_id
+
+
+@pytest.mark.docker
+def test_stop_all_returns_only_when_its_containers_are_gone(
+        tmp_path: Path, docker_available: bool) -> None:
+    """Another removal of the same container under way (the broker stopping the
+    step the engine left) makes Docker answer ``rm -f`` at once, before the
+    container is gone: the run's own sweep must still wait for it."""
+    sb = sandbox_for(tmp_path)
+    # a container slow to die: its shell ignores SIGTERM, so `docker rm -f` has to kill it
+    started = [subprocess.run([sb.docker, "run", "-d", f"--label={RUN_LABEL}={sb.run_id}", IMAGE,
+                               "sh", "-c", "trap '' TERM; sleep 60"],
+                              capture_output=True, text=True, check=True).stdout.strip()[:12]
+               for _ in range(3)]
+    try:
+        others = [subprocess.Popen([sb.docker, "rm", "-f", cid], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL) for cid in started]
+        removed = sb.stop_all()
+        assert sb.containers() == [], "stop_all returned while its containers still existed"
+        assert set(removed) <= set(started)
+        for other in others:
+            other.wait(60)
+    finally:
+        subprocess.run([sb.docker, "rm", "-f", *started], capture_output=True, check=False)

@@ -8,6 +8,7 @@ folder per run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -102,6 +103,17 @@ def run_tree(run_id: str) -> list[int]:
     return found
 
 
+def signal_if_alive(pid: int, signum: int) -> None:
+    """Signal ``pid`` unless it is already gone.
+
+    A room's first process is its PID namespace's init: killing it makes the
+    kernel kill and reap the rest of the room, so a later pid of the tree may
+    be gone by the time the loop reaches it (which is what the loop wants).
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
 def test_a_run_killed_before_it_wrote_a_crate_gets_one_at_restart(
         make_server: Any, tmp_path: Path) -> None:
     """Server and run killed at once (no SIGTERM reaches the run): the restart writes its crate."""
@@ -112,10 +124,10 @@ def test_a_run_killed_before_it_wrote_a_crate_gets_one_at_restart(
     assert tree, "the run's process was not found"
     try:
         for pid in tree:  # frozen first, so that the server's death cannot reach it
-            os.kill(pid, signal.SIGSTOP)
+            signal_if_alive(pid, signal.SIGSTOP)
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
         for pid in tree:
-            os.kill(pid, signal.SIGKILL)
+            signal_if_alive(pid, signal.SIGKILL)
         assert not (server.state / "runs" / run_id / "result.zip").exists()
         server.start()
         log = server.wait(run_id, timeout=180)

@@ -194,6 +194,13 @@ class Broker:
                cid_dir: str | None, token: str, log_path: Path, recorded: list[str]) -> int:
         """Run ``argv``; the ledger records ``recorded`` (the mounts' real sources)."""
         started = now()
+        first: dict[str, object] = {
+            "token": token, "image": allowed.image, "image_id": allowed.image_id,
+            "start": started, "labels": allowed.labels, "stderr": str(log_path)}
+        if allowed.command == "run":
+            # before docker can create the container: a run killed from here on still
+            # knows the step was started, though the container has no id yet
+            self.ledger(first)
         env = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
         # its own session (the terminal's ^C is cratebridge's to handle), yet killed with it
         proc = subprocess.Popen(dies_with_us(argv), env=env, stdin=subprocess.PIPE,
@@ -221,10 +228,7 @@ class Broker:
             if found:
                 cid.append(found)
                 self.started.update({found, found[:12], *allowed.names})
-                self.ledger({  # a first line: a run stopped now still knows the step ran
-                    "token": token, "image": allowed.image, "image_id": allowed.image_id,
-                    "container_id": found, "start": started, "labels": allowed.labels,
-                    "stderr": str(log_path)})
+                self.ledger({**first, "container_id": found})  # the step's container, named
                 try:
                     if allowed.cidfile:
                         with send:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from cratebridge.engines.record import ContainerRecord
 
-__all__ = ["LedgerEntry", "read_ledger"]
+__all__ = ["LedgerEntry", "read_ledger", "refusal_note"]
+
+#: how many different refusals a run's error quotes
+REFUSALS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,20 @@ class Ledger:
         return {e.token: e for e in self.entries}
 
 
+def refusal_note(refusals: tuple[str, ...]) -> str:
+    """``sandbox refused: A; B; C`` (the first :data:`REFUSALS_SHOWN` different ones, in
+    the order they came) for a run's error, or ``""`` when the broker refused nothing."""
+    if not refusals:
+        return ""
+    return "sandbox refused: " + "; ".join(list(dict.fromkeys(refusals))[:REFUSALS_SHOWN])
+
+
 def read_ledger(path: Path) -> Ledger:
     """Every container of a run, in the order they started; refusals apart.
 
-    The broker writes a line when a container starts and another when it ends:
-    the later line of a token replaces the earlier.
+    The broker writes a line before it starts a container, another once Docker
+    has named it and a last when it ends: the later line of a token replaces the
+    earlier.
     """
     entries: dict[str, LedgerEntry] = {}
     refusals: list[str] = []

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,12 +208,24 @@ class Sandbox:
         """Ids of containers of this run still present (running or not)."""
         return labelled_containers(self.docker, f"{RUN_LABEL}={self.run_id}")
 
-    def stop_all(self) -> list[str]:
-        """Kill and remove every container of this run; returns their ids."""
-        ids = self.containers()
-        if ids:
+    def stop_all(self, patience: float = 30.0) -> list[str]:
+        """Kill and remove every container of this run; returns their ids.
+
+        Returns once Docker lists none of them any more (or after ``patience``
+        seconds): a ``docker rm -f`` that meets a removal already under way (the
+        broker stopping the same step) answers at once, before the container is
+        gone, and the run must not end while its containers still exist.
+        """
+        removed: list[str] = []
+        end = time.monotonic() + patience
+        while True:
+            ids = self.containers()
+            if not ids or time.monotonic() > end:
+                return removed
+            if removed:  # still listed after a first removal: give Docker a moment
+                time.sleep(0.1)
+            removed += [cid for cid in ids if cid not in removed]
             subprocess.run([self.docker, "rm", "-f", *ids], capture_output=True, check=False)
-        return ids
 
 
 def labelled_containers(docker: str, *labels: str, check: bool = False) -> list[str]:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import sh
 
-from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.ledger import read_ledger, refusal_note
 from cratebridge.containers.sandbox import image_id
 from cratebridge.engines.interface import (
     Capabilities,
@@ -311,7 +311,7 @@ def _error_summary(code: int, steps: tuple[StepRecord, ...], stdout: Path, stder
         if err:
             parts.append(err)
     if refusals:
-        parts.append("sandbox refused: " + "; ".join(refusals[:3]))
+        parts.append(refusal_note(refusals))
     if not failed and not refusals:
         lines = [line for p in (stderr, stdout) if p.is_file()
                  for line in p.read_text(errors="replace").splitlines()
