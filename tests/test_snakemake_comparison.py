@@ -1,9 +1,9 @@
 """scripts/run-snakemake-comparison on a small Snakemake-like checkout written here.
 
 The checkout has the layout of Snakemake's own (tests/tests.py and tests/test*/ with a
-Snakefile and expected-results/): one workflow passes both ways, one is refused by
-cratebridge (a run: block), one produces the wrong content both ways, and a few are
-excluded by the selection rule.
+Snakefile and expected-results/): two workflows pass both ways (one with a service()),
+one is refused by cratebridge (it reads a host file), one produces the wrong content
+both ways, and a few are excluded by the selection rule.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def test_ok():
 def test_service():
     """A docstring does not count as extra test code."""
     run(dpath("test_service"))
+
+
+def test_host_file():
+    run(dpath("test_host_file"))
 
 
 def test_wrong():
@@ -76,7 +80,7 @@ rule b:
 '''
 
 # A service() output: bare Snakemake runs the service beside the job reading it and
-# stops it when that job ends; cratebridge refuses it (it runs a job until it ends).
+# stops it when that job ends; so does cratebridge, each in its own container.
 SERVICE_SNAKEFILE = '''\
 rule all:
     input: "c.txt"
@@ -89,6 +93,18 @@ rule c:
     input: "s.txt"
     output: "c.txt"
     shell: "while [ ! -s {input} ]; do sleep 0.1; done; cat {input} > {output}"
+'''
+
+# A file of the host: bare Snakemake reads it; a TRE request sees only its own crate,
+# and cratebridge refuses the reference.
+HOST_FILE_SNAKEFILE = '''\
+rule all:
+    input: "h.txt"
+
+rule h:
+    input: "/etc/hostname"
+    output: "h.txt"
+    shell: "echo read > {output}"
 '''
 
 WRONG_SNAKEFILE = '''\
@@ -120,6 +136,7 @@ def checkout(tmp_path: Path) -> Path:
     (tests / "tests.py").write_text(TESTS_PY)
     _workflow(tests, "test_ok", OK_SNAKEFILE, {"out/b.txt": "hello\nhello\n"})
     _workflow(tests, "test_service", SERVICE_SNAKEFILE, {"c.txt": "from a service\n"})
+    _workflow(tests, "test_host_file", HOST_FILE_SNAKEFILE, {"h.txt": "read\n"})
     _workflow(tests, "test_wrong", WRONG_SNAKEFILE, {"w.txt": "expected\n"})
     _workflow(tests, "test_targets", OK_SNAKEFILE, {"a.txt": "hello\n"})
     _workflow(tests, "test_net", OK_SNAKEFILE, {})
@@ -132,7 +149,8 @@ def checkout(tmp_path: Path) -> Path:
 
 def test_selection_keeps_default_runs_and_says_why_others_are_left_out(checkout: Path) -> None:
     selection = select_workflows(checkout)
-    assert [w.name for w in selection.chosen] == ["test_ok", "test_service", "test_wrong"]
+    assert [w.name for w in selection.chosen] == ["test_host_file", "test_ok", "test_service",
+                                                  "test_wrong"]
     reasons = {e.name: e.reason for e in selection.excluded}
     assert reasons == {
         "test_targets": "run with special arguments: targets",
@@ -191,23 +209,23 @@ def test_script_reports_both_counts_and_every_difference(
     out = tmp_path / "out"
     done = _script(str(checkout), "--out", str(out), "--timeout", "300")
     assert done.returncode == 0, done.stderr
-    assert "bare Snakemake: 2/3 passed" in done.stdout
-    assert "cratebridge:    1/3 passed" in done.stdout
+    assert "bare Snakemake: 3/4 passed" in done.stdout
+    assert "cratebridge:    2/4 passed" in done.stdout
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {
-        "workflows": 3, "bare_passed": 2, "cratebridge_passed": 1, "both_passed": 1,
+        "workflows": 4, "bare_passed": 3, "cratebridge_passed": 2, "both_passed": 2,
         "bare_only": 1, "cratebridge_only": 0, "neither": 1,
-        "cratebridge_passed_counting_crate": 1,
+        "cratebridge_passed_counting_crate": 2,
     }
     by_name = {w["name"]: w for w in summary["workflows"]}
-    assert by_name["test_ok"]["bare"]["passed"] and by_name["test_ok"]["cratebridge"]["passed"]
+    for name in ("test_ok", "test_service"):
+        assert by_name[name]["bare"]["passed"] and by_name[name]["cratebridge"]["passed"]
 
-    refused = by_name["test_service"]
+    refused = by_name["test_host_file"]
     assert refused["bare"]["passed"]
     assert refused["cratebridge"]["exit_code"] == 3
-    assert "service('s.txt')" in refused["cratebridge"]["reason"]
-    assert refused["category"] == "refused: service() output"
+    assert "/etc/hostname" in refused["cratebridge"]["reason"]
 
     wrong = by_name["test_wrong"]
     for side in ("bare", "cratebridge"):
@@ -219,7 +237,6 @@ def test_script_reports_both_counts_and_every_difference(
     assert summary["snakemake_version"] and summary["command"].startswith("scripts/")
 
     report = (out / "report.md").read_text()
-    assert "| test_service | pass | FAIL | exit 3: UnsupportedCrate" in report
-    assert "- **refused: service() output** (1): test_service" in report
+    assert "| test_host_file | pass | FAIL | exit 3: " in report
     assert "| test_net | needs the network (@connected) |" in report
     assert (out / "logs" / "test_ok" / "cratebridge.json").is_file()

@@ -3,7 +3,7 @@
 Real Snakemake, real Docker through the broker, the real pipeline: a target
 rule that runs no command (its ``touch()`` and ``log:`` files are outputs),
 ``shadow:`` rules and a ``benchmark:``, a module's ``config:``, a target that is a
-link, jobs joined by a ``pipe()`` (``service()`` refused in the plan).
+link, jobs joined by a ``pipe()`` or a ``service()``.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def test_a_pipe_writer_that_fails_stops_its_reader_and_fails_the_run(
     assert sum('"event": "finished"' in line for line in events) == 2
 
 
-def test_a_pipe_on_slurm_and_a_service_anywhere_are_refused_in_the_plan(
+def test_a_pipe_or_a_service_on_slurm_is_refused_in_the_plan(
         make_request: MakeRequest, config: Callable[[str], Config]) -> None:
     slurm = config('[engines.snakemake]\nexecutor = "slurm"\n')
     with pytest.raises(UnsupportedCrate, match=r"rule produce has the output "
@@ -250,9 +250,90 @@ def test_a_pipe_on_slurm_and_a_service_anywhere_are_refused_in_the_plan(
     assert caught.value.exit_code == 3
     assert "produce" in str(caught.value.where)
     service = PIPE.replace('pipe("stream.txt")', 'service("stream.txt")')
-    with pytest.raises(UnsupportedCrate, match=r"service\('stream\.txt'\).*a service never "
-                                               r"does"):
-        plan(make_request(service), engine="snakemake", config=config(""))
+    with pytest.raises(UnsupportedCrate, match=r"service\('stream\.txt'\).*on Slurm"):
+        plan(make_request(service), engine="snakemake", config=slurm)
+
+
+# As Snakemake's own test_service_jobs: a service makes its file and never ends; a
+# job reads it; the service is stopped once that job has ended. (There the file is a
+# link to /dev/random, which no container of a run may mount: outside its folder. A
+# group's jobs share its cores: two here, as on a two-core machine.)
+SERVICE = '''
+rule all:
+    input: "a.txt"
+
+rule serve:
+    output: service("socket.txt")
+    container: "docker://cratebridge/busybox:1"
+    shell: "sleep 1; echo served > {output}.new; mv {output}.new {output}; sleep 600"
+
+rule a:
+    input: "socket.txt"
+    output: "a.txt"
+    container: "docker://cratebridge/busybox:1"
+    shell: "cat {input} {input} > {output}"
+'''
+
+
+@pytest.mark.docker
+def test_a_service_runs_beside_its_readers_and_is_stopped_after_them(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # the reader starts once the service has made its file (here after a second), in a
+    # container of its own; the service never ends by itself: stopped, and done
+    outcome = _run(make_request(SERVICE), tmp_path, config(""))
+    assert _outputs(outcome) == {"a.txt": "served\nserved\n"}
+    steps = {s.step: s for s in outcome.record.steps}
+    assert sorted(steps) == ["a", "serve"]
+    assert all(s.status is RunStatus.COMPLETED and s.container for s in steps.values())
+    assert steps["a"].container != steps["serve"].container
+    assert steps["serve"].start_time < steps["a"].start_time
+    assert steps["a"].end_time <= steps["serve"].end_time
+    assert steps["serve"].exit_code != 0  # that of its stop
+    assert (steps["serve"].end_time - steps["serve"].start_time).total_seconds() < 300
+
+
+SERVICE_OF_A_DEVICE = SERVICE.replace(
+    "sleep 1; echo served > {output}.new; mv {output}.new {output}; sleep 600",
+    "ln -s /dev/zero {output}; sleep 600")
+
+
+@pytest.mark.docker
+def test_a_service_file_that_links_to_a_device_is_refused_and_the_error_says_so(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # Snakemake's own test_service_jobs links /dev/random: a reader's container would
+    # mount a device of the machine, outside the run's folder
+    outcome = run(make_request(SERVICE_OF_A_DEVICE), tmp_path / "result",
+                  engine="snakemake", config=config(""))
+    assert outcome.exit_code == 1
+    error = str(outcome.record.error)
+    assert "rule(s) failed: " in error and "a (exit 125)" in error, error
+    assert "sandbox refused: docker run: mount source /dev/zero is outside the run's " \
+        "folder" in error, error
+
+
+SERVICE_THAT_DIES = SERVICE.replace(
+    "sleep 1; echo served > {output}.new; mv {output}.new {output}; sleep 600",
+    "echo no socket >&2; exit 4")
+
+
+@pytest.mark.docker
+def test_a_service_that_ends_before_making_its_file_fails_the_run(
+        tmp_path: Path, make_request: MakeRequest, config: Callable[[str], Config],
+        docker_available: bool) -> None:
+    # its reader never starts: it would wait for a file that will not come
+    outcome = run(make_request(SERVICE_THAT_DIES), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.exit_code == 1
+    assert "serve (exit 4)" in str(outcome.record.error)
+    assert "no socket" in str(outcome.record.error)
+    steps = {s.step: s for s in outcome.record.steps}
+    assert steps["serve"].status is RunStatus.FAILED
+    assert "a" not in steps
+    # the service ended once, and is recorded once
+    events = (outcome.run_dir / "work" / "events.jsonl").read_text().splitlines()
+    assert sum('"event": "finished"' in line for line in events) == 1
 
 
 PIPE_AFTER_CHECKPOINT = '''

@@ -215,8 +215,8 @@ class SnakemakeEngine(Engine):
                            timeout=context.timeout, on_tick=progress)
         finished = datetime.now(UTC)
         events = read_events(events_path)
-        steps = step_records(events, read_ledger(context.sandbox.ledger),
-                             jobs_dir=context.work_dir / "jobs")
+        ledger = read_ledger(context.sandbox.ledger)
+        steps = step_records(events, ledger, jobs_dir=context.work_dir / "jobs")
         ok = ended.exit_code == 0 and not ended.reason
         kept = _Settings.read(context.settings).outputs == "all"
         outputs = copy_outputs(exported(events, tree, _copied_from(plan, tree), kept), tree,
@@ -225,7 +225,8 @@ class SnakemakeEngine(Engine):
         if not ok:
             # a failed job's logs are read only where the room or the broker wrote them
             readable = (context.work_dir, context.sandbox.ledger.parent / "stderr")
-            error = ended.reason or failure_summary(stderr, steps, ended.exit_code, readable)
+            error = ended.reason or failure_summary(stderr, steps, ended.exit_code, readable,
+                                                    ledger.refusals)
         logs = [LogRecord(stderr, "snakemake log"), LogRecord(stdout, "snakemake output")]
         logs += [LogRecord(p, f"snakemake run log {p.name}") for p in
                  sorted((context.work_dir / SNAKEMAKE_DIR / ".snakemake" / "log").glob("*.log"))]

@@ -10,11 +10,12 @@ from the executor API (rule, wildcards, inputs, outputs, image, times, exit).
 Rules that run nothing are reported done at once; those that make files
 (``touch()`` outputs, made by Snakemake itself) get their two events too,
 with no image. A ``benchmark:`` file is written here, from the container's
-time; group jobs (``pipe()``, ``service()``) fail, each job recorded with the
-reason. A ``run:`` or ``script:`` job runs Snakemake's own per-job command in
-an image with Snakemake (:mod:`cratebridge_snakemake.snakejob`). The
-workflow's final targets are written when the executor starts and again when
-it shuts down, after checkpoints have updated the DAG.
+time; the jobs of a group (joined by ``pipe()`` or ``service()``) run at once,
+a service stopped when its readers have ended. A ``run:`` or ``script:`` job
+runs Snakemake's own per-job command in an image with Snakemake
+(:mod:`cratebridge_snakemake.snakejob`). The workflow's final targets are
+written when the executor starts and again when it shuts down, after
+checkpoints have updated the DAG.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from cratebridge_snakemake.snakejob import (
 )
 
 __all__ = ["CratebridgeSettings", "Executor", "ExecutorSettings", "JobFailed", "common_settings",
-           "has_service", "record_group", "record_norun", "record_targets", "snakemake_job",
+           "record_group", "record_norun", "record_targets", "snakemake_job",
            "target_files"]
 
 common_settings = CommonSettings(
@@ -181,19 +182,13 @@ def record_norun(job: Any, workdir: str, events: EventLog) -> None:
     events.finished(spec, start=start, exit_code=None, status="success")
 
 
-def has_service(group: Any) -> bool:
-    """Whether a group job has a ``service()`` output (a job that never ends on its own)."""
-    return any(is_flagged(f, "service") for job in group.jobs for f in job.output)
-
-
 def record_group(group: Any, workdir: str, events: EventLog, why: str) -> str:
     """A group job we cannot run (``why``): refused, each of its jobs failed.
 
-    On Slurm every group is refused (each job is a Slurm job of its own), and
-    a group with a ``service()`` output everywhere. The plan refuses such
-    rules when it sees them; one can still appear once a checkpoint has changed
-    the DAG. Each job of the group gets its two events with the reason, so
-    that the run's error names them.
+    On Slurm every group is refused (each job is a Slurm job of its own). The
+    plan refuses such rules when it sees them; one can still appear once a
+    checkpoint has changed the DAG. Each job of the group gets its two events
+    with the reason, so that the run's error names them.
     """
     jobs = sorted(group.jobs, key=lambda j: j.jobid or 0)
     rules = ", ".join(sorted({j.rule.name for j in jobs}))
@@ -238,12 +233,6 @@ class Executor(RealExecutor):  # type: ignore[misc]
             self.report_job_submission(job_info)
             self.report_job_success(job_info)
             return
-        if job.is_group() and has_service(job):
-            error = record_group(job, str(self.workflow.workdir_init), self.events,
-                                 "cratebridge runs a job until it ends, and a service never does")
-            self.report_job_submission(job_info)
-            self.report_job_error(job_info, msg=error)
-            return
         future = self.pool.submit(self._run_group if job.is_group() else self._run, job)
         future.add_done_callback(partial(self._done, job_info))
         self.report_job_submission(job_info)
@@ -252,26 +241,36 @@ class Executor(RealExecutor):  # type: ignore[misc]
         self._wait(self._launch(job))
 
     def _run_group(self, group: Any) -> None:
-        """A group job: its jobs level by level, those joined by a ``pipe()`` at once.
+        """A group job: its jobs level by level, those joined by a ``pipe()`` or a
+        ``service()`` at once.
 
-        Snakemake joins jobs that share a ``pipe()`` output into a group, whose
-        jobs must run at the same time: each runs in its own container, and the
-        pipe (a FIFO Snakemake makes in the working folder, which every job
-        mounts) joins them as it joins two processes. When one fails, the others
-        of its level are stopped (a reader would wait forever for a writer that
-        is gone), and the group fails with it.
+        Snakemake joins jobs that share a ``pipe()`` or ``service()`` output into a
+        group, whose jobs must run at the same time: each runs in its own
+        container, and the pipe (a FIFO Snakemake makes in the working folder,
+        which every job mounts) or the service's file (a socket, a link) joins
+        them as it joins two processes. A service starts first, and the jobs
+        reading it once its outputs are there (as a bare job waits for its
+        inputs, up to ``--latency-wait``); when they have all ended, the
+        service is stopped, as Snakemake stops it, and recorded as done. When a
+        job fails, the others of its level are stopped (a reader would wait
+        forever for a writer that is gone), and the group fails with it.
         """
         workdir = str(self.workflow.workdir_init)
         for level in self.workflow.dag.toposorted(group.jobs, inherit_pipe_dependencies=True):
+            serving: list[_Launched] = []
             launched: list[_Launched] = []
             try:
-                for job in level:  # a pipe's writer before its readers: it makes the FIFO
+                for job in level:
                     if job.is_norun:
                         record_norun(job, workdir, self.events)
-                    else:
+                    elif job.is_service:
+                        serving.append(self._launch(job))
+                self._await_services(serving)
+                for job in level:  # a pipe's writer before its readers: it makes the FIFO
+                    if not job.is_norun and not job.is_service:
                         launched.append(self._launch(job))
             except JobFailed:
-                self._stop(launched)
+                self._stop([*launched, *serving])
                 raise
             errors: list[JobFailed] = []
             pending = list(launched)
@@ -288,7 +287,41 @@ class Executor(RealExecutor):  # type: ignore[misc]
                     self._stop(pending)  # waited for (and recorded) there
                     pending.clear()
             if errors:
+                self._stop(serving)
                 raise errors[0]
+            self._end_services(serving)
+
+    def _await_services(self, serving: list[_Launched]) -> None:
+        """Wait until each service has made its ``service()`` outputs; :class:`JobFailed`
+        when it ends first or they are not there within ``--latency-wait``."""
+        wait = max(float(self.workflow.execution_settings.latency_wait or 0), 5.0)
+        deadline = time.monotonic() + wait
+        for one in serving:
+            made = [os.path.join(str(self.workflow.workdir_init), str(f))
+                    for f in one.job.output if is_flagged(f, "service")]
+            while not all(os.path.lexists(path) for path in made):
+                if one.proc.poll() is not None:
+                    self._wait(one)  # raises for a failure; an exit 0 is no service either
+                    raise JobFailed(f"rule {one.spec.rule}: its service ended before making "
+                                    f"{', '.join(map(repr, made))}")
+                if time.monotonic() > deadline:
+                    raise JobFailed(f"rule {one.spec.rule}: its service() output did not "
+                                    f"appear within {wait:.0f} s (--latency-wait)")
+                time.sleep(0.05)
+
+    def _end_services(self, serving: list[_Launched]) -> None:
+        """Stop the services whose readers have all ended: each is recorded as done."""
+        for one in serving:
+            if one.proc.poll() is not None:  # ended by itself: as any job
+                self._wait(one)
+                continue
+            one.proc.terminate()
+            try:
+                code = one.proc.wait()
+            finally:
+                self.processes.pop(one.spec.token, None)
+            self.events.finished(one.spec, start=one.start, exit_code=code, status="success",
+                                 service_stopped=True)
 
     def _launch(self, job: Any) -> _Launched:
         """Start a job's container (its start event written); :class:`JobFailed` if it cannot."""
@@ -335,11 +368,13 @@ class Executor(RealExecutor):  # type: ignore[misc]
                             bool(self.workflow.output_settings.benchmark_extended))
 
     def _stop(self, launched: list[_Launched]) -> None:
-        """Stop started containers (the broker removes a container whose client goes away)."""
-        for one in launched:
+        """Stop started containers (the broker removes a container whose client goes away),
+        and record the end of each not waited for yet: one end event a job."""
+        running = [one for one in launched if one.spec.token in self.processes]
+        for one in running:
             if one.proc.poll() is None:
                 one.proc.terminate()
-        for one in launched:
+        for one in running:
             try:
                 self._wait(one)
             except JobFailed:

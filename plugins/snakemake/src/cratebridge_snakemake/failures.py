@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+from cratebridge.containers.ledger import refusal_note
 from cratebridge.engines.record import RunStatus, StepRecord
 
 __all__ = ["STDERR_LINES", "failure_summary"]
@@ -21,19 +22,21 @@ _TAIL_BYTES = 64 * 1024
 
 
 def failure_summary(stderr: Path, steps: tuple[StepRecord, ...], code: int,
-                    readable: tuple[Path, ...]) -> str:
-    """Which rules failed, with their exit codes and the last lines of their stderr.
+                    readable: tuple[Path, ...], refusals: tuple[str, ...] = ()) -> str:
+    """Which rules failed, with their exit codes and the last lines of their stderr;
+    then what the sandbox refused (a container that never started says no more).
 
     Step logs are named by what the room wrote: only those inside ``readable``
     (links resolved) are read, so no file from elsewhere is ever quoted.
     """
     failed = [s for s in steps if s.status is RunStatus.FAILED]
+    refused = "; " + refusal_note(refusals) if refusals else ""
     if failed:
         return f"snakemake exited {code}: rule(s) failed: " + "; ".join(
-            _job_failure(s, readable) for s in failed)
+            _job_failure(s, readable) for s in failed) + refused
     tail = [line.strip() for line in _tail(stderr)
             if "Error" in line or "error" in line.lower()][-3:]
-    return f"snakemake exited {code}" + (": " + " | ".join(tail) if tail else "")
+    return f"snakemake exited {code}" + (": " + " | ".join(tail) if tail else "") + refused
 
 
 def _job_failure(step: StepRecord, readable: tuple[Path, ...]) -> str:

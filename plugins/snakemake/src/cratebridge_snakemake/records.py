@@ -97,8 +97,11 @@ def step_records(events: Events, ledger: Ledger, tool_prefix: str = "",
         exit_code = ran.exit_code if ran else done.get("exit_code")
         # a job with no image ran no command: Snakemake itself made its files
         norun = event.get("image") is None and ran is None
+        # a service never ends by itself: stopped once its readers had ended, it is done
+        # (its exit code is that of the stop)
         status = RunStatus.COMPLETED if done.get("status") == "success" and (
-            exit_code == 0 or (norun and exit_code is None)) else RunStatus.FAILED
+            exit_code == 0 or (norun and exit_code is None) or done.get("service_stopped")) \
+            else RunStatus.FAILED
         wildcards = tuple(ParameterValue(f"wildcard {k}", v)
                           for k, v in event.get("wildcards", {}).items())
         records.append(StepRecord(

@@ -262,9 +262,9 @@ def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: boo
                 python_image: str | None = None) -> None:
     """Refuse rules that could not run in a container under our executor.
 
-    A ``pipe()`` output is run by the local executor (its jobs at once, each in
-    its own container, joined by the FIFO), refused on Slurm (``cluster``); a
-    ``service()`` output is refused.
+    A ``pipe()`` or ``service()`` output is run by the local executor (its jobs
+    at once, each in its own container, joined by the FIFO or the service's
+    file), refused on Slurm (``cluster``).
 
     A ``run:`` / ``script:`` rule needs an image with Snakemake: its own
     ``container:`` or the operator's ``python_image`` (whether the image has
@@ -279,17 +279,13 @@ def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: boo
                 f"rule {rule.name} cannot run in the cratebridge sandbox: "
                 f"{REFUSED_KINDS[rule.kind]}; rewrite it as a shell: rule with a container:",
                 where=where)
-        refused = [(flag, path) for flag, path in rule.joined if cluster or flag != "pipe"]
-        if refused:
-            flag, path = refused[0]
-            how = ("on Slurm each job runs on its own, as a Slurm job of its own"
-                   if flag == "pipe" else
-                   "cratebridge runs a job until it ends, and a service never does")
+        if cluster and rule.joined:
+            flag, path = rule.joined[0]
             raise UnsupportedCrate(
                 f"rule {rule.name} has the output {flag}({path!r}), which needs its job and "
-                f"the jobs reading it to run at the same time, joined through it, but {how}; "
-                f"write a regular file instead of {flag}()"
-                + (", or run the workflow with the local executor" if flag == "pipe" else ""),
+                "the jobs reading it to run at the same time, joined through it, but on "
+                "Slurm each job runs on its own, as a Slurm job of its own; write a regular "
+                f"file instead of {flag}(), or run the workflow with the local executor",
                 where=where)
         if rule.kind in SNAKEMAKE_KINDS:
             if rule.image is None and python_image is None:
