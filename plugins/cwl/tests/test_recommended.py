@@ -27,6 +27,7 @@ from cratebridge.testing.validator import (
     UNSTATED_FINDINGS,
     ExternalValidator,
 )
+from cratebridge_cwl.runner_tool import RESULT_FOLDER
 
 REPO = Path(__file__).resolve().parents[3]
 RUNNER = Path(sys.executable).parent / "cratebridge-cwl-runner"
@@ -84,11 +85,11 @@ def _run(tmp: Path, tool: str, job: str) -> tuple[subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=600, check=False)
     kept = re.search(r"run folder kept in (\S+)", done.stderr)
     assert kept, done.stderr
-    results = sorted(Path(kept[1]).glob("runs/*/result"))
-    assert results, done.stderr
-    _no_host_paths(results[-1], tmp, Path(kept[1]))
-    moved = shutil.move(kept[1], tmp / "kept")  # pytest removes it with tmp
-    return done, Path(moved) / results[-1].relative_to(kept[1])
+    shutil.move(kept[1], tmp / "kept")  # pytest removes it with tmp
+    result = tmp / "out" / RESULT_FOLDER  # the run's result folder, moved there
+    assert (result / "ro-crate-metadata.json").is_file(), done.stderr
+    _no_host_paths(result, tmp, Path(kept[1]))
+    return done, result
 
 
 def _no_host_paths(crate: Path, *hosts: Path) -> None:

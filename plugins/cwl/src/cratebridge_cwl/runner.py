@@ -29,16 +29,18 @@ from cratebridge.engines.interface import ProgressEvent
 from cratebridge.engines.record import FileRecord, RunStatus
 from cratebridge.errors import CratebridgeError
 from cratebridge_cwl.runner_crate import write_request
-from cratebridge_cwl.runner_tool import (
+from cratebridge_cwl.runner_read import (
     EXIT_UNSUPPORTED,
-    RESULT_FOLDER,
-    SecondaryFiles,
     UnsupportedRequirement,
-    declared_secondary_files,
-    load_job,
     load_tool,
     local_path,
     paths_in,
+)
+from cratebridge_cwl.runner_tool import (
+    RESULT_FOLDER,
+    SecondaryFiles,
+    declared_secondary_files,
+    load_job,
 )
 
 __all__ = ["EXIT_UNSUPPORTED", "RESULT_FOLDER", "SecondaryFiles", "UnsupportedRequirement",

@@ -16,16 +16,14 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from cratebridge.errors import UnsupportedCrate, UsageError
+from cratebridge_cwl.runner_read import LoadedTool, local_path, short_name
 from cratebridge_cwl.runner_tool import (
     CWL_LANGUAGE,
     POTENTIAL,
     RO_CRATE_1_2,
     WORKFLOW_RO_CRATE,
-    LoadedTool,
     declared_secondary_files,
     file_objects,
-    local_path,
-    short_name,
 )
 from cratebridge_cwl.workflow import JSON_ENCODING
 
