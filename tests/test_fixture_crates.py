@@ -203,7 +203,8 @@ def test_zipped_request_payload_passes_five_safes_profile(
 
 
 @pytest.mark.validator
-@pytest.mark.parametrize("workflow", ["three-step", "step-fails", "scalar-inputs"])
+@pytest.mark.parametrize("workflow", ["three-step", "step-fails", "scalar-inputs", "nested",
+                                      "nested-values", "nested-scatter"])
 def test_fixture_workflows_are_workflow_ro_crates(validator: Validator, workflow: str) -> None:
     ok, output = validator(CWL / workflow, "workflow-ro-crate-1.0")
     assert ok, output

@@ -420,20 +420,59 @@ SHAPE = {
 }
 
 
-def _record(tmp_path: Path, steps: list[StepRecord], status: RunStatus) -> RunRecord:
+def _record(tmp_path: Path, steps: list[StepRecord], status: RunStatus,
+            runs: dict[str, list[str]] | None = None) -> RunRecord:
+    """``steps`` through :func:`with_nesting`; ``runs``: the nested runs of each step's job."""
     events = tmp_path / "events.jsonl"
     shape_path(events).write_text(json.dumps(SHAPE))
     record = RunRecord(engine="fake", engine_version=None, status=status, start_time=T0,
                        end_time=T0 + timedelta(minutes=1), steps=tuple(steps))
-    return with_nesting(record, events)
+    started = [{"event": "started", "token": token, "runs": keys}
+               for token, keys in (runs or {}).items()]
+    return with_nesting(record, events, started)
 
 
 def _ran(step: str, at: int, status: RunStatus = RunStatus.COMPLETED,
-         inputs: tuple[Any, ...] = (), outputs: tuple[Any, ...] = ()) -> StepRecord:
+         inputs: tuple[Any, ...] = (), outputs: tuple[Any, ...] = (),
+         token: str | None = None) -> StepRecord:
     return StepRecord(step=step, name=step.rsplit("/", 1)[-1], tool=f"file:///w/t/{step}.cwl",
                       status=status, start_time=T0 + timedelta(seconds=at),
                       end_time=T0 + timedelta(seconds=at + 1), exit_code=0, container=None,
-                      inputs=inputs, outputs=outputs)
+                      inputs=inputs, outputs=outputs, native_id=token)
+
+
+def test_a_scattered_nested_workflow_has_a_run_per_position(tmp_path: Path) -> None:
+    """``outer`` ran twice (say, scattered): each run has its own steps, values and times."""
+    def file(name: str, port: str) -> FileRecord:
+        return FileRecord(tmp_path / name, port)
+
+    steps = [  # the second run started first: runs are named in the order they started
+        _ran("outer/inner/a", 10, inputs=(file("x1", "in"),), outputs=(file("a1", "out"),),
+             token="a1"),
+        _ran("outer/inner/a", 0, inputs=(file("x2", "in"),), outputs=(file("a2", "out"),),
+             token="a2"),
+        _ran("outer/inner/b", 3, RunStatus.FAILED, inputs=(file("a2", "in"),), token="b2"),
+        _ran("outer/inner/b", 12, inputs=(file("a1", "in"),), outputs=(file("b1", "out"),),
+             token="b1"),
+        _ran("late", 20, token="late")]
+    runs = {"a1": ["o1", "i1"], "b1": ["o1", "i1"], "a2": ["o2", "i2"], "b2": ["o2", "i2"],
+            "late": []}
+    record = _record(tmp_path, steps, RunStatus.FAILED, runs)
+    seen = [(r.step, r.name, r.status.value, r.start_time, r.end_time, r.inputs, r.outputs)
+            for r in record.subworkflows]
+    at = [T0 + timedelta(seconds=s) for s in (0, 4, 10, 13)]
+    failed, completed = RunStatus.FAILED.value, RunStatus.COMPLETED.value
+    assert seen == [
+        ("outer", "outer", failed, at[0], at[1], (file("x2", "x"),), ()),
+        ("outer", "outer_2", completed, at[2], at[3], (file("x1", "x"),), (file("b1", "out"),)),
+        ("outer/inner", "inner", failed, at[0], at[1], (file("x2", "x"),), ()),
+        ("outer/inner", "inner_2", completed, at[2], at[3], (file("x1", "x"),),
+         (file("b1", "out"),))]
+    assert record.subworkflows[0].error == "Nested workflow outer failed: step(s) b failed"
+    # without the engine's word on runs, one run of each, as before
+    merged = _record(tmp_path, steps, RunStatus.FAILED)
+    assert [(r.step, r.name, r.start_time, r.end_time) for r in merged.subworkflows] == [
+        ("outer", "outer", at[0], at[3]), ("outer/inner", "inner", at[0], at[3])]
 
 
 def test_shape_gives_every_step_by_path_with_positions(tmp_path: Path) -> None:

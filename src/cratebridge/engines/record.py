@@ -128,7 +128,8 @@ class PlannedStep:
 @dataclass(frozen=True)
 class SubworkflowRecord:
     """One run of a nested workflow: the step ``step`` (a path, as in :class:`PlannedStep`)
-    ran the workflow ``tool``.
+    ran the workflow ``tool``; ``name`` names this run (``step_2`` for the second run of
+    a scattered one, as :attr:`StepRecord.name`).
 
     The executions it orchestrated are the step records (and nested runs)
     whose ``step`` lies under ``step/``. ``inputs`` and ``outputs`` are the

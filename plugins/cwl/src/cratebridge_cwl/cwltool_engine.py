@@ -185,7 +185,8 @@ class CwltoolEngine(Engine):
         started = datetime.now(UTC)
         ended = run_held_or_new(self, plan, context, stdout, stderr, progress)
         finished = datetime.now(UTC)
-        steps = step_records(read_events(events_path), read_ledger(context.sandbox.ledger))
+        events = read_events(events_path)
+        steps = step_records(events, read_ledger(context.sandbox.ledger))
         outputs = _outputs(stdout)
         status = RunStatus.COMPLETED if ended.exit_code == 0 and not ended.reason \
             else RunStatus.FAILED
@@ -197,7 +198,7 @@ class CwltoolEngine(Engine):
             start_time=started, end_time=finished, outputs=outputs, steps=steps,
             logs=(LogRecord(stderr, "cwltool log"), LogRecord(stdout, "cwltool output object")),
             error=error, command=tuple(plan.command),
-        ), events_path)
+        ), events_path, events)
 
 
 def run_held_or_new(engine: CwltoolEngine, plan: EnginePlan, context: RunContext,

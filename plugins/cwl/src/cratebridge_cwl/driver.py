@@ -11,7 +11,10 @@ the same way (no container, no command), so that the values it makes are
 in the record. Each job names its step by its path from the top workflow (``revsort/rev``
 for step ``rev`` of the nested workflow step ``revsort`` runs), and the
 workflow's shape is written beside the events (:func:`write_shape`), so that
-the record can show nested workflows and the steps that did not run.
+the record can show nested workflows and the steps that did not run; each
+job's events list the runs of nested workflows it was part of
+(:func:`entering_run`), so that a scattered nested workflow has a run per
+position in the record.
 """
 
 from __future__ import annotations
@@ -37,15 +40,39 @@ from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.job import JobBase
 from cwltool.main import main as cwltool_main
 from cwltool.process import custom_schemas, use_standard_schema
-from cwltool.utils import OutputCallbackType
+from cwltool.utils import JobsGeneratorType, OutputCallbackType
 from cwltool.workflow import Workflow, default_make_tool
 
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
 from cratebridge_cwl.records import shape_path
 
-__all__ = ["EventLog", "JobReport", "main", "name_steps", "now", "record_expression",
-           "recording_job", "short_id", "workflow_shape", "write_shape"]
+__all__ = ["EventLog", "JobReport", "entering_run", "main", "name_steps", "nested_runs", "now",
+           "record_expression", "recording_job", "short_id", "workflow_shape", "write_shape"]
+
+#: The attribute of a RuntimeContext that lists the nested workflow runs it is within.
+_RUNS = "cb_runs"
+
+
+def entering_run(context: RuntimeContext) -> RuntimeContext:
+    """The context for a run of a workflow, given the context it was started with.
+
+    The top workflow's run notes nothing; each run of a nested workflow adds a
+    key of its own, so that a job can say which run of each nested workflow it
+    is part of (:func:`nested_runs`). Engines copy their contexts attribute by
+    attribute, so the list reaches every job below.
+    """
+    inner = context.copy()
+    if hasattr(context, _RUNS):
+        setattr(inner, _RUNS, (*getattr(context, _RUNS), uuid.uuid4().hex))
+    else:
+        setattr(inner, _RUNS, ())
+    return inner
+
+
+def nested_runs(context: RuntimeContext) -> list[str]:
+    """The keys of the nested workflow runs a job of ``context`` is part of, outermost first."""
+    return [str(key) for key in getattr(context, _RUNS, None) or ()]
 
 
 class EventLog:
@@ -166,12 +193,14 @@ class JobReport:
 
 
 def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
-                  report: JobReport = JobReport()) -> type[JobBase]:
+                  report: JobReport = JobReport(), runs: list[str] | None = None
+                  ) -> type[JobBase]:
     """A subclass of ``base`` (a cwltool or Toil job class) that reports itself to ``log``.
 
     Each job gets a token, passed to Docker as the ``org.cratebridge.step``
     label so that the sandbox ledger's entry joins to it, and writes a
-    ``started`` and a ``finished`` event (inputs, kept outputs, status, command).
+    ``started`` and a ``finished`` event (inputs, kept outputs, status, command;
+    ``runs``: the nested workflow runs it is part of, see :func:`nested_runs`).
     """
 
     class RecordingJob(base):  # type: ignore[valid-type,misc]
@@ -191,7 +220,7 @@ def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
             command = [str(c) for c in self.command_line]
             inputs = report.inputs(log, self)
             common = {"token": self.cb_token, "name": self.name, "step": step, "tool": tool,
-                      **report.extra(engine_name)}
+                      "runs": runs or [], **report.extra(engine_name)}
             log.write({"event": "started", **common, "time": started})
             callback: Callable[..., None] = self.output_callback  # type: ignore[has-type]
 
@@ -210,7 +239,7 @@ def recording_job(base: type[JobBase], log: EventLog, step: str, tool: str,
 
 
 def record_expression(job: ExpressionJob, log: EventLog, step: str, tool: str,
-                      engine_name: str, report: JobReport) -> ExpressionJob:
+                      engine_name: str, report: JobReport, runs: list[str]) -> ExpressionJob:
     """Make ``job`` (an ExpressionTool's job run as step ``step``) report itself to ``log``.
 
     It writes the ``started`` and ``finished`` events a :func:`recording_job`
@@ -221,7 +250,7 @@ def record_expression(job: ExpressionJob, log: EventLog, step: str, tool: str,
     token = uuid.uuid4().hex
     started = now()
     common = {"token": token, "name": report.name(engine_name), "step": step, "tool": tool,
-              **report.extra(engine_name)}
+              "runs": runs, **report.extra(engine_name)}
     inputs = report.inputs(log, job)
     log.write({"event": "started", **common, "time": started})
     callback = job.output_callback
@@ -338,7 +367,8 @@ class _RecordingTool(CommandLineTool):
         part_of = str(getattr(runtimeContext, "part_of", "") or "")
         step = self.cb_step or part_of.removeprefix("step ") or \
             self.tool.get("id", "tool").split("#")[-1]
-        return recording_job(base, self.cb_log, step, str(self.tool.get("id", "")))
+        return recording_job(base, self.cb_log, step, str(self.tool.get("id", "")),
+                             runs=nested_runs(runtimeContext))
 
 
 #: How an ExpressionTool's job describes itself under cwltool (its inputs: its builder's).
@@ -364,8 +394,18 @@ class _RecordingExpressionTool(ExpressionTool):
                 nth = self.cb_log.nth_run(self.cb_step)
                 name = short_id(self.cb_step) + (f"_{nth}" if nth > 1 else "")
                 record_expression(job, self.cb_log, self.cb_step, str(self.tool.get("id", "")),
-                                  name, _EXPRESSION_REPORT)
+                                  name, _EXPRESSION_REPORT, nested_runs(runtimeContext))
             yield job
+
+
+class _RecordingWorkflow(Workflow):
+    """cwltool's Workflow, each run of which is noted in the context of its jobs
+    (:func:`entering_run`): the jobs of a scattered nested workflow say which run
+    of it they belong to."""
+
+    def job(self, job_order: Any, output_callbacks: OutputCallbackType,
+            runtimeContext: RuntimeContext) -> JobsGeneratorType:
+        return super().job(job_order, output_callbacks, entering_run(runtimeContext))
 
 
 def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
@@ -377,7 +417,8 @@ def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
             tool = made_class(cast(Any, toolpath_object), loading_context)
             tool.cb_log = log
             return tool
-        made = default_make_tool(toolpath_object, loading_context)
+        made = _RecordingWorkflow(cast(Any, toolpath_object), loading_context) \
+            if kind == "Workflow" else default_make_tool(toolpath_object, loading_context)
         if isinstance(made, Workflow):
             name_steps(made, (_RecordingTool, _RecordingExpressionTool))
             write_shape(log.events, made)

@@ -138,22 +138,28 @@ def _read_shape(events: Path) -> dict[str, Any] | None:
     return shape if isinstance(shape, dict) and isinstance(shape.get("steps"), list) else None
 
 
-def with_nesting(record: RunRecord, events: Path) -> RunRecord:
+def with_nesting(record: RunRecord, events_path: Path,
+                 events: Iterable[dict[str, Any]] = ()) -> RunRecord:
     """``record`` with every step as written and the runs of its nested workflows.
 
-    Needs the shape the driver wrote beside ``events``; without it (or with
-    one that does not read) the record is returned as it is.
+    Needs the shape the driver wrote beside ``events_path``; without it (or with
+    one that does not read) the record is returned as it is. ``events`` (those
+    of ``events_path``) say which run of a nested workflow each job was part of:
+    a scattered nested workflow has a run per scatter position.
     """
-    shape = _read_shape(events)
+    shape = _read_shape(events_path)
     if shape is None:
         return record
     try:
-        return _nested(record, shape)
+        within = {str(e["token"]): tuple(str(r) for r in e.get("runs") or ())
+                  for e in events if e.get("event") == "started"}
+        return _nested(record, shape, within)
     except (KeyError, TypeError, AttributeError, ValueError):
         return record  # written in the engine's room: a record without nesting beats none
 
 
-def _nested(record: RunRecord, shape: dict[str, Any]) -> RunRecord:
+def _nested(record: RunRecord, shape: dict[str, Any],
+            within: dict[str, tuple[str, ...]]) -> RunRecord:
     steps = list(_walk(shape, ""))
     tools = {path: str(step["tool"]) for path, step, _ in steps}
     # a tool written inside its step has a random id; the shape names it after the step
@@ -163,7 +169,7 @@ def _nested(record: RunRecord, shape: dict[str, Any]) -> RunRecord:
     ran = _ran(record.steps)
     planned = tuple(_planned(steps, ran, record.status))
     return replace(record, planned=planned,
-                   subworkflows=_subworkflow_runs(steps, ran, record))
+                   subworkflows=_subworkflow_runs(steps, ran, record, within))
 
 
 Shaped = tuple[str, dict[str, Any], int]
@@ -226,33 +232,60 @@ def _planned(steps: list[Shaped], ran: set[str], status: RunStatus) -> Iterator[
             skipped=condition is not None and path not in ran and status is RunStatus.COMPLETED)
 
 
-def _subworkflow_runs(steps: list[Shaped], ran: set[str],
-                      record: RunRecord) -> tuple[SubworkflowRecord, ...]:
-    """One run per nested workflow step that ran, outer ones first."""
+#: A run of a nested workflow: the path of its step, and the engine's keys of the runs
+#: it is within, its own last (none known: one run of each path).
+RunKey = tuple[str, tuple[str, ...]]
+
+
+def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
+                      within: dict[str, tuple[str, ...]]) -> tuple[SubworkflowRecord, ...]:
+    """One record per run of a nested workflow (a scattered one runs once per position),
+    outer ones first; the runs of one step named ``step``, ``step_2``... as they started."""
     nested = [(path, step) for path, step, _ in steps
               if isinstance(step.get("workflow"), dict) and path in ran]
-    runs: dict[str, SubworkflowRecord] = {}
+    runs: dict[RunKey, SubworkflowRecord] = {}
     # innermost first: an outer run is made of its inner ones
     for path, step in sorted(nested, key=lambda item: -item[0].count("/")):
-        runs[path] = _subworkflow_run(path, step, record, ran, runs)
-    return tuple(runs[path] for path, _ in nested)
+        depth = path.count("/") + 1
+        instances: dict[tuple[str, ...], list[StepRecord]] = {}
+        for s in record.steps:
+            if s.step.startswith(path + "/"):
+                instances.setdefault(within.get(s.native_id or "", ())[:depth], []).append(s)
+        for key, inner in instances.items():
+            inside = {(p, k): r for (p, k), r in runs.items() if k[:len(key)] == key}
+            runs[(path, key)] = _subworkflow_run(path, step, inner, record.status, ran, inside)
+    ordered: list[SubworkflowRecord] = []
+    for path, _ in nested:
+        mine = sorted((r for (p, _k), r in runs.items() if p == path),
+                      key=lambda r: (r.start_time is None, r.start_time or record.start_time))
+        name = path.rsplit("/", 1)[-1]
+        ordered.extend(replace(r, name=name + (f"_{n}" if n > 1 else ""))
+                       for n, r in enumerate(mine, 1))
+    return tuple(ordered)
 
 
-def _subworkflow_run(path: str, step: dict[str, Any], record: RunRecord, ran: set[str],
-                     runs: dict[str, SubworkflowRecord]) -> SubworkflowRecord:
-    """The run of the nested workflow at ``path``, from the runs of its steps.
+def _subworkflow_run(path: str, step: dict[str, Any], inner: list[StepRecord],
+                     status: RunStatus, ran: set[str],
+                     runs: dict[RunKey, SubworkflowRecord]) -> SubworkflowRecord:
+    """A run of the nested workflow at ``path``, from the runs of its steps (``inner``, and
+    the nested runs ``runs`` within it).
 
     Its inputs are what its steps read straight from its inputs; its outputs
     what its output sources wrote (files and values: an ExpressionTool step's
     values are in its record), or an input it passes through.
     """
     workflow: dict[str, Any] = step["workflow"]
-    inner = [s for s in record.steps if s.step.startswith(path + "/")]
-    starts = [s.start_time for s in inner if s.start_time is not None]
-    ends = [s.end_time for s in inner if s.end_time is not None]
+    inner_runs: dict[str, list[SubworkflowRecord]] = {}  # a scattered one ran more than once
+    for (inner_path, _key), run in runs.items():
+        if _parent(inner_path) == path:
+            inner_runs.setdefault(inner_path, []).append(run)
+    timed: list[StepRecord | SubworkflowRecord] = [
+        *inner, *(r for rs in inner_runs.values() for r in rs)]
+    starts = [s.start_time for s in timed if s.start_time is not None]
+    ends = [s.end_time for s in timed if s.end_time is not None]
     failed = sorted({s.name for s in inner if s.status is RunStatus.FAILED})
-    failed_runs = sorted(r.name for p, r in runs.items()
-                         if _parent(p) == path and r.status is RunStatus.FAILED)
+    failed_runs = sorted({p.rpartition("/")[2] for p, rs in inner_runs.items() for r in rs
+                          if r.status is RunStatus.FAILED})
     missing = [s["name"] for s in workflow.get("steps", [])
                if f"{path}/{s['name']}" not in ran and s.get("when") is None]
     error = None
@@ -261,18 +294,17 @@ def _subworkflow_run(path: str, step: dict[str, Any], record: RunRecord, ran: se
     elif failed_runs:
         error = f"Nested workflow {path} failed: nested workflow(s) {', '.join(failed_runs)} " \
                 "failed"
-    elif missing and record.status is RunStatus.FAILED:
+    elif missing and status is RunStatus.FAILED:
         error = f"Nested workflow {path} did not finish: step(s) {', '.join(missing)} did not run"
 
     def values(direction: str, inner_path: str, port: str, name: str
                ) -> list[FileRecord | ParameterValue]:
         """The values of ``port`` of the step at ``inner_path``, named ``name``."""
         found: Iterable[FileRecord | ParameterValue]
-        if inner_path in runs:
-            found = getattr(runs[inner_path], direction)
+        if inner_path in inner_runs:
+            found = (v for r in inner_runs[inner_path] for v in getattr(r, direction))
         else:
-            found = (v for s in record.steps if s.step == inner_path
-                     for v in getattr(s, direction))
+            found = (v for s in inner if s.step == inner_path for v in getattr(s, direction))
         return [replace(v, parameter=name) for v in found if v.parameter == port]
 
     # in an order of their own, not the engine's

@@ -39,7 +39,9 @@ from toil.cwl import cwltoil
 from cratebridge_cwl.driver import (
     EventLog,
     JobReport,
+    entering_run,
     name_steps,
+    nested_runs,
     record_expression,
     recording_job,
     short_id,
@@ -48,8 +50,8 @@ from cratebridge_cwl.driver import (
 )
 from cratebridge_cwl.offline import OfflineFetcher
 
-__all__ = ["UNREADABLE", "RecordingToilCommandLineTool", "RecordingToilExpressionTool", "main",
-           "open_to_step_user"]
+__all__ = ["UNREADABLE", "RecordingCWLWorkflow", "RecordingToilCommandLineTool",
+           "RecordingToilExpressionTool", "main", "open_to_step_user"]
 
 #: What a job logs when its container could not read an input (the engine quotes the
 #: line in the run's error; ``toil_engine.UNREADABLE`` is the same text, kept there so
@@ -293,7 +295,8 @@ class RecordingToilCommandLineTool(cwltoil.ToilCommandLineTool):  # type: ignore
         base = super().make_job_runner(runtimeContext)
         step = self.cb_step or short_id(str(self.tool.get("id", "tool")))
         log = EventLog(Path(self.cb_events), Path(self.cb_keep))
-        job = recording_job(base, log, step, str(self.tool.get("id", "")), _toil_report(step))
+        job = recording_job(base, log, step, str(self.tool.get("id", "")), _toil_report(step),
+                            runs=nested_runs(runtimeContext))
         if self.cb_step_user is None:
             return job
         within = Path(self.cb_open_within) if self.cb_open_within else None
@@ -320,8 +323,25 @@ class RecordingToilExpressionTool(cwltoil.ToilExpressionTool):  # type: ignore[m
                     run.builder.job, _fetched(run.builder.fs_access)))
                 log = EventLog(Path(self.cb_events), Path(self.cb_keep))
                 record_expression(job, log, step, str(self.tool.get("id", "")),
-                                  str(runtimeContext.name or short_id(step)), report)
+                                  str(runtimeContext.name or short_id(step)), report,
+                                  nested_runs(runtimeContext))
             yield job
+
+
+class RecordingCWLWorkflow(cwltoil.CWLWorkflow):  # type: ignore[misc]
+    """Toil's job for a run of a workflow, noted in the context its jobs are made with
+    (:func:`~cratebridge_cwl.driver.entering_run`): the jobs of a scattered nested
+    workflow say which run of it they belong to. Toil runs it on the leader."""
+
+    def run(self, file_store: Any) -> Any:
+        self.runtime_context: RuntimeContext = entering_run(self.runtime_context)
+        return super().run(file_store)
+
+
+# Toil's makeJob makes a workflow's job by this name, in the leader and in the worker
+# that runs a scatter: every process that loads this module (the workers do, to unpickle
+# the tools above) makes ours.
+cwltoil.CWLWorkflow = RecordingCWLWorkflow
 
 
 def _make_tool_factory(events: Path, keep: Path, toil_make_tool: Callable[..., Any],

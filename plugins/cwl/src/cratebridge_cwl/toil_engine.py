@@ -248,7 +248,7 @@ class ToilEngine(Engine):
             start_time=started, end_time=finished, outputs=_outputs(stdout), steps=steps,
             logs=tuple(logs), command=tuple(plan.command),
             error=_error(ended, stderr, steps) if status is RunStatus.FAILED else None,
-        ), events_path)
+        ), events_path, events)
 
 
 def _importable(module: str) -> bool:

@@ -4,13 +4,14 @@ The events come from the Toil workers (see :mod:`cratebridge_cwl.toil_driver`).
 A worker sees its input files as copies staged from Toil's job store, so an
 input is linked back to the file it is: the kept output of an earlier step,
 or the workflow's own input, matched by checksum (and name when several match).
-Toil's per-job worker log (``--writeLogs``) is attached to its step.
+Toil's worker log (``--writeLogs``) is attached to each step it ran.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cratebridge.containers.ledger import Ledger
+from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge.engines.record import LogRecord, StepRecord
 from cratebridge_cwl.records import step_records
 
@@ -91,33 +93,81 @@ def _relinked(events: list[dict[str, Any]], job: Mapping[str, Any]) -> list[dict
             else e for e in events]
 
 
-def _worker_logs(logs_dir: Path | None) -> dict[str, Path]:
-    """Toil's ``--writeLogs`` files by job name (``[failed_]CWLJob_<name>_000.log``).
+_TOKEN = re.compile(re.escape(STEP_LABEL).encode() + rb"=([0-9a-f]{32})")
 
-    When Toil retried a job, the last try wins.
+
+def _worker_logs(logs_dir: Path | None, toil_jobs: Mapping[str, str]) -> dict[str, Path]:
+    """Toil's ``--writeLogs`` files (``[failed_]CWLJob_<name>_<n>.log``) by step token.
+
+    A log belongs to the jobs whose token it shows (the step label on their
+    ``docker run``): Toil numbers the logs of jobs of one name (the runs of a
+    scattered nested workflow are all ``say``) and a worker that ran jobs
+    chained logs them all, so neither the name nor the number alone tells
+    whose a log is. A log named after the token's own Toil job (``toil_jobs``)
+    comes first. A job whose token no log shows (one stopped before its
+    container) gets the last log of its name.
     """
     if logs_dir is None or not logs_dir.is_dir():
         return {}
-    found: dict[str, Path] = {}
+    showing: dict[str, list[tuple[str, Path]]] = {}  # token -> (job name, log), in order
+    by_name: dict[str, Path] = {}
     for path in sorted(logs_dir.glob("*.log")):
-        stem = path.stem.removeprefix("failed_")
-        kind, _, rest = stem.partition("_")
-        name, _, _try = rest.rpartition("_")
-        if kind == "CWLJob" and name:
-            found[name] = path
+        kind, _, rest = path.stem.removeprefix("failed_").partition("_")
+        name = rest.rpartition("_")[0]
+        if kind != "CWLJob" or not name:
+            continue
+        by_name[name] = path
+        try:
+            shown = dict.fromkeys(t.decode() for t in _TOKEN.findall(path.read_bytes()))
+        except OSError:
+            continue
+        for token in shown:
+            showing.setdefault(token, []).append((name, path))
+    found: dict[str, Path] = {}
+    for token, job in toil_jobs.items():
+        logs = showing.get(token, [])
+        ranked = [path for name, path in logs if name == job] + [path for _, path in logs]
+        if ranked or job in by_name:
+            found[token] = ranked[0] if ranked else by_name[job]
     return found
+
+
+def _unique_names(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each job's name made unique in the order the jobs started, as cwltool makes them.
+
+    A scattered step's jobs are named from the scatter position in Toil's job
+    name (``square``, ``square_2``); the steps of a scattered nested workflow
+    carry no position there, so each of its runs is ``say``. cwltool names
+    its jobs ``say``, ``say_2``, ``say_3`` as they start; so do these records.
+    """
+    started = sorted((e for e in events if e.get("event") == "started"),
+                     key=lambda e: str(e.get("time")))
+    taken: set[str] = set()
+    names: dict[str, str] = {}
+    for event in started:
+        stem = name = str(event["name"])
+        number = 1
+        while name in taken:
+            number += 1
+            name = f"{stem}_{number}"
+        taken.add(name)
+        names[str(event["token"])] = name
+    return [{**e, "name": names[str(e["token"])]} if str(e.get("token")) in names else e
+            for e in events]
 
 
 def toil_step_records(events: list[dict[str, Any]], ledger: Ledger, job: Mapping[str, Any],
                       worker_logs: Path | None = None) -> tuple[StepRecord, ...]:
     """One record per CWL job Toil ran, as :func:`~cratebridge_cwl.records.step_records` gives."""
+    events = _unique_names(events)
     records = step_records(_relinked(events, job), ledger)
     by_token = {e["token"]: e for e in events if e.get("event") == "started"}
-    logs = _worker_logs(worker_logs)
+    logs = _worker_logs(worker_logs, {token: str(e.get("toil_job"))
+                                      for token, e in by_token.items()})
     out = []
     for record in records:
         started = by_token.get(record.native_id or "", {})
-        log = logs.get(str(started.get("toil_job")))
+        log = logs.get(record.native_id or "")
         if log is not None:
             where = f" (Slurm job {started['slurm_job']})" if started.get("slurm_job") else ""
             record = replace(record, logs=(*record.logs, LogRecord(

@@ -1,0 +1,142 @@
+"""A scattered nested workflow: a run of it per word, its jobs named alike by both engines.
+
+The ``nested-scatter`` fixture's step ``sayrev`` runs a nested workflow (``say``
+then ``rev``) once per word. cwltool names the jobs of those runs ``say``,
+``say_2``, ``say_3`` as they start; Toil's job names carry no scatter position
+for them, so the Toil records are named the same way from the order the jobs
+started. Each run of the nested workflow is recorded apart, with its own word
+and reversed file (issue 13). Each engine runs the fixture through the real
+pipeline (real Docker).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cratebridge.config import load_config
+from cratebridge.containers.sandbox import STEP_LABEL
+from cratebridge.engines.record import FileRecord, ParameterValue, RunStatus
+from cratebridge.intake import IntakeLimits, open_crate
+from cratebridge.pipeline import RunOutcome, run
+from cratebridge.testing.crates import RequestSpec, ValueInput, ZipLayout, write_request_zip
+from cratebridge.testing.kit import KIT_PUBLISHER
+from cratebridge_cwl.toil_records import _unique_names
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURE = REPO / "fixtures" / "workflows" / "cwl" / "nested-scatter"
+ENGINES = ("cwltool", "toil")
+WORDS = ["alpha", "beta", "gamma"]
+
+
+def _run(engine: str, tmp: Path) -> tuple[RunOutcome, list[dict[str, Any]]]:
+    spec = RequestSpec(workflow_dir=FIXTURE, main_workflow="workflow.cwl",
+                       inputs=(ValueInput("words", WORDS),),
+                       name=f"Scattered nested workflow on {engine}")
+    crate = write_request_zip(spec, tmp / "request.zip", ZipLayout.FOLDER)
+    config = tmp / "cratebridge.toml"
+    config.write_text(f'[run]\nruns_dir = "{tmp / "runs"}"\ntimeout = "15m"\n\n'
+                      + KIT_PUBLISHER)
+    outcome = run(crate, tmp / "result.zip", engine=engine, config=load_config(config))
+    opened = open_crate(tmp / "result.zip", tmp / "unpacked", IntakeLimits())
+    graph = json.loads((opened.root / "provenance" / "ro-crate-metadata.json").read_text())
+    return outcome, graph["@graph"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[
+        str, tuple[RunOutcome, list[dict[str, Any]]]]:
+    return {engine: _run(engine, tmp_path_factory.mktemp(f"nested-scatter-{engine}"))
+            for engine in ENGINES}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_word_is_said_and_reversed(
+        results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]], engine: str) -> None:
+    outcome, _ = results[engine]
+    assert outcome.status is RunStatus.COMPLETED, outcome.record.error
+    reversed_words = sorted(o.path.read_text().strip() for o in outcome.record.outputs
+                            if isinstance(o, FileRecord))
+    assert reversed_words == sorted(word[::-1] for word in WORDS)
+
+
+@pytest.mark.docker
+def test_the_jobs_of_the_nested_runs_are_named_alike_on_both_engines(
+        results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]]) -> None:
+    expected = sorted((f"sayrev/{step}", step + suffix)
+                      for step in ("say", "rev") for suffix in ("", "_2", "_3"))
+    for engine in ENGINES:
+        outcome, graph = results[engine]
+        assert sorted((s.step, s.name) for s in outcome.record.steps) == expected, engine
+        # the crate's step actions carry those names, once each
+        actions = [e["name"] for e in graph
+                   if e["@type"] == "CreateAction" and str(e["@id"]).startswith("#step-run-")]
+        assert sorted(actions) == sorted(f"Run of step {name}" for _, name in expected), engine
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_run_of_the_nested_workflow_has_its_own_word_and_output(
+        results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]], engine: str) -> None:
+    outcome, graph = results[engine]
+    runs = outcome.record.subworkflows
+    assert sorted(r.name for r in runs) == ["sayrev", "sayrev_2", "sayrev_3"]
+    said = {}
+    for nested in runs:
+        (word,) = [v.value for v in nested.inputs if isinstance(v, ParameterValue)]
+        (out,) = [v for v in nested.outputs if isinstance(v, FileRecord)]
+        assert (nested.step, nested.status, out.parameter) == (
+            "sayrev", RunStatus.COMPLETED, "reversed"), nested
+        said[word] = out.path.read_text().strip()
+        # it ends when the rev job that wrote its output ends, and began before it
+        (rev,) = [s for s in outcome.record.steps if s.step == "sayrev/rev"
+                  and out.path in [o.path for o in s.outputs]]
+        assert nested.end_time == rev.end_time, (nested, rev)
+        assert nested.start_time is not None and nested.start_time < rev.start_time
+    assert said == {word: word[::-1] for word in WORDS}
+    # in the crate: an action per run, each with its word and its reversed file
+    by_id = {e["@id"]: e for e in graph}
+    actions = [e for e in graph if str(e["@id"]).startswith("#subworkflow-run-")]
+    crated = {}
+    for action in actions:
+        (word,) = [by_id[o["@id"]]["value"] for o in _listed(action["object"])]
+        (result,) = [by_id[r["@id"]] for r in _listed(action["result"])]
+        crated[action["name"].removeprefix("Run of nested workflow ")] = (word, result["@type"])
+    assert sorted(crated) == ["sayrev", "sayrev_2", "sayrev_3"]
+    assert sorted(word for word, _ in crated.values()) == sorted(WORDS)
+    assert {kind for _, kind in crated.values()} == {"File"}
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+@pytest.mark.docker
+def test_each_toil_job_has_the_worker_log_that_ran_it(
+        results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]]) -> None:
+    """Toil numbers the logs of same-named jobs: a log is told by the token it shows."""
+    outcome, _ = results["toil"]
+    for step in outcome.record.steps:
+        [log] = [log.path for log in step.logs if "Toil worker log" in log.name]
+        assert f"{STEP_LABEL}={step.native_id}" in log.read_text(), (step.name, log)
+        assert f".{step.step.rpartition('/')[2]}.cwl_" in log.name, (step.name, log)
+    assert len({log.path for s in outcome.record.steps for log in s.logs}) == len(
+        [log for s in outcome.record.steps for log in s.logs]), "a log given to two jobs"
+
+
+def test_names_are_made_unique_in_the_order_the_jobs_started() -> None:
+    def started(token: str, name: str, second: int) -> dict[str, Any]:
+        return {"event": "started", "token": token, "name": name,
+                "time": f"2026-12-03T10:00:{second:02d}+00:00"}
+
+    events = [started("b", "say", 2), started("a", "say", 1), started("c", "say_2", 3),
+              started("d", "square_2", 4), started("e", "say", 5),
+              {"event": "finished", "token": "b", "name": "say"}]
+    named = {(e["event"], e["token"]): e["name"] for e in _unique_names(events)}
+    assert named == {("started", "a"): "say", ("started", "b"): "say_2",
+                     ("started", "c"): "say_2_2", ("started", "d"): "square_2",
+                     ("started", "e"): "say_3", ("finished", "b"): "say_2"}
