@@ -1120,6 +1120,63 @@ def test_host_side_bookkeeping_copies_nothing_from_the_host(host: Host, kind: st
     assert_result_written(outcome)
 
 
+NF_FIFO = """\
+params.outdir = 'results'
+
+process FIFO {{
+    container '{image}'
+    publishDir params.outdir, mode: 'copy'
+
+    output:
+    path 'made'
+
+    script:
+    \"\"\"
+    mkdir made && echo hi > made/a.txt && mkfifo made/pipe
+    \"\"\"
+}}
+
+workflow {{
+    FIFO()
+}}
+"""
+
+
+@pytest.mark.parametrize("engine", ["cwltool", "nextflow"])
+def test_a_fifo_in_a_steps_output_ends_the_run_with_its_crate(host: Host, engine: str) -> None:
+    """A step leaves a fifo among its outputs. Opened to be hashed or copied, a fifo
+    waits for a writer forever: the executor's host side would hang, and with it the
+    TRE agent. (Snakemake: test_snakemake_worktree.py.)
+
+    Expected: ``run`` ends, exit 1, with a result crate (its logs); the fifo is in it
+    nowhere.
+    """
+    if engine == "cwltool":
+        tool = {"cwlVersion": "v1.2", "class": "CommandLineTool",
+                "requirements": [{"class": "DockerRequirement", "dockerPull": BUSYBOX},
+                                 {"class": "ShellCommandRequirement"}],
+                "arguments": [{"valueFrom": "mkdir made && echo hi > made/a.txt && "
+                                            "mkfifo made/pipe", "shellQuote": False}],
+                "inputs": [], "outputs": [{"id": "made", "type": "Directory",
+                                           "outputBinding": {"glob": "made"}}]}
+        where = host
+        crate = request(host, "cwl-fifo", {"workflow.cwl": cwl(tool)}, language="cwl")
+    else:
+        where = nextflow_host(host)
+        crate = request(where, "nf-fifo", {"main.nf": NF_FIFO.format(image=PYTHON_IMAGE)},
+                        language="nextflow")
+    outcome = cratebridge(where, "run", crate, *(("--engine", engine) if engine == "cwltool"
+                                                 else ()))
+    assert_exit(outcome, 1)
+    assert_result_written(outcome)
+    assert_contained(where, outcome)
+    assert outcome.doc is not None and "pipe: not a regular file" in outcome.doc["error"], \
+        str(outcome)
+    assert outcome.result is not None
+    with zipfile.ZipFile(outcome.result) as zf:
+        assert not [n for n in zf.namelist() if n.endswith("/pipe")], zf.namelist()
+
+
 # -- 3. what the engine and a step see from inside -----------------------------------------------
 
 PROBE_PY = '''

@@ -50,6 +50,9 @@ def demo_result(tmp_path_factory: pytest.TempPathFactory, docker_available: bool
     folder = tmp_path_factory.mktemp("demo")
     outcome = api.run(DEMO, folder / "result", config=config(folder))
     assert outcome.exit_code == 0, outcome.record.error
+    # the run's result folder became the crate: moved, every file a name of its own
+    assert not (outcome.run_dir / "result").exists()
+    assert all(p.stat().st_nlink == 1 for p in outcome.result.rglob("*") if p.is_file())
     return outcome.result
 
 

@@ -131,14 +131,18 @@ def write_result_crate(request: RunRequest, record: RunRecord, plan: EnginePlan,
 
     run_dir = context.run_dir
     makers = _room_makers(context)
+    # a folder out is the result folder moved into place: its files are copies of their
+    # own; a ZIP (or a folder on another filesystem) reads files linked to the run's
+    to_folder = out.suffix.lower() != ".zip" and _same_filesystem(out, run_dir)
     attempt, tries = record, 0
     while True:
         shutil.rmtree(run_dir / "result", ignore_errors=True)
         try:
             result_dir = build_result_crate(request, attempt, run_dir=run_dir,
                                             dest=run_dir / "result", plan=plan,
-                                            publisher=publisher)
-            return write_result(result_dir, out, bagit=bagit, bag_info=bag_info), attempt
+                                            publisher=publisher, link=not to_folder)
+            return write_result(result_dir, out, bagit=bagit, bag_info=bag_info,
+                                move=to_folder), attempt
         except Exception as exc:  # the crate of a failed run must still be written
             tries += 1
             full = isinstance(exc, OSError) and exc.errno in DISK_FULL
@@ -157,6 +161,18 @@ def write_result_crate(request: RunRequest, record: RunRecord, plan: EnginePlan,
                     + (f" (traceback in logs/{log.name})" if log else "")))
             if full and makers:
                 attempt = makers.pop(0)(attempt)
+
+
+def _same_filesystem(out: Path, run_dir: Path) -> bool:
+    """Whether ``out`` (or the nearest folder above it that exists) is on ``run_dir``'s
+    filesystem: where a folder can be renamed from one to the other."""
+    there = out.absolute()
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    try:
+        return there.stat().st_dev == run_dir.stat().st_dev
+    except OSError:
+        return False
 
 
 def _quiet(event: object) -> None:

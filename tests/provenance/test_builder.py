@@ -241,3 +241,20 @@ def test_what_cratebridge_did_and_leaves_to_do_is_recorded(tmp_path: Path) -> No
     left = [f for f in validator.findings(crate, "five-safes-crate")
             if f.check not in ACCEPTED_FINDINGS and f.check not in unstated]
     assert not left, "\n".join(map(str, left))
+
+
+def test_the_crate_writers_are_imported_only_when_a_run_needs_them() -> None:
+    """A run imports the builder and packaging while its engine runs, not at start-up."""
+    import cratebridge.provenance as provenance
+
+    for name in provenance.__all__:
+        assert callable(getattr(provenance, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        provenance.nothing  # noqa: B018
+    code = ("import sys, cratebridge.cli, cratebridge.api, cratebridge.pipeline; "
+            "print(sorted(m for m in sys.modules if m.startswith("
+            "('cratebridge.provenance.builder', 'cratebridge.provenance.package', "
+            "'cratebridge.provenance.runcrate', 'cratebridge.verify'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"

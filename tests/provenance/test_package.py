@@ -133,3 +133,83 @@ def test_failure_midway_leaves_nothing(
         write_result(result, tmp_path / name, bagit=True)
     assert not (tmp_path / name).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.tmp-")]
+
+
+# -- a folder moved into place (what ``cratebridge run --out FOLDER`` does) -------------
+
+
+def _own_copies(run: Run, dest: Path) -> Path:
+    return build_result_crate(run.request, run.record, run_dir=run.run_dir, dest=dest,
+                              link=False)
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("bagit_out", [True, False], ids=["bagit", "plain"])
+def test_a_folder_of_own_copies_is_moved_and_matches_a_copied_one(
+        five_safes_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        bagit_out: bool) -> None:
+    """No file is copied a second time; the crate holds what a copy holds, one name each."""
+    own = _own_copies(five_safes_run, tmp_path / "own")
+    assert all(p.stat().st_nlink == 1 for p in own.rglob("*") if p.is_file())
+    copied = write_result(own, tmp_path / "copied", bagit=bagit_out)
+
+    def no_copying(src: str, dst: str) -> None:
+        raise AssertionError(f"copied: {src}")
+
+    monkeypatch.setattr(package_module, "copy_new", no_copying)
+    moved = write_result(own, tmp_path / "moved", bagit=bagit_out, move=True)
+    assert not own.exists() and not (tmp_path / ".own.sha512").exists()
+    expected = _contents(copied)
+    if bagit_out:  # the same bag but its date
+        bagit.Bag(str(moved)).validate()
+        for tag in ("bag-info.txt", "tagmanifest-sha512.txt"):
+            del expected[tag]
+    got = _contents(moved)
+    assert {k: v for k, v in got.items() if k in expected} == expected
+    assert set(got) - set(expected) <= {"bag-info.txt", "tagmanifest-sha512.txt"}
+    assert all(p.stat().st_nlink == 1 for p in moved.rglob("*") if p.is_file())
+
+
+def test_a_folder_sharing_files_with_the_run_is_copied_not_moved(
+        result: Path, tmp_path: Path) -> None:
+    """Built with links (the default), the run's files would be the crate's: copied."""
+    assert any(p.stat().st_nlink > 1 for p in result.rglob("*") if p.is_file())
+    out = write_result(result, tmp_path / "bag", bagit=True, move=True)
+    assert result.is_dir()
+    assert all(p.stat().st_nlink == 1 for p in out.rglob("*") if p.is_file())
+    bagit.Bag(str(out)).validate()
+
+
+def test_a_folder_holding_what_a_copy_leaves_out_is_copied_not_moved(
+        five_safes_run: Run, tmp_path: Path) -> None:
+    own = _own_copies(five_safes_run, tmp_path / "own")
+    (own / "provenance" / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    out = write_result(own, tmp_path / "bag", bagit=True, move=True)
+    assert own.is_dir() and not (out / "data" / "provenance" / "elsewhere").exists()
+    bagit.Bag(str(out)).validate()
+
+
+def test_a_move_to_a_zip_is_a_copy(five_safes_run: Run, tmp_path: Path) -> None:
+    own = _own_copies(five_safes_run, tmp_path / "own")
+    out = write_result(own, tmp_path / "own.zip", bagit=True, move=True)
+    assert own.is_dir() and zipfile.is_zipfile(out)
+
+
+def test_a_failed_move_puts_the_result_folder_back(
+        five_safes_run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    own = _own_copies(five_safes_run, tmp_path / "own")
+    before = _contents(own)
+
+    def full_disk(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(package_module.os, "replace", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        write_result(own, tmp_path / "bag", bagit=True, move=True)
+    assert _contents(own) == before
+    assert not (tmp_path / "bag").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bag.tmp-")]

@@ -538,6 +538,24 @@ def test_write_preview_renders_a_five_safes_crate_and_its_nested_run_crate(
     assert "Run status: Failed" in nested.text
 
 
+@pytest.mark.parametrize("kind, failed", [(CrateKind.FIVE_SAFES, False),
+                                          (CrateKind.FIVE_SAFES, True),
+                                          (CrateKind.WORKFLOW, False)])
+def test_the_preview_built_from_memory_is_the_one_read_from_the_files(
+    tmp_path: Path, kind: CrateKind, failed: bool
+) -> None:
+    """The builder hands the metadata it wrote to the preview instead of parsing it
+    again; the pages must be those a reader of the files makes."""
+    crate = _build(make_run(tmp_path, kind=kind, failed=failed), tmp_path)
+    pages = sorted(crate.rglob(PREVIEW))
+    built = [p.read_text(encoding="utf-8") for p in pages]
+    for page in pages:
+        page.unlink()
+    write_preview(crate)
+    assert [p.read_text(encoding="utf-8") for p in pages] == built
+    assert len(pages) == (2 if kind is CrateKind.FIVE_SAFES else 1)
+
+
 def test_a_preview_that_cannot_be_made_still_leaves_a_page(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -552,7 +570,7 @@ def test_a_preview_that_cannot_be_made_still_leaves_a_page(
 def test_a_preview_that_cannot_be_written_does_not_cost_the_crate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def disk_full(crate_dir: Path) -> Path:
+    def disk_full(crate_dir: Path, known: object = None) -> Path:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(builder, "write_preview", disk_full)

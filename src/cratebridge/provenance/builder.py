@@ -44,6 +44,7 @@ def build_result_crate(
     plan: EnginePlan | None = None,
     workflow_dir: Path | None = None,
     publisher: Publisher | None = None,
+    link: bool = True,
 ) -> Path:
     """Write the result crate folder at ``dest`` (which must not exist) and return it.
 
@@ -52,6 +53,11 @@ def build_result_crate(
     hashed once (sha-512); the digests are kept next to ``dest`` for
     :func:`~cratebridge.provenance.package.write_result`. ``publisher`` (the
     operator's TRE) is named as the crates' publisher.
+
+    With ``link`` a file is a hard link to the run's file where the filesystem
+    allows: the cheapest when the crate is then copied again (into a ZIP).
+    Without it every file is a copy of its own, which ``write_result(...,
+    move=True)`` can move into a folder instead of copying a second time.
     """
     if dest.exists():
         raise FileExistsError(f"{dest}: the result folder already exists")
@@ -59,10 +65,10 @@ def build_result_crate(
     work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         cache = DigestCache(work)
-        placer = Placer(run_dir, work, cache)
-        _build(request, record, placer, plan, workflow_dir, publisher)
+        placer = Placer(run_dir, work, cache, link=link)
+        written = _build(request, record, placer, plan, workflow_dir, publisher)
         with suppress(OSError):  # a preview is a courtesy: a full disk must not cost the crate
-            write_preview(work)
+            write_preview(work, written)
         for page in (PREVIEW, RUN_CRATE_FOLDER + PREVIEW):  # hashed once, as every file
             if (work / page).is_file():
                 cache.record(page, hash_file(work / page))
@@ -82,9 +88,10 @@ def _build(
     plan: EnginePlan | None,
     workflow_dir: Path | None,
     publisher: Publisher | None,
-) -> None:
+) -> dict[Path, object]:
     """Copy the request's files, the outputs and the logs, once, into the run crate's
     folder; write its metadata; for a Five Safes request, the outer crate's too.
+    Returns each metadata document written, by its path.
 
     A Five Safes result keeps every file in ``provenance/`` and the outer crate
     names them there (the request's own files too), so the run crate refers to
@@ -106,10 +113,12 @@ def _build(
         placer.copy_folder(source, location, trusted=True)
     spec = _workflow_spec(request, source, prefix, location, plan, publisher)
     run_crate = RunCrateBuilder(request, record, placer, spec, plan).build(logs)
-    _write(run_crate, placer, prefix + METADATA, RUN_CRATE_CONTEXT)
+    written: dict[Path, object] = {}
+    _write(run_crate, placer, prefix + METADATA, RUN_CRATE_CONTEXT, written)
     if five_safes:
         outer = FiveSafesResult(request, record, publisher, payload=prefix)
-        _write(outer.build(outputs, logs, prefix), placer, METADATA, outer.context())
+        _write(outer.build(outputs, logs, prefix), placer, METADATA, outer.context(), written)
+    return written
 
 
 def _workflow_spec(
@@ -185,6 +194,8 @@ def _free_folder(dest: Path, name: str) -> str:
     return candidate + "/"
 
 
-def _write(graph: Graph, placer: Placer, location: str, context: object) -> None:
-    digest = graph.write(placer.dest / location, context)
+def _write(graph: Graph, placer: Placer, location: str, context: object,
+           written: dict[Path, object]) -> None:
+    path = placer.dest / location
+    digest, written[path] = graph.write(path, context)
     placer.cache.record(location, digest)

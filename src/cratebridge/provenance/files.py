@@ -43,14 +43,17 @@ class Digest:
     sha512: str
 
 
-def copy_hashed(src: StrPath, dst: StrPath) -> tuple[Digest, int]:
+def copy_hashed(src: StrPath, dst: StrPath, *, link: bool = True) -> tuple[Digest, int]:
     """Put ``src`` at the new path ``dst``, hashing its bytes once.
 
-    On the same filesystem ``dst`` is a hard link to ``src``: creating and
-    filling a new file is what a run with many small outputs mostly pays for.
-    Across filesystems, or where linking is refused, the bytes are copied.
+    With ``link``, on the same filesystem ``dst`` is a hard link to ``src``:
+    creating and filling a new file is what a run with many small outputs
+    mostly pays for. Across filesystems, where linking is refused, or without
+    ``link``, the bytes are copied to a file of its own.
     Returns the digest and the modification time (ns) of ``dst``.
     """
+    if not link:
+        return _copy_hashed(src, dst)
     try:
         os.link(src, dst)
     except OSError as exc:

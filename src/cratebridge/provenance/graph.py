@@ -79,13 +79,14 @@ class Graph:
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def write(self, path: Path, context: object) -> Digest:
-        """Write the graph as a JSON-LD document at ``path``; return its digest."""
+    def write(self, path: Path, context: object) -> tuple[Digest, dict[str, object]]:
+        """Write the graph as a JSON-LD document at ``path``; return its digest and the
+        document written (what reading the file back gives)."""
         document = {"@context": context, "@graph": [_flatten(n) for n in self._nodes.values()]}
         indent = 2 if len(self._nodes) <= _PRETTY_LIMIT else None
         data = json.dumps(document, indent=indent, ensure_ascii=False).encode("utf-8")
         path.write_bytes(data)
-        return Digest(len(data), hashlib.sha512(data).hexdigest())
+        return Digest(len(data), hashlib.sha512(data).hexdigest()), document
 
 
 def _flatten(node: Node) -> Node:

@@ -1,8 +1,8 @@
 """Where each file of a run ends up in the result crate, copied and hashed exactly once.
 
 A run of 10,000 steps places 10,000 files: paths are kept as strings here, and
-each file costs the system calls that put it in place (a folder, a link, one
-read to hash it), not more.
+each file costs the system calls that put it in place (a folder, a link or a
+copy, one read to hash it), not more.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ class Placer:
     file recorded inside one of them maps to its copy instead of a new one.
     """
 
-    def __init__(self, run_dir: Path, dest: Path, cache: DigestCache) -> None:
+    def __init__(self, run_dir: Path, dest: Path, cache: DigestCache, *,
+                 link: bool = True) -> None:
         self.run_dir = run_dir.resolve()
+        self.link = link  # hard-link files in where the filesystem allows, else copy
         self.dest = dest
         self.cache = cache
         self._run = str(self.run_dir)
@@ -249,7 +251,7 @@ class Placer:
         return path
 
     def _copy_file(self, src: str, location: str) -> Digest:
-        digest, mtime_ns = copy_hashed(src, os.path.join(self._root, location))
+        digest, mtime_ns = copy_hashed(src, os.path.join(self._root, location), link=self.link)
         self._digests[location] = digest
         self._taken.add(location)
         self.cache.record(location, digest, mtime_ns)

@@ -3,10 +3,13 @@
 The output is built in a hidden temporary sibling of ``out`` and moved into
 place with one rename, so a failure never leaves a half-written ``out``.
 BagIt manifests reuse the sha-512 digests the builder computed while copying.
+A result folder whose files are its own can be moved into a folder ``out``
+instead of copied (one rename, however many files).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -20,7 +23,7 @@ from pathlib import Path
 from stat import S_ISREG
 from types import MappingProxyType
 
-from cratebridge.provenance.digests import DigestCache
+from cratebridge.provenance.digests import DigestCache, cache_path
 from cratebridge.provenance.files import copy_new
 
 __all__ = ["write_result"]
@@ -36,10 +39,12 @@ class _Payload:
     path: str
     size: int
     sha512: str | None
+    links: int  # the file's names: more than one, and a move would share it
 
 
 def write_result(
-    result_dir: Path, out: Path, *, bagit: bool, bag_info: Mapping[str, str] = _NO_INFO
+    result_dir: Path, out: Path, *, bagit: bool, bag_info: Mapping[str, str] = _NO_INFO,
+    move: bool = False,
 ) -> Path:
     """Write ``result_dir`` to ``out`` (a folder, or a ZIP when ``out`` ends ``.zip``).
 
@@ -49,21 +54,30 @@ def write_result(
     in one top-level folder named after the ZIP, or the crate at its root when
     not a bag. A folder ``out`` must be absent or empty (:class:`FileExistsError`);
     a ZIP ``out`` is replaced. Returns ``out``.
+
+    With ``move`` and a folder ``out``, ``result_dir`` itself becomes the
+    crate (it is gone afterwards) when every file in it has no other name and
+    ``out`` is on its filesystem; otherwise its files are copied, as without
+    ``move``. A file with two names is never moved: the crate would share it
+    with the run's folder. Nor is a folder holding what a copy leaves out (a
+    link to a folder, a folder that cannot be read).
     """
     if not result_dir.is_dir():
         raise FileNotFoundError(f"{result_dir}: no result folder to write")
-    payload = list(_payload(result_dir, bagit))
+    left_out: list[str] = []
+    payload = list(_payload(result_dir, bagit, left_out))
     tags = _tag_files(payload, bag_info) if bagit else {}
     if out.suffix.lower() == ".zip":
         _write_zip(payload, tags, out, out.stem if bagit else "")
     else:
-        _write_folder(payload, tags, out, bagit)
+        movable = move and not left_out and all(item.links == 1 for item in payload)
+        _write_folder(payload, tags, out, bagit, result_dir if movable else None)
     return out
 
 
-def _payload(result_dir: Path, with_digests: bool) -> Iterator[_Payload]:
+def _payload(result_dir: Path, with_digests: bool, left_out: list[str]) -> Iterator[_Payload]:
     cache = DigestCache.load(result_dir) if with_digests else None
-    for relpath, entry in _files(os.fspath(result_dir)):
+    for relpath, entry in _files(os.fspath(result_dir), left_out):
         if entry.is_symlink():
             raise ValueError(f"{entry.path}: a link in the result folder; refusing to package it")
         stat = entry.stat(follow_symlinks=False)
@@ -71,13 +85,14 @@ def _payload(result_dir: Path, with_digests: bool) -> Iterator[_Payload]:
             raise ValueError(f"{entry.path}: not a regular file in the result folder; "
                              "refusing to package it")
         sha = cache.digest(relpath, stat).sha512 if cache else None
-        yield _Payload(relpath, entry.path, stat.st_size, sha)
+        yield _Payload(relpath, entry.path, stat.st_size, sha, stat.st_nlink)
 
 
-def _files(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def _files(top: str, left_out: list[str]) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """The files under ``top`` as ``os.walk`` finds them: each folder's files by name,
     then its sub-folders by name; links to folders listed as neither, unreadable folders
-    left out. One listing per folder; a file's ``stat`` is its entry's."""
+    left out (their paths added to ``left_out``). One listing per folder; a file's
+    ``stat`` is its entry's."""
     pending = [(top, "")]  # folders to list, the next one last
     while pending:
         folder, relpath = pending.pop()
@@ -85,6 +100,7 @@ def _files(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=_name)
         except OSError:
+            left_out.append(folder)
             continue
         folders = []
         for entry in entries:
@@ -96,6 +112,8 @@ def _files(top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
                 yield relpath + entry.name, entry
             elif not entry.is_symlink():
                 folders.append((entry.path, f"{relpath}{entry.name}/"))
+            else:
+                left_out.append(entry.path)
         pending.extend(reversed(folders))
 
 
@@ -145,24 +163,50 @@ def _write_zip(payload: list[_Payload], tags: dict[str, bytes], out: Path, top: 
         raise
 
 
-def _write_folder(payload: list[_Payload], tags: dict[str, bytes], out: Path, bagit: bool) -> None:
+def _write_folder(payload: list[_Payload], tags: dict[str, bytes], out: Path, bagit: bool,
+                  movable: Path | None) -> None:
+    """Write the crate at the folder ``out``: ``movable`` (the result folder) renamed
+    into place when given and on ``out``'s filesystem, else each file copied."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty folder; refusing to overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     data = os.path.join(tmp, "data") if bagit else os.fspath(tmp)
-    made: set[str] = set()  # the folders of ``data`` made, by their path relative to it
+    moved: Path | None = None
     try:
-        for item in payload:
-            _make_folders(data, posixpath.dirname(item.relpath), made)
-            # a new file, never a link: intake refuses a crate whose files have two names
-            copy_new(item.path, os.path.join(data, item.relpath))
+        if movable is not None and _moved(movable, data):
+            moved = movable
+        else:
+            _copy_payload(payload, data)
         for tag, content in tags.items():
             (tmp / tag).write_bytes(content)
         os.replace(tmp, out)
     except BaseException:
+        if moved is not None:  # the result folder goes back where it was
+            os.rename(data, moved)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if moved is not None:  # its digests were read above; the folder they name is gone
+        cache_path(moved).unlink(missing_ok=True)
+
+
+def _moved(result_dir: Path, data: str) -> bool:
+    """Rename ``result_dir`` to ``data`` (an empty folder, or none); False across filesystems."""
+    try:
+        os.rename(result_dir, data)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        return False
+    return True
+
+
+def _copy_payload(payload: list[_Payload], data: str) -> None:
+    made: set[str] = set()  # the folders of ``data`` made, by their path relative to it
+    for item in payload:
+        _make_folders(data, posixpath.dirname(item.relpath), made)
+        # a new file, never a link: intake refuses a crate whose files have two names
+        copy_new(item.path, os.path.join(data, item.relpath))
 
 
 def _make_folders(root: str, folder: str, made: set[str]) -> None:

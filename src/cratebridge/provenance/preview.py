@@ -7,11 +7,12 @@ font or image: a TRE has no internet).
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
 from cratebridge.provenance.preview_model import (
+    NONE_KNOWN,
     TAIL_LINES,
     Crate,
     LogTail,
@@ -33,18 +34,21 @@ PREVIEW = "ro-crate-preview.html"
 _STATUS_CLASS = {Status.COMPLETED: "ok", Status.FAILED: "failed", Status.ACTIVE: "active"}
 
 
-def write_preview(crate_dir: Path) -> Path:
+def write_preview(crate_dir: Path, known: Mapping[Path, object] = NONE_KNOWN) -> Path:
     """Write ``ro-crate-preview.html`` at the root of the crate in ``crate_dir``; return its path.
 
     A Provenance Run Crate nested in the crate (a Five Safes result's
     ``provenance/``) gets a preview of its own too. Metadata that is missing,
     malformed or hostile never raises: the page says what it could not read.
+    ``known``: metadata documents just written, by the path of their file (as
+    JSON would read them back), so a large crate's metadata is not parsed again.
     Raises :class:`OSError` only when a page cannot be written; no part-written
     page is left behind.
     """
     crate_dir = crate_dir.resolve()
-    outer = Crate.load(crate_dir, crate_dir)
-    nested = nested_crate(outer)
+    known = {path.resolve(): document for path, document in known.items()}
+    outer = Crate.load(crate_dir, crate_dir, known)
+    nested = nested_crate(outer, known)
     page = _write_page(crate_dir / PREVIEW, outer, nested)
     if nested is not None:
         _write_page(nested.folder / PREVIEW, nested, None)

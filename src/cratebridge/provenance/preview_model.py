@@ -10,10 +10,11 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import quote, unquote
 
 from cratebridge.provenance.preview_values import Entity as _Entity
@@ -26,14 +27,16 @@ from cratebridge.provenance.preview_values import sort_key as _sort_key
 from cratebridge.provenance.preview_values import types_of as _types
 
 __all__ = [
-    "TAIL_LINES", "Crate", "LogTail", "Output", "Preview", "Review", "Status", "Step",
-    "nested_crate", "read_preview",
+    "NONE_KNOWN", "TAIL_LINES", "Crate", "LogTail", "Output", "Preview", "Review", "Status",
+    "Step", "nested_crate", "read_preview",
 ]
 
 #: How many lines of a failed step's log the page shows
 TAIL_LINES = 40
 
 _METADATA = "ro-crate-metadata.json"
+#: No metadata document known in memory: every one is read from its file
+NONE_KNOWN: Mapping[Path, object] = MappingProxyType({})
 _TAIL_BYTES = 64 * 1024
 _MAX_STEPS = 1000  # rows of the step table; a scatter of thousands stays readable
 _MAX_TAILS = 20  # logs whose tail is shown
@@ -208,10 +211,17 @@ class Crate:
     problem: str | None
 
     @classmethod
-    def load(cls, folder: Path, bound: Path) -> Crate:
-        """The crate in ``folder``; a missing or unreadable metadata file is its ``problem``."""
+    def load(cls, folder: Path, bound: Path,
+             known: Mapping[Path, object] = NONE_KNOWN) -> Crate:
+        """The crate in ``folder``; a missing or unreadable metadata file is its ``problem``.
+
+        ``known``: documents already in memory by the path of their file, read
+        from there instead of parsing the file again.
+        """
         path = folder / _METADATA
         where = path.relative_to(bound).as_posix()
+        if path in known:
+            return cls(folder, bound, _Graph(known[path]), None)
         try:
             document = json.loads(path.read_bytes())
         except FileNotFoundError:
@@ -272,14 +282,15 @@ def read_preview(crate: Crate, nested: Crate | None) -> Preview:
     )
 
 
-def nested_crate(crate: Crate) -> Crate | None:
-    """The run crate the request's action is ``subjectOf`` (a folder with its own metadata)."""
+def nested_crate(crate: Crate, known: Mapping[Path, object] = NONE_KNOWN) -> Crate | None:
+    """The run crate the request's action is ``subjectOf`` (a folder with its own metadata);
+    ``known`` as for :meth:`Crate.load`."""
     action = crate.graph.request_action or {}
     for entity_id in _refs(action.get("subjectOf")):
         folder = crate.file(entity_id)
         if folder is not None and folder.is_dir() and folder != crate.folder \
                 and (folder / _METADATA).is_file():
-            return Crate.load(folder, crate.bound)
+            return Crate.load(folder, crate.bound, known)
     return None
 
 
