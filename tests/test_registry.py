@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cratebridge.engines import Engine, EngineInfo, EnginePlan, Registry, RunRecord
-from cratebridge.engines.registry import PluginSpec
+from cratebridge.engines.registry import ENTRY_POINT_GROUP, PluginSpec, discover
 from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin, UsageError
 from cratebridge.intake.request import Language
 
@@ -169,3 +169,36 @@ def test_the_allow_list_keeps_languages_of_allowed_distributions_only() -> None:
 
 CWL_AGAIN = Language(Language.CWL.value, "cwl-again", "CWL again", "https://example.org/",
                      files=("*.cwl2",))
+
+
+def test_a_plugin_installed_while_the_process_runs_is_found(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery reads the installed entry points once, until an installation changes a
+    folder of the search path (a service need not restart to see a new plugin)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    assert "late" not in [s.name for s in discover(ENTRY_POINT_GROUP)]
+    assert discover(ENTRY_POINT_GROUP) == discover(ENTRY_POINT_GROUP)
+    dist = site / "late_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: late-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[cratebridge.engines]\nlate = late_plugin:Engine\n")
+    found = [(s.name, s.value, s.distribution, s.version) for s in discover(ENTRY_POINT_GROUP)]
+    assert ("late", "late_plugin:Engine", "late-plugin", "1.0") in found
+
+
+def test_the_engines_package_resolves_its_names_and_imports_none_before_use() -> None:
+    """The engine's process in its room imports ``cratebridge.engines.held`` alone."""
+    import cratebridge.engines as engines
+
+    for name in engines.__all__:
+        assert getattr(engines, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        engines.nothing  # noqa: B018
+    code = ("import sys, cratebridge.engines.held; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cratebridge.engines.', "
+            "'cratebridge.intake'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "['cratebridge.engines.held', 'cratebridge.engines.process']"

@@ -7,7 +7,9 @@ Nothing heavy is imported until one of them is called.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cratebridge.lazy import names_from
 
 __all__ = ["__version__", "cleanup", "engines", "plan", "run", "validate", "verify"]
 
@@ -16,10 +18,5 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from cratebridge.api import cleanup, engines, plan, run, validate, verify
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("run", "plan", "validate", "verify", "engines", "cleanup"):
-        from cratebridge import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'cratebridge' has no attribute {name!r}")
+__getattr__ = names_from(__name__, dict.fromkeys(
+    ["run", "plan", "validate", "verify", "engines", "cleanup"], "api"))

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cratebridge.config import Config, load_config
 from cratebridge.containers.mounts import release_stale
@@ -21,11 +21,18 @@ from cratebridge.engines.record import FileRecord, ParameterValue
 from cratebridge.engines.registry import Registry
 from cratebridge.errors import CratebridgeError, CrateRejected
 from cratebridge.events import RunEvent
+from cratebridge.lazy import names_from
 from cratebridge.pipeline import PlanOutcome, RunOutcome, new_run_id, plan, run
-from cratebridge.verify import VerifyOutcome, verify
 
 __all__ = ["RunHandle", "ValidationReport", "VerifyOutcome", "cleanup", "describe_plan",
            "describe_run", "engines", "plan", "run", "start", "validate", "verify", "versions"]
+
+if TYPE_CHECKING:
+    from cratebridge.verify import VerifyOutcome, verify
+
+# verify and its outcome are imported when first used: a run does not need them
+__getattr__ = names_from(__name__, dict.fromkeys(["verify", "VerifyOutcome"], "verify"),
+                         under="cratebridge")
 
 
 class RunHandle:

@@ -295,6 +295,8 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
                           exit_code=getattr(exc, "exit_code", None)))
             raise
         emit(RunEvent("stage", run_id, stage="execute"))
+        threading.Thread(target=_load_writers, name="cratebridge-load-writers",
+                         daemon=True).start()
         try:
             last_words = last_words_for(
                 prepared.request, datetime.now(UTC), prepared.engine.name, plan_,
@@ -312,6 +314,16 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)
     return RunOutcome(run_id, run_dir, written, record.status, record, _shown(plan_, cfg))
+
+
+def _load_writers() -> None:
+    """Import what writes the result crate while the engine runs: the host only waits
+    then, and the crate is written sooner once the engine ends."""
+    try:
+        import cratebridge.provenance.builder
+        import cratebridge.provenance.package  # noqa: F401
+    except Exception:  # writing the crate imports them again, and says why
+        pass
 
 
 def _checked_run_id(run_id: str, runs_dir: Path) -> str:

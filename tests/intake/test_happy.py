@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -265,10 +267,17 @@ def test_open_crate_refuses_non_empty_dest(tmp_path: Path) -> None:
     assert (dest / "x").exists(), "a caller's non-empty folder is never removed"
 
 
-def test_all_matches_public_names() -> None:
-    public = {name for name in vars(intake) if not name.startswith("_")}
-    modules = {"bag", "parse", "request", "resolve", "unpack", "annotations"}
-    assert set(intake.__all__) == public - modules
+def test_every_public_name_resolves_and_none_is_imported_before_use() -> None:
+    """An engine's process imports the request's types without the rest of intake."""
+    for name in intake.__all__:
+        assert getattr(intake, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        intake.nothing  # noqa: B018
+    code = ("import sys, cratebridge.intake.request; "
+            "print(sorted(m for m in sys.modules if m.startswith('cratebridge.intake.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "['cratebridge.intake.request']"
 
 
 def test_metadata_is_the_parsed_document(tmp_path: Path) -> None:
