@@ -58,6 +58,22 @@ def test_nested_workflow_described_once_for_the_step_that_ran(tmp_path: Path) ->
     assert "step again was skipped" in graph["#workflow-run"]["description"]
 
 
+def test_each_run_of_a_nested_workflow_says_which_of_its_steps_it_skipped(
+        tmp_path: Path) -> None:
+    """Two runs of ``first`` (scattered): ``count`` was skipped in the second only."""
+    run = _nested(tmp_path)
+    first = run.record.subworkflows[0]
+    second = replace(first, name="first_2", skipped=("first/count",))
+    graph = _graph(_build(replace(run, record=replace(
+        run.record, subworkflows=(first, second))), tmp_path) / "provenance")
+    actions = {e["name"]: e["description"] for e in graph.values()
+               if str(e["@id"]).startswith("#subworkflow-run-")}
+    note = "step first/count was skipped: its condition was false"
+    assert note not in actions["Run of nested workflow first"]
+    assert note in actions["Run of nested workflow first_2"]
+    assert "first/count" not in graph["#workflow-run"]["description"]
+
+
 @pytest.mark.validator
 def test_nested_record_passes_the_provenance_profile(tmp_path: Path) -> None:
     crate = _build(_nested(tmp_path), tmp_path)

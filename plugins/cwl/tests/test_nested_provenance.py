@@ -12,6 +12,7 @@ a nested workflow whose outputs are values an ExpressionTool step made.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -421,10 +422,11 @@ SHAPE = {
 
 
 def _record(tmp_path: Path, steps: list[StepRecord], status: RunStatus,
-            runs: dict[str, list[str]] | None = None) -> RunRecord:
+            runs: dict[str, list[str]] | None = None,
+            shape: dict[str, Any] = SHAPE) -> RunRecord:
     """``steps`` through :func:`with_nesting`; ``runs``: the nested runs of each step's job."""
     events = tmp_path / "events.jsonl"
-    shape_path(events).write_text(json.dumps(SHAPE))
+    shape_path(events).write_text(json.dumps(shape))
     record = RunRecord(engine="fake", engine_version=None, status=status, start_time=T0,
                        end_time=T0 + timedelta(minutes=1), steps=tuple(steps))
     started = [{"event": "started", "token": token, "runs": keys}
@@ -473,6 +475,27 @@ def test_a_scattered_nested_workflow_has_a_run_per_position(tmp_path: Path) -> N
     merged = _record(tmp_path, steps, RunStatus.FAILED)
     assert [(r.step, r.name, r.start_time, r.end_time) for r in merged.subworkflows] == [
         ("outer", "outer", at[0], at[3]), ("outer/inner", "inner", at[0], at[3])]
+
+
+def test_a_step_skipped_in_one_run_of_a_scattered_nested_workflow_is_skipped_there(
+        tmp_path: Path) -> None:
+    """``inner`` has a step ``c`` with a condition: it ran in the first run only."""
+    shape = copy.deepcopy(SHAPE)
+    leaf = shape["steps"][1]["workflow"]["steps"][0]["workflow"]
+    leaf["steps"].append(_step("c", "file:///w/t/c.cwl", {"in": "x"}, when="$(inputs.in)"))
+    steps = [_ran("outer/inner/a", 0, token="a1"), _ran("outer/inner/c", 1, token="c1"),
+             _ran("outer/inner/b", 2, token="b1"), _ran("outer/inner/a", 4, token="a2"),
+             _ran("outer/inner/b", 6, token="b2"), _ran("late", 8, token="late")]
+    runs = {"a1": ["o1", "i1"], "c1": ["o1", "i1"], "b1": ["o1", "i1"],
+            "a2": ["o2", "i2"], "b2": ["o2", "i2"], "late": []}
+    record = _record(tmp_path, steps, RunStatus.COMPLETED, runs, shape)
+    assert [(r.name, r.skipped) for r in record.subworkflows] == [
+        ("outer", ()), ("outer_2", ()), ("inner", ()), ("inner_2", ("outer/inner/c",))]
+    (c,) = [p for p in record.planned if p.step == "outer/inner/c"]
+    assert c.condition == "$(inputs.in)" and not c.skipped  # it ran in one run
+    # a run that failed may have stopped before the step: none says it was skipped
+    failed = _record(tmp_path, steps[:-1], RunStatus.FAILED, runs, shape)
+    assert all(r.skipped == () for r in failed.subworkflows)
 
 
 def test_shape_gives_every_step_by_path_with_positions(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """A scattered nested workflow: a run of it per word, its jobs named alike by both engines.
 
 The ``nested-scatter`` fixture's step ``sayrev`` runs a nested workflow (``say``
-then ``rev``) once per word. cwltool names the jobs of those runs ``say``,
-``say_2``, ``say_3`` as they start; Toil's job names carry no scatter position
-for them, so the Toil records are named the same way from the order the jobs
-started. Each run of the nested workflow is recorded apart, with its own word
-and reversed file (issue 13). Each engine runs the fixture through the real
+then ``rev``, and ``shout`` only for the word ``beta``) once per word. cwltool
+names the jobs of those runs ``say``, ``say_2``, ``say_3`` as they start; Toil's
+job names carry no scatter position for them, so the Toil records are named the
+same way from the order the jobs started. Each run of the nested workflow is
+recorded apart, with its own word and reversed file, and the steps it skipped
+(issue 13). Each engine runs the fixture through the real
 pipeline (real Docker).
 """
 
@@ -67,8 +68,9 @@ def test_each_word_is_said_and_reversed(
 @pytest.mark.docker
 def test_the_jobs_of_the_nested_runs_are_named_alike_on_both_engines(
         results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]]) -> None:
-    expected = sorted((f"sayrev/{step}", step + suffix)
-                      for step in ("say", "rev") for suffix in ("", "_2", "_3"))
+    expected = sorted([*((f"sayrev/{step}", step + suffix)
+                         for step in ("say", "rev") for suffix in ("", "_2", "_3")),
+                       ("sayrev/shout", "shout")])
     for engine in ENGINES:
         outcome, graph = results[engine]
         assert sorted((s.step, s.name) for s in outcome.record.steps) == expected, engine
@@ -92,10 +94,13 @@ def test_each_run_of_the_nested_workflow_has_its_own_word_and_output(
         assert (nested.step, nested.status, out.parameter) == (
             "sayrev", RunStatus.COMPLETED, "reversed"), nested
         said[word] = out.path.read_text().strip()
-        # it ends when the rev job that wrote its output ends, and began before it
+        # it began before the rev job that wrote its output and ends with its last job:
+        # that rev job, or (for beta) shout when it ended later
         (rev,) = [s for s in outcome.record.steps if s.step == "sayrev/rev"
                   and out.path in [o.path for o in s.outputs]]
-        assert nested.end_time == rev.end_time, (nested, rev)
+        last = [rev, *(s for s in outcome.record.steps if s.step == "sayrev/shout")] \
+            if word == "beta" else [rev]
+        assert nested.end_time == max(s.end_time for s in last if s.end_time), (nested, rev)
         assert nested.start_time is not None and nested.start_time < rev.start_time
     assert said == {word: word[::-1] for word in WORDS}
     # in the crate: an action per run, each with its word and its reversed file
@@ -111,6 +116,34 @@ def test_each_run_of_the_nested_workflow_has_its_own_word_and_output(
     assert {kind for _, kind in crated.values()} == {"File"}
 
 
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_step_skipped_in_some_runs_is_skipped_in_those_runs_only(
+        results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]], engine: str) -> None:
+    """``shout`` runs only for ``beta``: each run of the nested workflow says whether it
+    was skipped there, in the record and on that run's action in the crate."""
+    outcome, graph = results[engine]
+    skipped = {}
+    for nested in outcome.record.subworkflows:
+        (word,) = [v.value for v in nested.inputs if isinstance(v, ParameterValue)]
+        skipped[word] = nested.skipped
+    assert skipped == {"alpha": ("sayrev/shout",), "beta": (), "gamma": ("sayrev/shout",)}
+    (shout,) = [s for s in outcome.record.steps if s.step == "sayrev/shout"]
+    assert [v.value for v in shout.inputs if isinstance(v, ParameterValue)] == ["beta"]
+    # it ran in one run: the workflow's step is not skipped as a whole
+    (planned,) = [p for p in outcome.record.planned if p.step == "sayrev/shout"]
+    assert not planned.skipped and planned.condition == '$(inputs.word == "beta")'
+    by_id = {e["@id"]: e for e in graph}
+    noted = {}
+    for action in graph:
+        if str(action["@id"]).startswith("#subworkflow-run-"):
+            (word,) = [by_id[o["@id"]]["value"] for o in _listed(action["object"])]
+            noted[word] = "step sayrev/shout was skipped: its condition was false" \
+                in action["description"]
+    assert noted == {"alpha": True, "beta": False, "gamma": True}
+    assert "skipped" not in by_id["#workflow-run"]["description"]
+
+
 def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
@@ -123,7 +156,8 @@ def test_each_toil_job_has_the_worker_log_that_ran_it(
     for step in outcome.record.steps:
         [log] = [log.path for log in step.logs if "Toil worker log" in log.name]
         assert f"{STEP_LABEL}={step.native_id}" in log.read_text(), (step.name, log)
-        assert f".{step.step.rpartition('/')[2]}.cwl_" in log.name, (step.name, log)
+        # Toil names a log workflow.cwl.STEP.tool.cwl_N.log (shout runs say.cwl)
+        assert f".cwl.{step.step.rpartition('/')[2]}." in log.name, (step.name, log)
     assert len({log.path for s in outcome.record.steps for log in s.logs}) == len(
         [log for s in outcome.record.steps for log in s.logs]), "a log given to two jobs"
 

@@ -134,7 +134,9 @@ class SubworkflowRecord:
     The executions it orchestrated are the step records (and nested runs)
     whose ``step`` lies under ``step/``. ``inputs`` and ``outputs`` are the
     nested workflow's, named by its own parameters; their files are files its
-    steps read or wrote.
+    steps read or wrote. ``skipped``: the paths of its steps that did not run
+    in this run because their condition was false (a step of a scattered
+    nested workflow may be skipped in one run and run in another).
     """
 
     step: str
@@ -146,6 +148,7 @@ class SubworkflowRecord:
     inputs: tuple[FileRecord | ParameterValue, ...] = ()
     outputs: tuple[FileRecord | ParameterValue, ...] = ()
     error: str | None = None
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

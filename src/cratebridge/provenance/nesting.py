@@ -48,7 +48,7 @@ class NestedWorkflows:
     _workflows: dict[str, str]  # by the path of their step
     _steps: dict[str, str]
     _step_count: dict[str, int]
-    _run_actions: dict[str, str]
+    _main_run: str  # the main workflow's action
 
     # what the builder does
     def _tool(self, tool: str, owner: str | None, workflow: bool = False) -> str:
@@ -151,9 +151,10 @@ class NestedWorkflows:
             self._workflows[run.step] = workflow_id
         howto_id = self._howto(run.step, workflow_id)
         action_id = f"#subworkflow-run-{index}"
-        self._run_actions[run.step] = action_id
         action = self._action(action_id, f"Run of nested workflow {run.name}", run.status,
                               run.start_time, run.end_time)
+        for skipped in run.skipped:  # this run's: another run of it may have run the step
+            _note_skipped(action, skipped)
         action["instrument"] = ref(workflow_id)
         action["object"] = refs(self._nested_values(run.inputs, workflow_id, "input"))
         action["result"] = refs(self._nested_values(run.outputs, workflow_id, "output"))
@@ -192,14 +193,16 @@ class NestedWorkflows:
         return ids
 
     def _skipped_notes(self) -> None:
-        """Say on each workflow run which of its steps were skipped, and why."""
+        """Say on the main workflow's run which of its steps were skipped, and why (a
+        nested workflow's runs say it of theirs, each its own)."""
+        action = self.graph.get(self._main_run)
         for planned in self.record.planned:
-            action_id = self._run_actions.get(planned.step.rpartition("/")[0])
-            action = self.graph.get(action_id) if planned.skipped and action_id else None
-            if action is not None:
-                action["description"] += (f"; step {planned.step} was skipped: its condition "
-                                          "was false")
+            if planned.skipped and "/" not in planned.step and action is not None:
+                _note_skipped(action, planned.step)
 
+
+def _note_skipped(action: Node, step: str) -> None:
+    action["description"] += f"; step {step} was skipped: its condition was false"
 
 
 def is_file(node: Node) -> bool:

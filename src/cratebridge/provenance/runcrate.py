@@ -105,7 +105,7 @@ class RunCrateBuilder(ValueWriter, NestedWorkflows):
         self._tool_params: dict[str, set[str]] = {}
         self._steps: dict[str, str] = {}
         self._step_count: dict[str, int] = {}
-        self._run_actions: dict[str, str] = {"": WORKFLOW_RUN_ID}
+        self._main_run = WORKFLOW_RUN_ID
         self._images: dict[tuple[str, str | None], str] = {}
         self._action_by_name: dict[str, str] = {}
         self._values = 0

@@ -253,7 +253,7 @@ def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
                 instances.setdefault(within.get(s.native_id or "", ())[:depth], []).append(s)
         for key, inner in instances.items():
             inside = {(p, k): r for (p, k), r in runs.items() if k[:len(key)] == key}
-            runs[(path, key)] = _subworkflow_run(path, step, inner, record.status, ran, inside)
+            runs[(path, key)] = _subworkflow_run(path, step, inner, record.status, inside)
     ordered: list[SubworkflowRecord] = []
     for path, _ in nested:
         mine = sorted((r for (p, _k), r in runs.items() if p == path),
@@ -265,7 +265,7 @@ def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
 
 
 def _subworkflow_run(path: str, step: dict[str, Any], inner: list[StepRecord],
-                     status: RunStatus, ran: set[str],
+                     status: RunStatus,
                      runs: dict[RunKey, SubworkflowRecord]) -> SubworkflowRecord:
     """A run of the nested workflow at ``path``, from the runs of its steps (``inner``, and
     the nested runs ``runs`` within it).
@@ -286,8 +286,12 @@ def _subworkflow_run(path: str, step: dict[str, Any], inner: list[StepRecord],
     failed = sorted({s.name for s in inner if s.status is RunStatus.FAILED})
     failed_runs = sorted({p.rpartition("/")[2] for p, rs in inner_runs.items() for r in rs
                           if r.status is RunStatus.FAILED})
-    missing = [s["name"] for s in workflow.get("steps", [])
-               if f"{path}/{s['name']}" not in ran and s.get("when") is None]
+    # what ran in this run: a step of a scattered nested workflow may run in one and not
+    # in another (its condition reads the scattered value)
+    here = _ran(tuple(inner)) | set(inner_runs)
+    unrun = [(s["name"], s.get("when")) for s in workflow.get("steps", [])
+             if f"{path}/{s['name']}" not in here]
+    missing = [name for name, when in unrun if when is None]
     error = None
     if failed:
         error = f"Nested workflow {path} failed: step(s) {', '.join(failed)} failed"
@@ -333,4 +337,7 @@ def _subworkflow_run(path: str, step: dict[str, Any], inner: list[StepRecord],
         step=path, name=path.rsplit("/", 1)[-1], tool=str(step["tool"]),
         status=RunStatus.FAILED if error else RunStatus.COMPLETED,
         start_time=min(starts) if starts else None, end_time=max(ends) if ends else None,
-        inputs=tuple(inputs), outputs=tuple(outputs), error=error)
+        inputs=tuple(inputs), outputs=tuple(outputs), error=error,
+        # as for the planned steps: only a finished run says a step was skipped
+        skipped=tuple(f"{path}/{name}" for name, when in unrun if when is not None)
+        if status is RunStatus.COMPLETED else ())
