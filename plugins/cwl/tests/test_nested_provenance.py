@@ -477,6 +477,19 @@ def test_a_scattered_nested_workflow_has_a_run_per_position(tmp_path: Path) -> N
         ("outer", "outer", at[0], at[3]), ("outer/inner", "inner", at[0], at[3])]
 
 
+def test_runs_are_named_by_their_scatter_positions_when_the_engine_gives_them(
+        tmp_path: Path) -> None:
+    """The run at position 1 started first (a parallel engine): still ``outer_2``."""
+    steps = [_ran("outer/inner/a", 0, token="a1"), _ran("outer/inner/b", 1, token="b1"),
+             _ran("outer/inner/a", 5, token="a0"), _ran("outer/inner/b", 6, token="b0")]
+    runs = {"a1": ["1:o", ":i1"], "b1": ["1:o", ":i1"], "a0": ["0:p", ":i0"],
+            "b0": ["0:p", ":i0"]}
+    record = _record(tmp_path, steps, RunStatus.COMPLETED, runs)
+    assert [(r.name, r.start_time) for r in record.subworkflows] == [
+        ("outer", T0 + timedelta(seconds=5)), ("outer_2", T0),
+        ("inner", T0 + timedelta(seconds=5)), ("inner_2", T0)]
+
+
 def test_a_step_skipped_in_one_run_of_a_scattered_nested_workflow_is_skipped_there(
         tmp_path: Path) -> None:
     """``inner`` has a step ``c`` with a condition: it ran in the first run only."""

@@ -2,11 +2,12 @@
 
 The ``nested-scatter`` fixture's step ``sayrev`` runs a nested workflow (``say``
 then ``rev``, and ``shout`` only for the word ``beta``) once per word. cwltool
-names the jobs of those runs ``say``, ``say_2``, ``say_3`` as they start; Toil's
-job names carry no scatter position for them, so the Toil records are named the
-same way from the order the jobs started. Each run of the nested workflow is
-recorded apart, with its own word and reversed file, and the steps it skipped
-(issue 13). Each engine runs the fixture through the real
+names the jobs of those runs ``say``, ``say_2``, ``say_3`` in the order of the
+scatter's positions; Toil's job names carry no position for them, so the Toil
+records are named from the positions the driver noted on each run, whichever
+run Toil started first. Each run of the nested workflow is recorded apart, with
+its own word and reversed file, and the steps it skipped (issue 13). Each
+engine runs the fixture through the real
 pipeline (real Docker).
 """
 
@@ -74,6 +75,13 @@ def test_the_jobs_of_the_nested_runs_are_named_alike_on_both_engines(
     for engine in ENGINES:
         outcome, graph = results[engine]
         assert sorted((s.step, s.name) for s in outcome.record.steps) == expected, engine
+        # named in the order of the scatter's positions, whichever ran first
+        said = {s.name: v.value for s in outcome.record.steps if s.step == "sayrev/say"
+                for v in s.inputs if isinstance(v, ParameterValue)}
+        assert said == {"say": "alpha", "say_2": "beta", "say_3": "gamma"}, engine
+        runs = {r.name: v.value for r in outcome.record.subworkflows
+                for v in r.inputs if isinstance(v, ParameterValue)}
+        assert runs == {"sayrev": "alpha", "sayrev_2": "beta", "sayrev_3": "gamma"}, engine
         # the crate's step actions carry those names, once each
         actions = [e["name"] for e in graph
                    if e["@type"] == "CreateAction" and str(e["@id"]).startswith("#step-run-")]
@@ -174,3 +182,9 @@ def test_names_are_made_unique_in_the_order_the_jobs_started() -> None:
     assert named == {("started", "a"): "say", ("started", "b"): "say_2",
                      ("started", "c"): "say_2_2", ("started", "d"): "square_2",
                      ("started", "e"): "say_3", ("finished", "b"): "say_2"}
+    # in the runs of a scattered nested workflow: by the runs' positions, as cwltool
+    in_runs = [{**started("x", "say", 1), "runs": ["2:r"]},
+               {**started("y", "say", 2), "runs": ["0:p"]},
+               {**started("z", "say", 3), "runs": ["1:q"]}]
+    assert [(e["token"], e["name"]) for e in _unique_names(in_runs)] == [
+        ("x", "say_3"), ("y", "say"), ("z", "say_2")]

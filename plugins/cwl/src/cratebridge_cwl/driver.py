@@ -20,6 +20,7 @@ position in the record.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from cwltool.workflow import Workflow, default_make_tool
 
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
-from cratebridge_cwl.records import shape_path
+from cratebridge_cwl.records import run_key, shape_path
 
 __all__ = ["EventLog", "JobReport", "entering_run", "main", "name_steps", "nested_runs", "now",
            "record_expression", "recording_job", "short_id", "workflow_shape", "write_shape"]
@@ -54,17 +55,19 @@ __all__ = ["EventLog", "JobReport", "entering_run", "main", "name_steps", "neste
 _RUNS = "cb_runs"
 
 
-def entering_run(context: RuntimeContext) -> RuntimeContext:
+def entering_run(context: RuntimeContext, position: int | None = None) -> RuntimeContext:
     """The context for a run of a workflow, given the context it was started with.
 
     The top workflow's run notes nothing; each run of a nested workflow adds a
     key of its own, so that a job can say which run of each nested workflow it
     is part of (:func:`nested_runs`). Engines copy their contexts attribute by
-    attribute, so the list reaches every job below.
+    attribute, so the list reaches every job below. ``position``: the run's
+    place in its step's scatter, when the engine says (see
+    :func:`~cratebridge_cwl.records.run_key`).
     """
     inner = context.copy()
     if hasattr(context, _RUNS):
-        setattr(inner, _RUNS, (*getattr(context, _RUNS), uuid.uuid4().hex))
+        setattr(inner, _RUNS, (*getattr(context, _RUNS), run_key(position)))
     else:
         setattr(inner, _RUNS, ())
     return inner
@@ -405,7 +408,26 @@ class _RecordingWorkflow(Workflow):
 
     def job(self, job_order: Any, output_callbacks: OutputCallbackType,
             runtimeContext: RuntimeContext) -> JobsGeneratorType:
-        return super().job(job_order, output_callbacks, entering_run(runtimeContext))
+        return super().job(job_order, output_callbacks,
+                           entering_run(runtimeContext, _scatter_position(output_callbacks)))
+
+
+def _scatter_position(callback: Any) -> int | None:
+    """The scatter position a run of a nested workflow reports its outputs to, if any.
+
+    cwltool gives each position of a scatter the callback
+    ``ReceiveScatterOutput.receive_scatter_output`` bound to that position; a
+    workflow step wraps it (``functools.partial``) before the nested workflow's
+    ``job`` sees it. The nearest such callback is this run's scatter.
+    """
+    for _ in range(8):  # a few wrappers deep, never a loop
+        if not isinstance(callback, functools.partial):
+            return None
+        if getattr(callback.func, "__name__", "") == "receive_scatter_output" and callback.args:
+            position = callback.args[0]
+            return position if isinstance(position, int) else None
+        callback = next((a for a in (*callback.args, callback.func) if callable(a)), None)
+    return None
 
 
 def _make_tool_factory(log: EventLog) -> Callable[..., Any]:

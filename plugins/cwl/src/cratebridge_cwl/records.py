@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -28,11 +29,28 @@ from cratebridge.engines.record import (
     SubworkflowRecord,
 )
 
-__all__ = ["SHAPE_FILE", "read_events", "shape_path", "step_records", "values_to_records",
-           "with_nesting"]
+__all__ = ["SHAPE_FILE", "read_events", "run_key", "run_order", "shape_path", "step_records",
+           "values_to_records", "with_nesting"]
 
 #: The workflow's shape, written by the driver beside its events file.
 SHAPE_FILE = "workflow-shape.json"
+
+
+def run_key(position: int | None) -> str:
+    """A new key for a run of a nested workflow: ``position:random`` (``:random`` when
+    the run is no position of a scatter, or the engine does not say which)."""
+    return f"{'' if position is None else position}:{uuid.uuid4().hex}"
+
+
+def run_order(keys: Iterable[str]) -> tuple[int, ...]:
+    """Where the runs named by ``keys`` (outermost first) stand among their kind: the
+    scatter position of each (0 when unknown). Runs, and the jobs in them, are named
+    in this order, the same whatever order the engine ran them in."""
+    order = []
+    for key in keys:
+        position, _, _ = str(key).partition(":")
+        order.append(int(position) if position.isdigit() else 0)
+    return tuple(order)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -240,7 +258,8 @@ RunKey = tuple[str, tuple[str, ...]]
 def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
                       within: dict[str, tuple[str, ...]]) -> tuple[SubworkflowRecord, ...]:
     """One record per run of a nested workflow (a scattered one runs once per position),
-    outer ones first; the runs of one step named ``step``, ``step_2``... as they started."""
+    outer ones first; the runs of one step named ``step``, ``step_2``... in the order of
+    their scatter positions (:func:`run_order`), as they started where that is unknown."""
     nested = [(path, step) for path, step, _ in steps
               if isinstance(step.get("workflow"), dict) and path in ran]
     runs: dict[RunKey, SubworkflowRecord] = {}
@@ -256,8 +275,10 @@ def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
             runs[(path, key)] = _subworkflow_run(path, step, inner, record.status, inside)
     ordered: list[SubworkflowRecord] = []
     for path, _ in nested:
-        mine = sorted((r for (p, _k), r in runs.items() if p == path),
-                      key=lambda r: (r.start_time is None, r.start_time or record.start_time))
+        # by scatter position where the engine says it, else as they started
+        mine = [r for _, _, r in sorted(
+            ((run_order(k), r.start_time or record.start_time, r)
+             for (p, k), r in runs.items() if p == path), key=lambda t: t[:2])]
         name = path.rsplit("/", 1)[-1]
         ordered.extend(replace(r, name=name + (f"_{n}" if n > 1 else ""))
                        for n, r in enumerate(mine, 1))

@@ -159,9 +159,14 @@ def _toil_report(step: str) -> JobReport:
     )
 
 
-def _scatter_index(toil_name: str) -> int | None:
-    """The scatter position in a Toil job name (``workflow.cwl.7.square.cwl``), if any."""
-    positions = [part for part in toil_name.split(".") if part.isdigit()]
+def _scatter_index(toil_name: str, last: bool = False) -> int | None:
+    """The scatter position in a Toil job name (``workflow.cwl.7.square.cwl``), if any.
+
+    ``last``: only when the name ends with it, as the ``parent_name`` Toil's
+    scatter gives each job it makes does (``workflow.cwl.sayrev.2``).
+    """
+    parts = toil_name.split(".")
+    positions = [part for part in (parts[-1:] if last else parts) if part.isdigit()]
     return int(positions[-1]) if positions else None
 
 
@@ -331,10 +336,16 @@ class RecordingToilExpressionTool(cwltoil.ToilExpressionTool):  # type: ignore[m
 class RecordingCWLWorkflow(cwltoil.CWLWorkflow):  # type: ignore[misc]
     """Toil's job for a run of a workflow, noted in the context its jobs are made with
     (:func:`~cratebridge_cwl.driver.entering_run`): the jobs of a scattered nested
-    workflow say which run of it they belong to. Toil runs it on the leader."""
+    workflow say which run of it they belong to, and the position of each in its
+    scatter. Toil runs it on the leader."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cb_position = _scatter_index(str(kwargs.get("parent_name") or ""), last=True)
 
     def run(self, file_store: Any) -> Any:
-        self.runtime_context: RuntimeContext = entering_run(self.runtime_context)
+        self.runtime_context: RuntimeContext = entering_run(
+            self.runtime_context, getattr(self, "cb_position", None))
         return super().run(file_store)
 
 

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 from cratebridge.containers.ledger import Ledger
 from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge.engines.record import LogRecord, StepRecord
-from cratebridge_cwl.records import step_records
+from cratebridge_cwl.records import run_order, step_records
 
 __all__ = ["slurm_jobs", "toil_step_records"]
 
@@ -133,15 +133,18 @@ def _worker_logs(logs_dir: Path | None, toil_jobs: Mapping[str, str]) -> dict[st
 
 
 def _unique_names(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each job's name made unique in the order the jobs started, as cwltool makes them.
+    """Each job's name made unique as cwltool makes them.
 
     A scattered step's jobs are named from the scatter position in Toil's job
     name (``square``, ``square_2``); the steps of a scattered nested workflow
     carry no position there, so each of its runs is ``say``. cwltool names
-    its jobs ``say``, ``say_2``, ``say_3`` as they start; so do these records.
+    its jobs ``say``, ``say_2``, ``say_3`` as it makes them, in the order of
+    the scatter's positions; so do these records, from the positions of the
+    nested runs each job is part of (:func:`~cratebridge_cwl.records.run_order`),
+    then in the order the jobs started.
     """
     started = sorted((e for e in events if e.get("event") == "started"),
-                     key=lambda e: str(e.get("time")))
+                     key=lambda e: (run_order(e.get("runs") or ()), str(e.get("time"))))
     taken: set[str] = set()
     names: dict[str, str] = {}
     for event in started:
