@@ -488,6 +488,9 @@ def test_runs_are_named_by_their_scatter_positions_when_the_engine_gives_them(
     assert [(r.name, r.start_time) for r in record.subworkflows] == [
         ("outer", T0 + timedelta(seconds=5)), ("outer_2", T0),
         ("inner", T0 + timedelta(seconds=5)), ("inner_2", T0)]
+    # the jobs too, in the workflow's order: each run's steps by their positions (a
+    # before b), the runs by theirs; the crate numbers its actions so
+    assert [s.native_id for s in record.steps] == ["a0", "b0", "a1", "b1"]
 
 
 def test_a_step_skipped_in_one_run_of_a_scattered_nested_workflow_is_skipped_there(

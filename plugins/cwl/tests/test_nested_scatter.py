@@ -86,6 +86,14 @@ def test_the_jobs_of_the_nested_runs_are_named_alike_on_both_engines(
         actions = [e["name"] for e in graph
                    if e["@type"] == "CreateAction" and str(e["@id"]).startswith("#step-run-")]
         assert sorted(actions) == sorted(f"Run of step {name}" for _, name in expected), engine
+    # and the crate's actions have the same ids on both: numbered in the workflow's order
+    ids = {engine: {e["@id"]: e["name"] for e in results[engine][1]
+                    if str(e["@id"]).startswith(("#step-run-", "#subworkflow-run-"))}
+           for engine in ENGINES}
+    assert ids["cwltool"] == ids["toil"]
+    assert ids["cwltool"]["#step-run-0"] == "Run of step say"
+    assert ids["cwltool"]["#step-run-1"] == "Run of step rev"
+    assert ids["cwltool"]["#subworkflow-run-1"] == "Run of nested workflow sayrev_2"
 
 
 @pytest.mark.docker

@@ -181,9 +181,9 @@ def _nested(record: RunRecord, shape: dict[str, Any],
     steps = list(_walk(shape, ""))
     tools = {path: str(step["tool"]) for path, step, _ in steps}
     # a tool written inside its step has a random id; the shape names it after the step
-    record = replace(record, steps=tuple(
-        replace(s, tool=tools[s.step]) if s.tool.startswith("_:") and s.step in tools else s
-        for s in record.steps))
+    named = [replace(s, tool=tools[s.step]) if s.tool.startswith("_:") and s.step in tools
+             else s for s in record.steps]
+    record = replace(record, steps=_in_workflow_order(named, steps, within))
     ran = _ran(record.steps)
     planned = tuple(_planned(steps, ran, record.status))
     return replace(record, planned=planned,
@@ -191,6 +191,32 @@ def _nested(record: RunRecord, shape: dict[str, Any],
 
 
 Shaped = tuple[str, dict[str, Any], int]
+
+
+def _in_workflow_order(records: list[StepRecord], steps: list[Shaped],
+                       within: dict[str, tuple[str, ...]]) -> tuple[StepRecord, ...]:
+    """The jobs in the workflow's order, not the engine's: by the position of each step
+    on their path, each nested run by its scatter position (:func:`run_order`), then
+    a scattered step's jobs by their number (``say``, ``say_2``); as they started
+    where that does not tell. The crate numbers its actions in this order, so that
+    they have the same ids whichever engine ran the workflow, in whatever order.
+    """
+    position = {path: place for path, _, place in steps}
+
+    def key(record: StepRecord) -> tuple[Any, ...]:
+        parts = record.step.split("/")
+        paths = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if any(p not in position for p in paths):
+            return (1, (), 0, record.start_time.isoformat() if record.start_time else "")
+        runs = run_order(within.get(record.native_id or "", ()))
+        # each nested workflow step's position, then that of the run of it the job was in
+        order = [n for i, p in enumerate(paths)
+                 for n in (position[p], *(runs[i:i + 1] if i < len(paths) - 1 else ()))]
+        stem, _, number = record.name.rpartition("_")
+        return (0, tuple(order), int(number) if stem and number.isdigit() else 1,
+                record.start_time.isoformat() if record.start_time else "")
+
+    return tuple(sorted(records, key=key))
 
 
 def _walk(shape: dict[str, Any], prefix: str) -> Iterator[Shaped]:
