@@ -160,8 +160,9 @@ def test_an_unsupported_requirement_is_found_anywhere(tmp_path: Path, where: str
 
 
 def test_a_document_the_parser_refuses_gets_cwltools_answer(tmp_path: Path) -> None:
-    tool = tmp_path / "tool.cwl"
-    tool.write_text("cwlVersion: v1.2\nclass: CommandLineTool\ninputs: []\noutputs: []\n"
+    tool = tmp_path / "tool.cwl"  # secondaryFiles: not for the plain reader
+    tool.write_text("cwlVersion: v1.2\nclass: CommandLineTool\n"
+                    "inputs: {f: {type: File, secondaryFiles: [.idx]}}\noutputs: []\n"
                     "baseCommand: 'true'\nnot_a_field: 1\n")
     with pytest.raises(Exception):  # noqa: B017 - the generated parser's own error
         _read_quickly(_tool_uri(str(tool)), str(tool))

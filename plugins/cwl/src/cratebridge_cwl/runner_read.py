@@ -1,12 +1,18 @@
 """TOOL as ``cratebridge-cwl-runner`` reads it: its files, its inputs, what it requires.
 
-Two readers give one answer. The quick one reads the document with cwl-utils'
-generated parser, which carries the CWL schema as code; cwltool's loader parses the
-schema's YAML in every process (about a second) and the run's own cwltool, in the
-room, does that again. The full one is cwltool's loader, used whenever the quick one
-cannot read the document, so a document cwltool refuses is refused in cwltool's own
-words. Neither evaluates a line of the document (JavaScript runs only in the run's
-room) and neither fetches anything from a network.
+Three readers give one answer, the first that can. The plain one reads the
+documents as YAML and nothing more (no schema-salad, whose import alone costs a
+runner about 0.15 s): it takes only a tool with no ``secondaryFiles`` anywhere, whose
+inputs are listed plainly, because then their names are all the runner needs of them
+(the files a tool declares beside its inputs are what needs their types). The quick
+one reads the document with cwl-utils' generated parser, which carries the CWL
+schema as code; cwltool's loader parses the schema's YAML in every process (about a
+second) and the run's own cwltool, in the room, does that again. The full one is
+cwltool's loader, used whenever the quick one cannot read the document, so a
+document cwltool refuses is refused in cwltool's own words. A document the plain
+reader takes is still validated, by the run's cwltool in the room, before anything
+runs. None evaluates a line of the document (JavaScript runs only in the run's room)
+and none fetches anything from a network.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ class LoadedTool:
 
     ``parameters`` are its input parameters as cwltool loads them (full ids, types,
     ``secondaryFiles`` as ``{pattern, required}``, defaults with absolute
-    locations); ``schema_defs`` its named types by full name.
+    locations); ``schema_defs`` its named types by full name. Both are empty when
+    the plain reader read TOOL: with no ``secondaryFiles`` declared, nothing the
+    runner does depends on them.
     """
 
     main: Path
@@ -61,6 +69,14 @@ def load_tool(tool: str) -> LoadedTool:
     """
     uri = _tool_uri(tool)
     try:
+        loaded = _read_plainly(uri, tool)
+    except CratebridgeError:
+        raise
+    except Exception:  # not plain YAML in local files: the parser reads it
+        loaded = None
+    if loaded is not None:
+        return loaded
+    try:
         return _read_quickly(uri, tool)
     except CratebridgeError:
         raise
@@ -68,24 +84,111 @@ def load_tool(tool: str) -> LoadedTool:
         return _read_with_cwltool(uri, tool)
 
 
-# -- the quick reader ----------------------------------------------------------------------
+# -- the documents -------------------------------------------------------------------------
 
 
-class _Documents:
-    """The YAML documents read so far, by URI, each parsed once."""
+class _PlainDocuments:
+    """The YAML documents read so far, by URI, each parsed once: local files only,
+    read as plain YAML (any other URL raises, and a reader that cannot take it
+    leaves the document to the next)."""
 
     def __init__(self) -> None:
-        from cratebridge_cwl.offline import OfflineFetcher
-
-        self.fetcher = OfflineFetcher({}, None)
         self.read: dict[str, Any] = {}
 
     def __call__(self, uri: str) -> Any:
         if uri not in self.read:
-            from schema_salad.utils import yaml_no_ts
-
-            self.read[uri] = yaml_no_ts().load(self.fetcher.fetch_text(uri))
+            self.read[uri] = self._load(uri)
         return self.read[uri]
+
+    def _load(self, uri: str) -> Any:
+        split = urlsplit(uri)
+        if split.scheme != "file" or split.netloc not in ("", "localhost"):
+            raise LookupError(f"not a local file: {uri}")
+        return plain_yaml(local_path(uri).read_text(encoding="utf-8"))
+
+
+class _Documents(_PlainDocuments):
+    """The documents as cwltool's loader reads them (schema-salad's fetcher and YAML)."""
+
+    def __init__(self) -> None:
+        from cratebridge_cwl.offline import OfflineFetcher
+
+        super().__init__()
+        self.fetcher = OfflineFetcher({}, None)
+
+    def _load(self, uri: str) -> Any:
+        from schema_salad.utils import yaml_no_ts
+
+        return yaml_no_ts().load(self.fetcher.fetch_text(uri))
+
+
+def plain_yaml(text: str) -> Any:
+    """``text`` parsed as YAML 1.2 into plain dicts, lists and scalars (ruamel's safe loader)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(text)
+
+
+# -- the plain reader ----------------------------------------------------------------------
+
+_VERSIONS = ("v1.0", "v1.1", "v1.2")
+
+
+def _read_plainly(uri: str, where: str) -> LoadedTool | None:
+    """TOOL from its YAML alone, or None when it needs a reader that knows CWL's schema:
+    ``secondaryFiles`` declared anywhere, inputs not listed plainly, ``$mixin``, a
+    process or version the plain reading does not recognise."""
+    documents = _PlainDocuments()
+    main_uri, fragment = urldefrag(uri)
+    raw = documents(main_uri)
+    if not isinstance(raw, Mapping) or raw.get("cwlVersion") not in _VERSIONS:
+        return None
+    process = _graph_member(raw, _graph_choice(raw, fragment))
+    if not isinstance(process, Mapping) or process.get("class") not in _PROCESS_CLASSES \
+            or "$mixin" in process:
+        return None
+    inputs = _plain_input_names(process.get("inputs"))
+    if inputs is None:
+        return None
+    namespaces = raw.get("$namespaces") or {}
+    if not isinstance(namespaces, Mapping):
+        return None
+    _check_supported_raw(process, main_uri, documents, where)
+    referenced = _referenced(main_uri, documents)
+    if any(_mentions(document, "secondaryFiles") for document in documents.read.values()):
+        return None
+    return LoadedTool(
+        main=local_path(main_uri), fragment=fragment or _own_id(raw),
+        documents=tuple(sorted(referenced)), inputs=inputs,
+        namespaces={str(k): str(v) for k, v in namespaces.items()})
+
+
+def _plain_input_names(inputs: Any) -> tuple[str, ...] | None:
+    """The names of inputs written as a list of ``{id: ...}`` or a map by name; None
+    for anything else (an ``$import``, a missing ``id``)."""
+    if isinstance(inputs, Mapping):
+        if any(not isinstance(k, str) or k.startswith("$") for k in inputs) or any(
+                isinstance(v, Mapping) and ("$import" in v or "$include" in v)
+                for v in inputs.values()):
+            return None
+        return tuple(short_name(k) for k in inputs)
+    if isinstance(inputs, list):
+        if not all(isinstance(i, Mapping) and isinstance(i.get("id"), str) for i in inputs):
+            return None
+        return tuple(short_name(i["id"]) for i in inputs)
+    return None
+
+
+def _mentions(node: Any, key: str) -> bool:
+    """Whether ``key`` is a key anywhere in a parsed document."""
+    if isinstance(node, list):
+        return any(_mentions(item, key) for item in node)
+    if isinstance(node, Mapping):
+        return key in node or any(_mentions(value, key) for value in node.values())
+    return False
+
+
+# -- the quick reader ----------------------------------------------------------------------
 
 
 def _read_quickly(uri: str, where: str) -> LoadedTool:
@@ -150,7 +253,7 @@ def _entries(value: Any) -> Iterator[Any]:
             yield {"class": key, **body} if isinstance(body, Mapping) else {"class": key}
 
 
-def _check_supported_raw(process: Any, base: str, documents: _Documents, where: str,
+def _check_supported_raw(process: Any, base: str, documents: _PlainDocuments, where: str,
                          seen: frozenset[int] = frozenset()) -> None:
     """Refuse, with exit 33, what the sandbox never allows a step: in this process, its
     steps and every process they run."""
@@ -192,7 +295,7 @@ def _refuse(requirement: Any, where: str) -> None:
                                      where=where)
 
 
-def _referenced(main_uri: str, documents: _Documents) -> set[Path]:
+def _referenced(main_uri: str, documents: _PlainDocuments) -> set[Path]:
     """Every local file TOOL's documents refer to, as cwltool lists them: the documents
     read through ``run``, ``$import`` and ``$mixin`` (and what they refer to), and the
     files of ``$include``, ``$schemas`` and File and Directory literals. Only what exists."""

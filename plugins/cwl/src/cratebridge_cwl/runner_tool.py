@@ -7,13 +7,15 @@ TOOL itself is read in :mod:`cratebridge_cwl.runner_read`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from cratebridge.errors import UsageError
-from cratebridge_cwl.runner_read import LoadedTool, local_path, plain, short_name
+from cratebridge_cwl.runner_read import LoadedTool, local_path, plain, plain_yaml, short_name
 from cratebridge_cwl.workflow import JOB_REQUIREMENTS
 
 #: Where the result crate is kept inside ``--outdir``.
@@ -38,12 +40,18 @@ def load_job(job: str | None, tool: LoadedTool) -> dict[str, Any]:
     """JOB as cwltool reads it, limited to the tool's inputs; file locations are file URIs."""
     if job is None:
         return {}
+    if not Path(job).is_file():
+        raise UsageError("no such job file", where=job)
+    values = _read_job_plainly(Path(job), tool)
+    return values if values is not None else _read_job_with_loader(job, tool)
+
+
+def _read_job_with_loader(job: str, tool: LoadedTool) -> dict[str, Any]:
+    """JOB read by schema-salad's loader, with cwltool's job context."""
     from schema_salad.ref_resolver import Loader
 
     from cratebridge_cwl.offline import OfflineFetcher
 
-    if not Path(job).is_file():
-        raise UsageError("no such job file", where=job)
     reader = Loader(dict(_JOB_CONTEXT), fetcher_constructor=OfflineFetcher)
     try:
         loaded, _ = reader.resolve_ref(os.path.abspath(job), checklinks=False)
@@ -66,13 +74,74 @@ def load_job(job: str | None, tool: LoadedTool) -> dict[str, Any]:
     return values
 
 
+#: A ``location`` or ``path`` the plain reader resolves itself: a relative or absolute
+#: path (or ``file:`` URI) of characters a URI keeps as they are.
+_PLAIN_LINK = re.compile(r"(?:file://)?/?[A-Za-z0-9._+=,@~-][A-Za-z0-9._/+=,@~-]*")
 
-def _normalise(value: Any, expand: Callable[[str], str]) -> None:
-    """``path`` becomes ``location`` and formats become IRIs, as cwltool does on load."""
+
+#: Keys the job loader treats as more than data: formats (expanded by prefix), the
+#: context's own terms.
+_NOT_PLAIN_KEYS = frozenset({"format", "__id", *(k for k in _JOB_CONTEXT if ":" not in k)}
+                            - {"location", "path"})
+
+
+def _read_job_plainly(job: Path, tool: LoadedTool) -> dict[str, Any] | None:
+    """JOB read as YAML alone, when it is plain data; None when schema-salad must read it.
+
+    Plain: a map of JSON values with no ``$`` directive, no prefixed (``cwl:``) key,
+    no ``format`` nor other term of the loader's context (:data:`_NOT_PLAIN_KEYS`),
+    and every ``location`` and ``path`` a path a URI writes unescaped
+    (:data:`_PLAIN_LINK`). Those are resolved against the job's folder, as cwltool's
+    job loader resolves them; nothing else in such a job changes on loading.
+    """
+    try:
+        loaded = plain_yaml(job.read_text(encoding="utf-8"))
+    except Exception:  # the loader reads it, or says why not
+        return None
+    if not isinstance(loaded, dict) or not _plain_job(loaded):
+        return None
+    base = Path(os.path.abspath(job)).as_uri()
+    values = {k: _joined(v, base) for k, v in loaded.items() if k in tool.inputs}
+    for value in values.values():
+        _normalise(value, None)
+    return values
+
+
+def _plain_job(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_plain_job(v) for v in value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or key.startswith("$") or ":" in key \
+                    or key in _NOT_PLAIN_KEYS:
+                return False
+            if key in ("location", "path") and not (
+                    isinstance(item, str) and _PLAIN_LINK.fullmatch(item)):
+                return False
+            if not _plain_job(item):
+                return False
+        return True
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _joined(value: Any, base: str) -> Any:
+    """``value`` with every ``location`` and ``path`` resolved against ``base``."""
+    if isinstance(value, list):
+        return [_joined(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: urljoin(base, v) if k in ("location", "path") else _joined(v, base)
+                for k, v in value.items()}
+    return value
+
+
+
+def _normalise(value: Any, expand: Callable[[str], str] | None) -> None:
+    """``path`` becomes ``location`` and formats become IRIs (with ``expand``), as
+    cwltool does on load."""
     for item in file_objects(value):
         if "location" not in item and "path" in item:
             item["location"] = _path_uri(item.pop("path"))
-        if isinstance(item.get("format"), str):
+        if expand is not None and isinstance(item.get("format"), str):
             item["format"] = expand(item["format"])
 
 
