@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -157,6 +158,24 @@ def client(socket: Path, *args: str, **kw: object) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", "cratebridge.containers.shim", *args],
                           env=env, capture_output=True, text=True, check=False,
                           **kw)  # type: ignore[call-overload]
+
+
+def test_the_broker_stops_listening_as_its_block_ends(tmp_path: Path) -> None:
+    """Leaving ``serving()`` ends the broker's thread at once (no poll to wait out),
+    removes its socket, and a later client finds no door."""
+    sb = sandbox_for(tmp_path)
+    short = Path(tempfile.mkdtemp(prefix="cb-"))
+    sock = short / "docker.sock"
+    try:
+        with Broker(sb, sock, os.getuid(), os.getgid()).serving():
+            assert sock.exists()
+            assert [t for t in threading.enumerate() if t.name == "cratebridge-broker"]
+        assert not [t for t in threading.enumerate() if t.name == "cratebridge-broker"]
+        assert not sock.exists()
+        done = client(sock, "version")
+        assert done.returncode != 0
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.mark.docker

@@ -15,6 +15,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import selectors
 import shutil
 import socket
 import socketserver
@@ -112,13 +113,17 @@ class Broker:
         server.daemon_threads = True
         os.chown(self.socket_path, self.uid, self.gid)
         os.chmod(self.socket_path, 0o600)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+        wake_read, wake_write = os.pipe()
+        thread = threading.Thread(target=_serve_until_woken, args=(server, wake_read),
                                   name="cratebridge-broker", daemon=True)
         thread.start()
         try:
             yield self
         finally:
-            server.shutdown()
+            os.write(wake_write, b"x")  # the loop ends at once (no polling to wait out)
+            thread.join()
+            for fd in (wake_read, wake_write):
+                os.close(fd)
             server.server_close()
             self.socket_path.unlink(missing_ok=True)
             self._cancel_jobs()
@@ -426,3 +431,15 @@ class Broker:
                 os.write(fd, line)
             finally:
                 os.close(fd)
+
+
+def _serve_until_woken(server: socketserver.UnixStreamServer, wake: int) -> None:
+    """Take the engine's connections until a byte arrives on ``wake``."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(server.fileno(), selectors.EVENT_READ)
+        selector.register(wake, selectors.EVENT_READ)
+        while True:
+            ready = {key.fd for key, _ in selector.select()}
+            if wake in ready:
+                return
+            server.handle_request()  # ready: it accepts without waiting
