@@ -10,13 +10,12 @@ engine classes and languages with :meth:`Registry.from_classes`.
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import os
-import sys
+import importlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from cratebridge.engines.installed import entry_points
 from cratebridge.engines.interface import INTERFACE_VERSION, Engine
 from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin, UsageError
 from cratebridge.intake.request import BUILTIN_LANGUAGES, Language
@@ -47,36 +46,32 @@ class PluginSpec:
 
 
 def discover(group: str) -> list[PluginSpec]:
-    """The entry points of ``group``, sorted and de-duplicated by name; none imported."""
+    """The entry points of ``group``, sorted and de-duplicated by name; none imported.
+
+    Read through :mod:`cratebridge.engines.installed`: once per installation, not
+    once per process.
+    """
     found: dict[str, PluginSpec] = {}
-    for ep in _entry_points(_search_path()).get(group, ()):
-        dist = ep.dist
-        spec = PluginSpec(ep.name, ep.value, dist.name if dist else "unknown",
-                          dist.version if dist else "unknown")
+    for row in entry_points(group):
+        spec = PluginSpec(*row)
         found[spec.name] = min(spec, found.get(spec.name, spec))
     return sorted(found.values())
 
 
-def _search_path() -> tuple[tuple[str, int], ...]:
-    """Where distributions are found, each with its folder's modification time: what a
-    new installation (a new ``.dist-info`` or ``.pth``) changes."""
-    def mtime(entry: str) -> int:
-        try:
-            return os.stat(entry or ".").st_mtime_ns
-        except OSError:
-            return 0
-
-    return tuple((entry, mtime(entry)) for entry in sys.path)
+#: An entry point's value, as the packaging specification writes it.
+_VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?(\[.*\]\s*)?")
 
 
-@functools.lru_cache(maxsize=4)
-def _entry_points(search_path: tuple[tuple[str, int], ...]
-                  ) -> dict[str, importlib.metadata.EntryPoints]:
-    """Every installed distribution's entry points by group, read once while
-    ``search_path`` (:func:`_search_path`) stays the same: a reading costs about
-    10 ms with a few hundred distributions installed, and a run asks three times."""
-    installed = importlib.metadata.entry_points()
-    return {group: installed.select(group=group) for group in installed.groups}
+def load_object(value: str) -> object:
+    """What an entry point's value (``module`` or ``module:attr.attr``) names, imported."""
+    match = _VALUE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not an entry point's value (module:attribute)")
+    loaded: object = importlib.import_module(match["module"])
+    for name in (match["attr"] or "").split("."):
+        if name:
+            loaded = getattr(loaded, name)
+    return loaded
 
 
 def language_names() -> frozenset[str]:
@@ -180,10 +175,8 @@ class Registry:
         spec = self.spec(name)
         if name in self._classes:
             return self._checked(spec, self._classes[name])
-        ep = importlib.metadata.EntryPoint(name=spec.name, value=spec.value,
-                                           group=ENTRY_POINT_GROUP)
         try:
-            loaded = ep.load()
+            loaded = load_object(spec.value)
         except Exception as cause:  # any import failure is the plugin's, named as such
             raise _engine_failure(spec, cause) from cause
         if not (isinstance(loaded, type) and issubclass(loaded, Engine)):
@@ -250,9 +243,8 @@ def _of_this_interface(spec: PluginSpec, engine: type[Engine]) -> type[Engine]:
 
 def _load_language(spec: PluginSpec) -> Language:
     """Import one language entry point; any failure is one :class:`FailedToLoadPlugin`."""
-    ep = importlib.metadata.EntryPoint(name=spec.name, value=spec.value, group=LANGUAGE_GROUP)
     try:
-        loaded = ep.load()
+        loaded = load_object(spec.value)
     except Exception as cause:  # any import failure is the plugin's, named as such
         raise _language_failure(spec, cause) from cause
     if not isinstance(loaded, Language):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -14,6 +13,7 @@ from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.sandbox import image_id
 from cratebridge.engines.held import HeldReader
 from cratebridge.engines.held import hold as hold_reader
+from cratebridge.engines.installed import version as installed_version
 from cratebridge.engines.interface import (
     Capabilities,
     Engine,
@@ -46,11 +46,10 @@ class CwltoolEngine(Engine):
         step_provenance=True, containers=("docker",), schedulers=("local",), offline=True)
 
     def info(self) -> EngineInfo:
-        try:
-            version = importlib.metadata.version("cwltool")
-        except importlib.metadata.PackageNotFoundError:
+        version = installed_version("cwltool")
+        if version is None:
             raise EngineUnavailable("cwltool is not installed in cratebridge's environment; "
-                                    "pip install cratebridge-cwl", where="engine cwltool") from None
+                                    "pip install cratebridge-cwl", where="engine cwltool")
         return EngineInfo(program="cwltool", version=version, path=sys.executable)
 
     def engine_args(self, context: RunContext) -> list[str]:

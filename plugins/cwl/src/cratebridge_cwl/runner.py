@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import re
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cratebridge.config import Config, load_config
+from cratebridge.engines.installed import version as installed_version
 from cratebridge.engines.interface import ProgressEvent
 from cratebridge.engines.record import FileRecord, RunStatus
 from cratebridge.errors import CratebridgeError
@@ -207,10 +207,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    try:
-        return "cratebridge-cwl-runner " + importlib.metadata.version("cratebridge-cwl")
-    except importlib.metadata.PackageNotFoundError:
-        return "cratebridge-cwl-runner (not installed)"
+    version = installed_version("cratebridge-cwl")
+    return f"cratebridge-cwl-runner {version}" if version else \
+        "cratebridge-cwl-runner (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any, ClassVar
 
 from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.shim import BROKER_ENV
+from cratebridge.engines.installed import version as installed_version
 from cratebridge.engines.interface import (
     Capabilities,
     Engine,
@@ -135,10 +135,7 @@ class ToilEngine(Engine):
                 f"Toil is not installed: {' and '.join(missing)} cannot be imported by "
                 f"{sys.executable}; the toil engine is an extra: {INSTALL_TOIL}",
                 where="engine toil")
-        try:
-            version: str | None = importlib.metadata.version("toil")
-        except importlib.metadata.PackageNotFoundError:
-            version = None  # importable, yet not installed as a distribution
+        version = installed_version("toil")  # None: importable, yet not a distribution
         return EngineInfo(program="toil-cwl-runner", version=version, path=sys.executable)
 
     def toil_args(self, settings: ToilSettings, context: RunContext) -> list[str]:

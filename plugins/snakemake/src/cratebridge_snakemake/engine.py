@@ -10,7 +10,6 @@ copy of the workflow's folder, as its author runs it. See docs/snakemake.md.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from typing import ClassVar
 
 from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.sandbox import image_id
+from cratebridge.engines.installed import version as installed_version
 from cratebridge.engines.interface import (
     Capabilities,
     Engine,
@@ -71,12 +71,11 @@ class SnakemakeEngine(Engine):
         offline=True)
 
     def info(self) -> EngineInfo:
-        try:
-            version = importlib.metadata.version("snakemake")
-        except importlib.metadata.PackageNotFoundError:
+        version = installed_version("snakemake")
+        if version is None:
             raise EngineUnavailable("snakemake is not installed in cratebridge's environment; "
                                     "pip install cratebridge-snakemake",
-                                    where="engine snakemake") from None
+                                    where="engine snakemake")
         return EngineInfo(program="snakemake", version=version, path=sys.executable)
 
     # -- plan -----------------------------------------------------------------
@@ -292,10 +291,8 @@ def default_python_image() -> str:
 
     The image ``cratebridge images build`` makes: a job's Snakemake must be the engine's.
     """
-    try:
-        return f"cratebridge/snakemake:{importlib.metadata.version('snakemake')}"
-    except importlib.metadata.PackageNotFoundError:
-        return ""
+    version = installed_version("snakemake")
+    return f"cratebridge/snakemake:{version}" if version else ""
 
 
 def _tree_source(request: RunRequest) -> tuple[Path, Path]:
