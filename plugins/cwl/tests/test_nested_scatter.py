@@ -6,14 +6,15 @@ names the jobs of those runs ``say``, ``say_2``, ``say_3`` in the order of the
 scatter's positions; Toil's job names carry no position for them, so the Toil
 records are named from the positions the driver noted on each run, whichever
 run Toil started first. Each run of the nested workflow is recorded apart, with
-its own word and reversed file, and the steps it skipped (issue 13). Each
-engine runs the fixture through the real
-pipeline (real Docker).
+its own word and reversed file, and the steps it skipped (issue 13). The same
+holds one level down (``deep.cwl``: a scatter of the scattered workflow). Each
+engine runs the fixture through the real pipeline (real Docker).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,19 @@ ENGINES = ("cwltool", "toil")
 WORDS = ["alpha", "beta", "gamma"]
 
 
-def _run(engine: str, tmp: Path) -> tuple[RunOutcome, list[dict[str, Any]]]:
-    spec = RequestSpec(workflow_dir=FIXTURE, main_workflow="workflow.cwl",
-                       inputs=(ValueInput("words", WORDS),),
+def _run(engine: str, tmp: Path, main: str = "workflow.cwl",
+         value: ValueInput | None = None) -> tuple[RunOutcome, list[dict[str, Any]]]:
+    folder = FIXTURE
+    if main != "workflow.cwl":  # the same folder, another entry point as its mainEntity
+        folder = tmp / "workflow"
+        shutil.copytree(FIXTURE, folder)
+        metadata = folder / "ro-crate-metadata.json"
+        graph = json.loads(metadata.read_text())
+        (root,) = [e for e in graph["@graph"] if e["@id"] == "./"]
+        root["mainEntity"] = {"@id": main}
+        metadata.write_text(json.dumps(graph))
+    spec = RequestSpec(workflow_dir=folder, main_workflow=main,
+                       inputs=(value or ValueInput("words", WORDS),),
                        name=f"Scattered nested workflow on {engine}")
     crate = write_request_zip(spec, tmp / "request.zip", ZipLayout.FOLDER)
     config = tmp / "cratebridge.toml"
@@ -158,6 +169,41 @@ def test_a_step_skipped_in_some_runs_is_skipped_in_those_runs_only(
                 in action["description"]
     assert noted == {"alpha": True, "beta": False, "gamma": True}
     assert "skipped" not in by_id["#workflow-run"]["description"]
+
+
+@pytest.fixture(scope="module")
+def deep_results(tmp_path_factory: pytest.TempPathFactory) -> dict[
+        str, tuple[RunOutcome, list[dict[str, Any]]]]:
+    groups = ValueInput("groups", [["alpha", "beta"], ["gamma"]])
+    return {engine: _run(engine, tmp_path_factory.mktemp(f"deep-scatter-{engine}"),
+                         "deep.cwl", groups)
+            for engine in ENGINES}
+
+
+@pytest.mark.docker
+def test_a_scatter_inside_a_scattered_nested_workflow_is_named_alike_on_both_engines(
+        deep_results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]]) -> None:
+    """``deep.cwl`` scatters ``workflow.cwl`` (which scatters ``sayrev.cwl``) over two
+    groups of words: the runs of both levels, and their jobs, are named by position
+    in the scatters, and the crate's ids are the same on both engines."""
+    for engine in ENGINES:
+        outcome, _ = deep_results[engine]
+        assert outcome.status is RunStatus.COMPLETED, (engine, outcome.record.error)
+        said = {s.name: [v.value for v in s.inputs if isinstance(v, ParameterValue)]
+                for s in outcome.record.steps if s.step == "group/sayrev/say"}
+        assert said == {"say": ["alpha"], "say_2": ["beta"], "say_3": ["gamma"]}, engine
+        runs = {(r.step, r.name): [v.value for v in r.inputs if isinstance(v, ParameterValue)]
+                for r in outcome.record.subworkflows}
+        assert runs == {("group", "group"): ["alpha", "beta"], ("group", "group_2"): ["gamma"],
+                        ("group/sayrev", "sayrev"): ["alpha"],
+                        ("group/sayrev", "sayrev_2"): ["beta"],
+                        ("group/sayrev", "sayrev_3"): ["gamma"]}, engine
+    ids = {engine: {e["@id"]: e["name"] for e in deep_results[engine][1]
+                    if str(e["@id"]).startswith(("#step-run-", "#subworkflow-run-"))}
+           for engine in ENGINES}
+    assert ids["cwltool"] == ids["toil"]
+    actions = [i for i in ids["cwltool"] if not i.endswith("-exit-code")]
+    assert len(actions) == 7 + 5  # seven jobs, five nested runs
 
 
 def _listed(value: Any) -> list[Any]:
