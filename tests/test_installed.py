@@ -74,7 +74,7 @@ def test_a_cache_file_of_ones_own_is_believed(cache: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["group-writable file", "world-writable folder", "a link",
-                                 "not JSON", "another format"])
+                                 "not JSON", "another format", "a row cut short"])
 def test_a_cache_file_others_could_write_is_not_believed(cache: Path, tmp_path: Path,
                                                          how: str) -> None:
     _forged(cache)
@@ -88,8 +88,10 @@ def test_a_cache_file_others_could_write_is_not_believed(cache: Path, tmp_path: 
         cache.symlink_to(real)
     elif how == "not JSON":
         cache.write_text("{not json")
-    else:
+    elif how == "another format":
         cache.write_text(cache.read_text().replace('"format": 1', '"format": 99'))
+    else:
+        cache.write_text(cache.read_text().replace(', "1"]', "]"))
     names = _names()
     assert "forged" not in names and CWL_ENGINE[0] in names
 

@@ -158,9 +158,20 @@ def _load_file(path: Path) -> dict[str, Any]:
     if not isinstance(content, dict) or content.get("format") != _FORMAT \
             or not isinstance(content.get("keys"), dict):
         return {}
-    return {key: entry for key, entry in content["keys"].items()
-            if isinstance(entry, dict) and isinstance(entry.get("groups"), dict)
-            and isinstance(entry.get("versions"), dict)}
+    return {key: entry for key, entry in content["keys"].items() if _well_formed(entry)}
+
+
+def _well_formed(entry: object) -> bool:
+    """Groups of ``[name, value, distribution, version]`` rows; versions strings or null."""
+    if not isinstance(entry, dict):
+        return False
+    groups, versions = entry.get("groups"), entry.get("versions")
+    return isinstance(groups, dict) and isinstance(versions, dict) and all(
+        isinstance(rows, list) and all(
+            isinstance(row, list) and len(row) == 4 and all(isinstance(v, str) for v in row)
+            for row in rows)
+        for rows in groups.values()) and all(
+        value is None or isinstance(value, str) for value in versions.values())
 
 
 def _read(key: str) -> dict[str, Any] | None:
