@@ -9,10 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from cratebridge import budget as budget_module
 from cratebridge.budget import CappedLog, DiskWatch, cap_file, disk_usage, shrink_in_place
 
 
@@ -117,3 +119,34 @@ def test_the_watch_keeps_the_reserve_of_the_disk(tmp_path: Path, budget: int | N
     watch = DiskWatch(tmp_path, budget, lambda reason: None, reserve=2**62)
     reason = watch.check()
     assert reason is not None and "nearly full disk" in reason
+
+
+def test_far_from_the_budget_the_folder_is_walked_seldom(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the disk loses nothing, the run cannot have grown: one walk in ten intervals
+    (a walk of a big run's folder costs milliseconds of CPU, every interval)."""
+    walks: list[float] = []
+    monkeypatch.setattr(budget_module, "disk_usage",
+                        lambda folder, skip=(): walks.append(time.monotonic()) or 1000)
+    monkeypatch.setattr(DiskWatch, "_free", lambda self: 10**15)
+    with DiskWatch(tmp_path, 10**12, lambda reason: None, reserve=0, interval=0.02):
+        time.sleep(0.5)
+    assert 1 <= len(walks) <= 6, walks  # every interval, as before, would be about 25
+
+
+def test_what_the_disk_loses_brings_the_next_walk_forward(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run may hold at most its last count plus what the disk lost since: past the
+    budget, the folder is walked at the next interval, not at the regular walk."""
+    free = [10**15]
+    held = [0]
+    monkeypatch.setattr(budget_module, "disk_usage", lambda folder, skip=(): held[0])
+    monkeypatch.setattr(DiskWatch, "_free", lambda self: free[0])
+    asked = threading.Event()
+    with DiskWatch(tmp_path, 50_000, lambda reason: asked.set(), reserve=0, interval=0.2):
+        time.sleep(0.1)  # the first walk is done: the regular one is due in 2 s
+        held[0] = 200_000
+        free[0] -= 200_000
+        started = time.monotonic()
+        assert asked.wait(5)
+        assert time.monotonic() - started < 1.5

@@ -110,36 +110,64 @@ class DiskWatch:
         """Measure once (the folder and the disk); the reason to stop, if there is one."""
         used = disk_usage(self.folder, self.skip)
         self.peak = max(self.peak, used)
-        if self.budget is not None and used > self.budget:
-            return (f"its disk budget ([limits] disk = {human_size(self.budget)}; "
-                    f"the run's folder held {human_size(used)})")
-        return self.check_free()
+        return self._over_budget(used) or self.check_free()
 
     def check_free(self) -> str | None:
         """Whether the disk keeps its reserve (a cheap look, done every tick)."""
+        return self._short_of_reserve(self._free())
+
+    def _free(self) -> int:
         fs = os.statvfs(self.folder)
-        free = fs.f_bavail * fs.f_frsize
+        return fs.f_bavail * fs.f_frsize
+
+    def _over_budget(self, used: int) -> str | None:
+        if self.budget is not None and used > self.budget:
+            return (f"its disk budget ([limits] disk = {human_size(self.budget)}; "
+                    f"the run's folder held {human_size(used)})")
+        return None
+
+    def _short_of_reserve(self, free: int) -> str | None:
         if free < self.reserve:
             return (f"a nearly full disk ({human_size(free)} left where the run's folder is, "
                     f"{human_size(self.reserve)} is kept free for the result crate)")
         return None
 
     def _loop(self) -> None:
-        walk_at = 0.0
+        """Every tick, the disk's free space; the folder is walked only when the run may
+        have passed its budget, or at the latest every ten walk intervals.
+
+        Between two walks the run can have added at most what the disk lost
+        (``statvfs``): its last count plus that loss bounds what it holds now.
+        While the bound stays within the budget no walk is needed; other writers
+        on the same disk only make the bound larger (an earlier walk). What
+        others free can hide the run's growth from the bound: the regular walk
+        catches that.
+        """
+        soon = late = 0.0  # the earliest next walk, and the one taken whatever the bound
+        used = free_then = 0
         while True:
             began = time.monotonic()
-            reason = self.check() if began >= walk_at else self.check_free()
-            if reason is not None:
-                self.reason = reason
-                self.stop(reason)
-                return
-            if began >= walk_at:
+            free = self._free()
+            bound = used + max(0, free_then - free)
+            if began >= late or (began >= soon and self.budget is not None
+                                 and bound > self.budget):
+                used, free_then = disk_usage(self.folder, self.skip), free
+                self.peak = max(self.peak, used)
+                reason = self._over_budget(used) or self._short_of_reserve(free)
                 # closer to the budget, walk more often; but a big folder takes a while
                 # to walk: never spend more than a tenth of the time on it
                 pause = self.interval
                 if self.budget:
                     pause *= min(1.0, max(0.1, 2 * (1 - self.peak / self.budget)))
-                walk_at = began + max(pause, 10 * (time.monotonic() - began))
+                took = time.monotonic() - began
+                soon = began + max(pause, 10 * took)
+                late = began + max(10 * pause, 10 * took)
+            else:
+                reason = self._short_of_reserve(free)
+            if reason is not None:
+                self.reason = reason
+                self.stop(reason)
+                return
             if self._done.wait(min(0.1, self.interval)):
                 return
 
