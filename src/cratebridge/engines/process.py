@@ -239,7 +239,6 @@ class _ExitWaiter:
             self.fd = None
 
 
-
 def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
                  timeout: float, what: str, where: str) -> tuple[str, str]:
     """Run a plan-time reader of the workflow in ``room``; its standard output and error.

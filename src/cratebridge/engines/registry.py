@@ -21,7 +21,7 @@ from cratebridge.errors import EngineUnavailable, FailedToLoadPlugin, UsageError
 from cratebridge.intake.request import BUILTIN_LANGUAGES, Language
 
 __all__ = ["DEFAULT_ENGINES", "ENTRY_POINT_GROUP", "LANGUAGE_GROUP", "PluginSpec", "Registry",
-           "discover", "language_names"]
+           "discover", "language_names", "load_object"]
 
 ENTRY_POINT_GROUP = "cratebridge.engines"
 #: Entry points naming a :class:`Language` constant (``module:NAME``), by its short name.

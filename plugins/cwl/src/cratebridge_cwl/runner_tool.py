@@ -134,7 +134,6 @@ def _joined(value: Any, base: str) -> Any:
     return value
 
 
-
 def _normalise(value: Any, expand: Callable[[str], str] | None) -> None:
     """``path`` becomes ``location`` and formats become IRIs (with ``expand``), as
     cwltool does on load."""
