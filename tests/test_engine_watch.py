@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from cratebridge.engines import process
 from cratebridge.engines.process import watch
+from cratebridge.exits import ExitWaiter, wait_exit
 
 
 def _start(script: str) -> subprocess.Popen[bytes]:
@@ -39,8 +39,19 @@ def test_watch_stops_the_engine_at_its_deadline() -> None:
 
 def test_the_waiter_closes_its_descriptor() -> None:
     proc = _start("exit 0")
-    waiter = process._ExitWaiter(proc)
+    waiter = ExitWaiter(proc)
     assert waiter(5) == 0
     waiter.close()
     assert waiter.fd is None
     waiter.close()  # twice is harmless
+
+
+def test_wait_exit_gives_the_code_or_says_it_still_runs() -> None:
+    assert wait_exit(_start("exit 4"), 5) == 4
+    proc = _start("sleep 30")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(proc, 0.1)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -32,6 +32,7 @@ from pathlib import Path
 from cratebridge.containers.mounts import release_pins
 from cratebridge.containers.reaper_watch import DONE
 from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labelled_containers
+from cratebridge.exits import wait_exit
 
 __all__ = ["LastWords", "Removed", "RunRemains", "after_death", "dies_with_us", "guard", "reap",
            "submitted_jobs"]
@@ -149,7 +150,7 @@ def guard(sandbox: Sandbox, run_dir: Path,
             release_pins(run_dir)
         if ended:
             try:
-                proc.wait(timeout=10)
+                wait_exit(proc, 10)
             except subprocess.TimeoutExpired:
                 pass  # it exits on its own; never hold the run up for it
 

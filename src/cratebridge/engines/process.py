@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from typing import IO
 
 from cratebridge.containers.confine import Room
 from cratebridge.errors import CrateRejected, MetadataError, UnsafeCrate, UnsupportedCrate
+from cratebridge.exits import ExitWaiter, wait_exit
 
 __all__ = ["EngineExit", "Stop", "confined_report", "print_report", "report_of",
            "run_confined", "run_engine", "stop_group", "stoppable", "sweep", "tail", "watch"]
@@ -188,7 +188,7 @@ def watch(proc: subprocess.Popen[bytes], deadline: float | None,
     stops the group too, and propagates.
     """
     stop = _STOP.get()
-    wait = _ExitWaiter(proc)
+    wait = ExitWaiter(proc)
     try:
         while True:
             try:
@@ -212,33 +212,6 @@ def watch(proc: subprocess.Popen[bytes], deadline: float | None,
         wait.close()
 
 
-class _ExitWaiter:
-    """``proc.wait(timeout)`` woken the moment the process ends.
-
-    ``Popen.wait`` with a timeout polls, sleeping up to 50 ms between looks,
-    which every run would spend once at its end; a pidfd (Linux 5.3) becomes
-    readable when the process exits. Without one, ``Popen.wait`` it is.
-    """
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        try:
-            self.fd: int | None = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):  # an older kernel, or the process already reaped
-            self.fd = None
-
-    def __call__(self, timeout: float) -> int:
-        if self.fd is not None and self.proc.returncode is None:
-            select.select([self.fd], [], [], timeout)
-            timeout = 0
-        return self.proc.wait(timeout)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], cwd: Path,
                  timeout: float, what: str, where: str) -> tuple[str, str]:
     """Run a plan-time reader of the workflow in ``room``; its standard output and error.
@@ -254,7 +227,7 @@ def run_confined(command: Sequence[str], *, room: Room, env: Mapping[str, str], 
                                 stderr=err_file, stdin=subprocess.DEVNULL,
                                 pass_fds=fds, start_new_session=True)
         try:
-            proc.wait(timeout=timeout)
+            wait_exit(proc, timeout)
             out, err = _read_back(out_file), _read_back(err_file)
         except subprocess.TimeoutExpired:
             stop_group(proc, grace=1)
