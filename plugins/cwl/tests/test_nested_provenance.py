@@ -146,7 +146,10 @@ def test_record_names_steps_by_path_and_lists_what_did_not_run(
     assert (nested.step, nested.status) == ("revsort", RunStatus.COMPLETED)
     assert nested.tool.endswith("/workflow/revsort.cwl")
     rev, sort = record.steps
-    assert nested.start_time == rev.start_time and nested.end_time == sort.end_time
+    # it began when the engine began it (before its first job) and ended with its last job
+    assert nested.start_time is not None and rev.start_time is not None
+    assert rev.start_time - timedelta(seconds=30) < nested.start_time <= rev.start_time
+    assert nested.end_time == sort.end_time
     assert [(v.parameter, Path(v.path).read_text()) for v in nested.inputs
             if isinstance(v, FileRecord)] == [("data", DATA)]
     assert [(v.parameter, Path(v.path).read_text()) for v in nested.outputs
@@ -423,15 +426,44 @@ SHAPE = {
 
 def _record(tmp_path: Path, steps: list[StepRecord], status: RunStatus,
             runs: dict[str, list[str]] | None = None,
-            shape: dict[str, Any] = SHAPE) -> RunRecord:
-    """``steps`` through :func:`with_nesting`; ``runs``: the nested runs of each step's job."""
+            shape: dict[str, Any] = SHAPE, entered: tuple[dict[str, Any], ...] = ()
+            ) -> RunRecord:
+    """``steps`` through :func:`with_nesting`; ``runs``: the nested runs of each step's job;
+    ``entered``: the driver's events for runs of nested workflows."""
     events = tmp_path / "events.jsonl"
     shape_path(events).write_text(json.dumps(shape))
     record = RunRecord(engine="fake", engine_version=None, status=status, start_time=T0,
                        end_time=T0 + timedelta(minutes=1), steps=tuple(steps))
     started = [{"event": "started", "token": token, "runs": keys}
                for token, keys in (runs or {}).items()]
-    return with_nesting(record, events, started)
+    return with_nesting(record, events, [*started, *entered])
+
+
+def test_nested_runs_that_ran_no_job_are_runs(tmp_path: Path) -> None:
+    """``outer`` and its ``inner`` began (the driver says so) and every step of ``inner``
+    was skipped: both are runs, timed from when they began, and ``inner`` skipped
+    its steps; where the driver says nothing, nothing ran."""
+    shape = copy.deepcopy(SHAPE)
+    leaf = shape["steps"][1]["workflow"]["steps"][0]["workflow"]
+    for step in leaf["steps"]:
+        step["when"] = "$(false)"
+    began = T0 + timedelta(seconds=3)
+    entered = ({"event": "entered", "step": "outer", "runs": ["o"], "time": T0.isoformat()},
+               {"event": "entered", "step": "outer/inner", "runs": ["o", "i"],
+                "time": began.isoformat()})
+    record = _record(tmp_path, [_ran("late", 8, token="late")], RunStatus.COMPLETED,
+                     {"late": []}, shape, entered)
+    outer, inner = record.subworkflows
+    assert (outer.step, inner.step) == ("outer", "outer/inner")
+    assert inner.skipped == ("outer/inner/b", "outer/inner/a")  # as the shape lists them
+    assert (inner.start_time, inner.end_time) == (began, began)
+    assert (outer.start_time, outer.end_time) == (T0, began)
+    assert outer.status is inner.status is RunStatus.COMPLETED
+    planned = {p.step: p.skipped for p in record.planned}
+    assert planned["outer/inner/a"] and planned["outer/inner/b"] and not planned["outer"]
+    # without the events: no run of either (nothing says they began)
+    assert _record(tmp_path, [_ran("late", 8, token="late")], RunStatus.COMPLETED,
+                   {"late": []}, shape).subworkflows == ()
 
 
 def _ran(step: str, at: int, status: RunStatus = RunStatus.COMPLETED,

@@ -206,6 +206,56 @@ def test_a_scatter_inside_a_scattered_nested_workflow_is_named_alike_on_both_eng
     assert len(actions) == 7 + 5  # seven jobs, five nested runs
 
 
+@pytest.fixture(scope="module")
+def quiet_results(tmp_path_factory: pytest.TempPathFactory) -> dict[
+        str, tuple[RunOutcome, list[dict[str, Any]]]]:
+    return {engine: _run(engine, tmp_path_factory.mktemp(f"quiet-{engine}"), "quiet.cwl")
+            for engine in ENGINES}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_nested_run_whose_every_step_was_skipped_is_a_run(
+        quiet_results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]],
+        engine: str) -> None:
+    """``quiet.cwl`` scatters ``shouting.cwl``, whose one step runs only for ``beta``:
+    the runs for alpha and gamma ran no job, and are still runs of the nested
+    workflow, each with its action, saying its step was skipped there."""
+    outcome, graph = quiet_results[engine]
+    assert outcome.status is RunStatus.COMPLETED, outcome.record.error
+    assert [(s.step, s.name) for s in outcome.record.steps] == [("shouting/shout", "shout")]
+    runs = [(r.name, r.status, r.skipped) for r in outcome.record.subworkflows]
+    assert runs == [("shouting", RunStatus.COMPLETED, ("shouting/shout",)),
+                    ("shouting_2", RunStatus.COMPLETED, ()),
+                    ("shouting_3", RunStatus.COMPLETED, ("shouting/shout",))], engine
+    for nested in outcome.record.subworkflows:  # the engine said when each began
+        assert nested.start_time is not None and nested.end_time is not None, nested
+    (planned,) = [p for p in outcome.record.planned if p.step == "shouting/shout"]
+    assert not planned.skipped  # it ran in one run
+    by_id = {e["@id"]: e for e in graph}
+    actions = {e["name"]: e for e in graph if str(e["@id"]).startswith("#subworkflow-run-")}
+    assert sorted(actions) == [f"Run of nested workflow shouting{n}"
+                               for n in ("", "_2", "_3")]
+    quiet = actions["Run of nested workflow shouting"]
+    assert "step shouting/shout was skipped: its condition was false" in quiet["description"]
+    assert quiet["actionStatus"] == "http://schema.org/CompletedActionStatus"
+    workflow = by_id[quiet["instrument"]["@id"]]
+    assert "ComputationalWorkflow" in workflow["@type"]
+    # each run is orchestrated by a control action of the step that ran it
+    controls = [e for e in graph if e["@type"] == "ControlAction"
+                and str(e["@id"]).startswith("#subworkflow-control-")]
+    assert sorted(by_id[c["object"]["@id"]]["name"] for c in controls) == sorted(actions)
+
+
+@pytest.mark.docker
+def test_the_quiet_runs_have_the_same_ids_on_both_engines(
+        quiet_results: dict[str, tuple[RunOutcome, list[dict[str, Any]]]]) -> None:
+    ids = {engine: {e["@id"]: e["name"] for e in quiet_results[engine][1]
+                    if str(e["@id"]).startswith(("#step-run-", "#subworkflow-run-"))}
+           for engine in ENGINES}
+    assert ids["cwltool"] == ids["toil"]
+
+
 def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 

@@ -20,13 +20,13 @@ from cratebridge.engines.interface import (
     EngineInfo,
     EnginePlan,
     ImageUse,
-    ProgressEvent,
     RunContext,
 )
 from cratebridge.engines.process import EngineExit, confined_report, run_engine
 from cratebridge.engines.record import LogRecord, RunRecord, RunStatus
 from cratebridge.errors import EngineUnavailable, PolicyRefused, UnsupportedCrate
 from cratebridge.intake.request import Language, RunRequest
+from cratebridge_cwl.progress import JobProgress
 from cratebridge_cwl.records import read_events, step_records, values_to_records, with_nesting
 from cratebridge_cwl.workflow import CwlStep, CwlWorkflow, bind_inputs
 
@@ -169,20 +169,9 @@ class CwltoolEngine(Engine):
         events_path = context.work_dir / "events.jsonl"
         stdout = context.logs_dir / "cwltool.stdout.json"
         stderr = context.logs_dir / "cwltool.stderr.log"
-        seen: set[str] = set()
-
-        def progress() -> None:
-            for event in read_events(events_path):
-                key = f"{event['event']}:{event['token']}"
-                if key in seen:
-                    continue
-                seen.add(key)
-                kind = event["event"] if event.get("status", "success") == "success" \
-                    else "failed"
-                context.progress(ProgressEvent(kind, event["name"]))
-
         started = datetime.now(UTC)
-        ended = run_held_or_new(self, plan, context, stdout, stderr, progress)
+        ended = run_held_or_new(self, plan, context, stdout, stderr,
+                                JobProgress(events_path, context))
         finished = datetime.now(UTC)
         events = read_events(events_path)
         steps = step_records(events, read_ledger(context.sandbox.ledger))

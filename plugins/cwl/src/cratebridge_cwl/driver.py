@@ -48,8 +48,9 @@ from cratebridge.containers.sandbox import STEP_LABEL
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
 from cratebridge_cwl.records import run_key, shape_path
 
-__all__ = ["EventLog", "JobReport", "entering_run", "main", "name_steps", "nested_runs", "now",
-           "record_expression", "recording_job", "short_id", "workflow_shape", "write_shape"]
+__all__ = ["EventLog", "JobReport", "entering_run", "main", "name_steps", "nested_runs",
+           "note_entered", "now", "record_expression", "recording_job", "short_id",
+           "workflow_shape", "write_shape"]
 
 #: The attribute of a RuntimeContext that lists the nested workflow runs it is within.
 _RUNS = "cb_runs"
@@ -71,6 +72,19 @@ def entering_run(context: RuntimeContext, position: int | None = None) -> Runtim
     else:
         setattr(inner, _RUNS, ())
     return inner
+
+
+def note_entered(log: EventLog, step: str | None, context: RuntimeContext) -> None:
+    """Write that a run of the nested workflow of step ``step`` (a path) began, in
+    ``context`` (that of the run, from :func:`entering_run`); the top workflow's
+    run (no step) is the run itself.
+
+    Engines call the nested workflow only when its step's condition held, so
+    the event tells a run whose steps were all skipped from a step that was.
+    """
+    if step is not None:
+        log.write({"event": "entered", "step": step, "runs": nested_runs(context),
+                   "time": now()})
 
 
 def nested_runs(context: RuntimeContext) -> list[str]:
@@ -354,6 +368,7 @@ def name_steps(workflow: Workflow, recording: type[Any] | tuple[type[Any], ...],
         name = f"{prefix}/{short_id(step.id)}" if prefix else short_id(step.id)
         inner = step.embedded_tool
         if isinstance(inner, Workflow):
+            inner.cb_step = name  # type: ignore[attr-defined]  # its runs say whose they are
             name_steps(inner, recording, name)
         elif isinstance(inner, recording):
             inner.cb_step = name
@@ -404,12 +419,17 @@ class _RecordingExpressionTool(ExpressionTool):
 class _RecordingWorkflow(Workflow):
     """cwltool's Workflow, each run of which is noted in the context of its jobs
     (:func:`entering_run`): the jobs of a scattered nested workflow say which run
-    of it they belong to."""
+    of it they belong to. A run of a nested one is an event of its own
+    (:func:`note_entered`): all its steps may be skipped."""
+
+    cb_log: EventLog
+    cb_step: str | None = None
 
     def job(self, job_order: Any, output_callbacks: OutputCallbackType,
             runtimeContext: RuntimeContext) -> JobsGeneratorType:
-        return super().job(job_order, output_callbacks,
-                           entering_run(runtimeContext, _scatter_position(output_callbacks)))
+        inner = entering_run(runtimeContext, _scatter_position(output_callbacks))
+        note_entered(self.cb_log, self.cb_step, inner)
+        return super().job(job_order, output_callbacks, inner)
 
 
 def _scatter_position(callback: Any) -> int | None:
@@ -441,6 +461,8 @@ def _make_tool_factory(log: EventLog) -> Callable[..., Any]:
             return tool
         made = _RecordingWorkflow(cast(Any, toolpath_object), loading_context) \
             if kind == "Workflow" else default_make_tool(toolpath_object, loading_context)
+        if isinstance(made, _RecordingWorkflow):
+            made.cb_log = log
         if isinstance(made, Workflow):
             name_steps(made, (_RecordingTool, _RecordingExpressionTool))
             write_shape(log.events, made)

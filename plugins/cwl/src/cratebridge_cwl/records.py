@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cratebridge.containers.ledger import Ledger
 from cratebridge.engines.record import (
@@ -163,31 +163,46 @@ def with_nesting(record: RunRecord, events_path: Path,
     Needs the shape the driver wrote beside ``events_path``; without it (or with
     one that does not read) the record is returned as it is. ``events`` (those
     of ``events_path``) say which run of a nested workflow each job was part of:
-    a scattered nested workflow has a run per scatter position.
+    a scattered nested workflow has a run per scatter position. Each run of a
+    nested workflow is an event too (``entered``), so that a run whose steps
+    were all skipped is a run.
     """
     shape = _read_shape(events_path)
     if shape is None:
         return record
     try:
+        events = list(events)
         within = {str(e["token"]): tuple(str(r) for r in e.get("runs") or ())
                   for e in events if e.get("event") == "started"}
-        return _nested(record, shape, within)
+        entered = [Entered(str(e["step"]), tuple(str(r) for r in e.get("runs") or ()),
+                           datetime.fromisoformat(str(e["time"])))
+                   for e in events if e.get("event") == "entered"]
+        return _nested(record, shape, within, entered)
     except (KeyError, TypeError, AttributeError, ValueError):
         return record  # written in the engine's room: a record without nesting beats none
 
 
-def _nested(record: RunRecord, shape: dict[str, Any],
-            within: dict[str, tuple[str, ...]]) -> RunRecord:
+class Entered(NamedTuple):
+    """A run of a nested workflow began: that of step ``step`` (a path), its keys
+    those of the runs it is within and its own (as a job's ``runs``)."""
+
+    step: str
+    runs: tuple[str, ...]
+    time: datetime
+
+
+def _nested(record: RunRecord, shape: dict[str, Any], within: dict[str, tuple[str, ...]],
+            entered: list[Entered]) -> RunRecord:
     steps = list(_walk(shape, ""))
     tools = {path: str(step["tool"]) for path, step, _ in steps}
     # a tool written inside its step has a random id; the shape names it after the step
     named = [replace(s, tool=tools[s.step]) if s.tool.startswith("_:") and s.step in tools
              else s for s in record.steps]
     record = replace(record, steps=_in_workflow_order(named, steps, within))
-    ran = _ran(record.steps)
+    ran = _with_parents(s.step for s in record.steps) | _with_parents(e.step for e in entered)
     planned = tuple(_planned(steps, ran, record.status))
     return replace(record, planned=planned,
-                   subworkflows=_subworkflow_runs(steps, ran, record, within))
+                   subworkflows=_subworkflow_runs(steps, ran, record, within, entered))
 
 
 Shaped = tuple[str, dict[str, Any], int]
@@ -233,11 +248,11 @@ def _walk(shape: dict[str, Any], prefix: str) -> Iterator[Shaped]:
             yield from _walk(step["workflow"], path)
 
 
-def _ran(steps: tuple[StepRecord, ...]) -> set[str]:
-    """The step paths with an execution, and every workflow step above them."""
+def _with_parents(steps: Iterable[str]) -> set[str]:
+    """The step paths given (steps that ran), and every workflow step above them."""
     paths: set[str] = set()
-    for record in steps:
-        parts = record.step.split("/")
+    for step in steps:
+        parts = step.split("/")
         paths.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     return paths
 
@@ -282,7 +297,8 @@ RunKey = tuple[str, tuple[str, ...]]
 
 
 def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
-                      within: dict[str, tuple[str, ...]]) -> tuple[SubworkflowRecord, ...]:
+                      within: dict[str, tuple[str, ...]], entered: list[Entered]
+                      ) -> tuple[SubworkflowRecord, ...]:
     """One record per run of a nested workflow (a scattered one runs once per position),
     outer ones first; the runs of one step named ``step``, ``step_2``... in the order of
     their scatter positions (:func:`run_order`), as they started where that is unknown."""
@@ -296,9 +312,15 @@ def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
         for s in record.steps:
             if s.step.startswith(path + "/"):
                 instances.setdefault(within.get(s.native_id or "", ())[:depth], []).append(s)
+        began: dict[tuple[str, ...], datetime] = {}
+        for run in entered:  # a run none of whose steps ran is a run too
+            if run.step == path:
+                instances.setdefault(run.runs[:depth], [])
+                began[run.runs[:depth]] = run.time
         for key, inner in instances.items():
             inside = {(p, k): r for (p, k), r in runs.items() if k[:len(key)] == key}
-            runs[(path, key)] = _subworkflow_run(path, step, inner, record.status, inside)
+            runs[(path, key)] = _subworkflow_run(path, step, inner, record.status, inside,
+                                                 began.get(key))
     ordered: list[SubworkflowRecord] = []
     for path, _ in nested:
         # by scatter position where the engine says it, else as they started
@@ -312,10 +334,10 @@ def _subworkflow_runs(steps: list[Shaped], ran: set[str], record: RunRecord,
 
 
 def _subworkflow_run(path: str, step: dict[str, Any], inner: list[StepRecord],
-                     status: RunStatus,
-                     runs: dict[RunKey, SubworkflowRecord]) -> SubworkflowRecord:
+                     status: RunStatus, runs: dict[RunKey, SubworkflowRecord],
+                     began: datetime | None = None) -> SubworkflowRecord:
     """A run of the nested workflow at ``path``, from the runs of its steps (``inner``, and
-    the nested runs ``runs`` within it).
+    the nested runs ``runs`` within it); ``began``: when the engine says it began.
 
     Its inputs are what its steps read straight from its inputs; its outputs
     what its output sources wrote (files and values: an ExpressionTool step's
@@ -328,14 +350,16 @@ def _subworkflow_run(path: str, step: dict[str, Any], inner: list[StepRecord],
             inner_runs.setdefault(inner_path, []).append(run)
     timed: list[StepRecord | SubworkflowRecord] = [
         *inner, *(r for rs in inner_runs.values() for r in rs)]
-    starts = [s.start_time for s in timed if s.start_time is not None]
+    starts = [t for t in (began, *(s.start_time for s in timed)) if t is not None]
     ends = [s.end_time for s in timed if s.end_time is not None]
+    if not timed and began is not None:
+        ends = [began]  # every step skipped: it ended as it began
     failed = sorted({s.name for s in inner if s.status is RunStatus.FAILED})
     failed_runs = sorted({p.rpartition("/")[2] for p, rs in inner_runs.items() for r in rs
                           if r.status is RunStatus.FAILED})
     # what ran in this run: a step of a scattered nested workflow may run in one and not
     # in another (its condition reads the scattered value)
-    here = _ran(tuple(inner)) | set(inner_runs)
+    here = _with_parents(s.step for s in inner) | set(inner_runs)
     unrun = [(s["name"], s.get("when")) for s in workflow.get("steps", [])
              if f"{path}/{s['name']}" not in here]
     missing = [name for name, when in unrun if when is None]

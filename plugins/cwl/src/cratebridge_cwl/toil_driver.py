@@ -42,6 +42,7 @@ from cratebridge_cwl.driver import (
     entering_run,
     name_steps,
     nested_runs,
+    note_entered,
     record_expression,
     recording_job,
     short_id,
@@ -346,7 +347,22 @@ class RecordingCWLWorkflow(cwltoil.CWLWorkflow):  # type: ignore[misc]
     def run(self, file_store: Any) -> Any:
         self.runtime_context: RuntimeContext = entering_run(
             self.runtime_context, getattr(self, "cb_position", None))
-        return super().run(file_store)
+        # Toil decides here whether the step's condition holds: a run is noted only if so
+        decide = self.conditional.is_false
+
+        def is_false(job: Any) -> bool:
+            skipped = bool(decide(job))
+            events = getattr(self.cwlwf, "cb_events", None)
+            if not skipped and events is not None:
+                note_entered(EventLog(Path(events), Path(self.cwlwf.cb_keep)),
+                             getattr(self.cwlwf, "cb_step", None), self.runtime_context)
+            return skipped
+
+        self.conditional.is_false = is_false
+        try:
+            return super().run(file_store)
+        finally:
+            del self.conditional.is_false  # the class's again: the job may be pickled
 
 
 # Toil's makeJob makes a workflow's job by this name, in the leader and in the worker
@@ -373,6 +389,8 @@ def _make_tool_factory(events: Path, keep: Path, toil_make_tool: Callable[..., A
             return expression
         made = toil_make_tool(toolpath_object, loading_context)
         if isinstance(made, Workflow):
+            # for the events of its runs
+            made.cb_events, made.cb_keep = str(events), str(keep)  # type: ignore[attr-defined]
             # Outer workflows are made after their steps, so the last call names
             # every step with its full path.
             name_steps(made, (RecordingToilCommandLineTool, RecordingToilExpressionTool))

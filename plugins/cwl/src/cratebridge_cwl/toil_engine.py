@@ -34,7 +34,6 @@ from cratebridge.engines.interface import (
     Engine,
     EngineInfo,
     EnginePlan,
-    ProgressEvent,
     RunContext,
 )
 from cratebridge.engines.process import EngineExit
@@ -49,6 +48,7 @@ from cratebridge.engines.record import (
 from cratebridge.errors import EngineUnavailable, UsageError
 from cratebridge.intake.request import Language, RunRequest
 from cratebridge_cwl.cwltool_engine import CwltoolEngine, run_held_or_new
+from cratebridge_cwl.progress import JobProgress
 from cratebridge_cwl.records import read_events, values_to_records, with_nesting
 from cratebridge_cwl.toil_records import toil_step_records
 from cratebridge_cwl.workflow import bind_inputs
@@ -215,7 +215,7 @@ class ToilEngine(Engine):
         events_path = work / "events.jsonl"
         stdout = context.logs_dir / "toil.stdout.json"
         stderr = context.logs_dir / "toil.stderr.log"
-        progress = _Progress(events_path, context)
+        progress = JobProgress(events_path, context)
         started = datetime.now(UTC)
         try:
             ended = run_held_or_new(self._cwltool, plan, context, stdout, stderr, progress)
@@ -254,24 +254,6 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a blocking import hook, or a half-imported module
         return False
-
-
-class _Progress:
-    """Turns new job events into progress events, once each."""
-
-    def __init__(self, events: Path, context: RunContext) -> None:
-        self.events = events
-        self.context = context
-        self.seen: set[str] = set()
-
-    def __call__(self) -> None:
-        for event in read_events(self.events):
-            key = f"{event['event']}:{event['token']}"
-            if key in self.seen:
-                continue
-            self.seen.add(key)
-            kind = event["event"] if event.get("status", "success") == "success" else "failed"
-            self.context.progress(ProgressEvent(kind, event["name"]))
 
 
 def _outputs(stdout: Path) -> tuple[Any, ...]:
