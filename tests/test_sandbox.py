@@ -18,11 +18,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
+from cratebridge.containers.dockerapi import local_api
 from cratebridge.containers.hardening import Refused, authorise
 from cratebridge.containers.ledger import read_ledger, refusal_note
 from cratebridge.containers.sandbox import RUN_LABEL, Limits, Sandbox, find_docker
@@ -194,6 +196,43 @@ def test_refusals_reach_the_engine_and_the_ledger(broker: tuple[Sandbox, Path],
     assert note.startswith("sandbox refused: ") and note.count("; ") == 2, note
     assert note.removeprefix("sandbox refused: ").split("; ") == list(dict.fromkeys(refusals))[:3]
     assert refusal_note(()) == ""
+
+
+@pytest.mark.docker
+def test_an_image_inspect_is_answered_from_the_daemon_as_the_client_answers(
+        broker: tuple[Sandbox, Path], docker_available: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``docker inspect IMAGE`` (cwltool asks it before each step) is answered from
+    the daemon's socket, not by starting the client; what the engine reads is what
+    the client would print, and its exit code the client's. One with a ``--format``
+    is the client's to answer."""
+    if local_api() is None:
+        pytest.skip("the daemon here is not a local socket")
+    sb, socket = broker
+    started: list[list[str]] = []
+    start = Broker._start
+
+    def recording(self: Broker, sock: Any, allowed: Any, argv: list[str], *args: Any,
+                  **kwargs: Any) -> int:
+        started.append(list(argv))  # what the broker starts a client for
+        return start(self, sock, allowed, argv, *args, **kwargs)
+
+    monkeypatch.setattr(Broker, "_start", recording)
+    for asked, names in ((["inspect", IMAGE], [IMAGE]),
+                         (["image", "inspect", IMAGE, "cratebridge/python:3.11"],
+                          [IMAGE, "cratebridge/python:3.11"]),
+                         (["image", "inspect", "no/such-image:0"], ["no/such-image:0"]),
+                         (["image", "inspect", IMAGE, "no/such-image:0"],
+                          [IMAGE, "no/such-image:0"])):
+        done = client(socket, *asked)
+        bare = subprocess.run([sb.docker, "image", "inspect", "--", *names],
+                              capture_output=True, text=True, check=False)
+        assert (done.returncode, done.stdout) == (bare.returncode, bare.stdout), asked
+        assert ("No such image: no/such-image:0" in done.stderr) == bool(bare.returncode)
+    assert started == []  # no client started for any of them
+    formatted = client(socket, "inspect", "--format", "{{.Id}}", IMAGE)
+    assert formatted.returncode == 0 and formatted.stdout.startswith("sha256:")
+    assert len(started) == 1 and "--format={{.Id}}" in started[0]
 
 
 PROBE = r"""

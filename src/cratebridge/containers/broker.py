@@ -33,6 +33,7 @@ from typing import IO
 
 from cratebridge.budget import CappedLog
 from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
+from cratebridge.containers.dockerapi import local_api
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
 from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts
 from cratebridge.containers.reaper import dies_with_us
@@ -176,6 +177,10 @@ class Broker:
             pass
 
     def _run(self, sock: socket.socket, allowed: Authorised) -> int:
+        if allowed.command == "image inspect" and allowed.program is None:
+            answered = self._inspect_images(sock, allowed.argv)
+            if answered is not None:
+                return answered
         argv = [allowed.program or self.sandbox.docker, *allowed.argv]
         cid_dir = None
         if allowed.command == "run":
@@ -258,6 +263,27 @@ class Broker:
         if gone.is_set():
             raise OSError("client gone")
         return code
+
+    @staticmethod
+    def _inspect_images(sock: socket.socket, argv: tuple[str, ...]) -> int | None:
+        """``docker image inspect -- NAME...`` answered from the daemon's socket, as the
+        client prints it; None (the client is to answer) for one with flags, or when
+        the daemon is not a local socket. Engines ask this before every step (cwltool
+        does): the client, a Go program, costs more to start than the step's own
+        ``docker run`` costs us."""
+        if argv[:3] != ("image", "inspect", "--"):
+            return None
+        api = local_api({k: os.environ[k] for k in CLIENT_ENV if k in os.environ})
+        if api is None:
+            return None
+        try:
+            found, errors = api.inspect_images(argv[3:])
+        except (OSError, ValueError):
+            return None
+        send_frame(sock, STDOUT, (json.dumps(found, indent=4) + "\n").encode())
+        for error in errors:
+            send_frame(sock, STDERR, f"Error response from daemon: {error}\n".encode())
+        return 1 if errors else 0
 
     def _wait_cid(self, path: Path, proc: subprocess.Popen[bytes]) -> str | None:
         while proc.poll() is None and not path.exists():

@@ -23,7 +23,7 @@ import base64
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -83,15 +83,42 @@ class DockerAPI:
         A name that is no image reference is None too, as a name the daemon's
         router would read as another path (an empty, ``.`` or ``..`` segment).
         """
-        if any(part in ("", ".", "..") for part in name.split("/")):
+        if not _routable(name):
             return None
-        status, _, body = self._call("GET", f"/images/{_name(name)}/json")
-        if status in (400, 404):  # not a valid reference, or not here
-            return None
-        found = json.loads(body) if status == 200 else None
-        if not isinstance(found, dict):
-            raise OSError(f"docker image inspect {name}: the daemon answered {status}")
+        found, _ = self._image(name)
         return found
+
+    def inspect_images(self, names: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
+        """``docker image inspect`` of ``names``: the images found, in order, and the
+        daemon's message for each that is not, as the ``docker`` client gets them.
+
+        :class:`ValueError` for a name the API's router would read as another path.
+        """
+        found: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for name in names:
+            if not _routable(name):
+                raise ValueError(f"{name!r}: not a name to put in an API path")
+            image, error = self._image(name)
+            if image is not None:
+                found.append(image)
+            else:
+                errors.append(error)
+        return found, errors
+
+    def _image(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        """An image, or None and the daemon's message when it is no reference or not here."""
+        status, _, body = self._call("GET", f"/images/{_name(name)}/json")
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status in (400, 404):  # not a valid reference, or not here
+            message = answer.get("message") if isinstance(answer, dict) else None
+            return None, str(message or f"No such image: {name}")
+        if status != 200 or not isinstance(answer, dict):
+            raise OSError(f"docker image inspect {name}: the daemon answered {status}")
+        return answer, ""
 
     def create(self, image: str, labels: Mapping[str, str]) -> str | None:
         """A container of ``image`` that is never started (no network), or None when absent.
@@ -192,6 +219,12 @@ def _path_stat(headers: Mapping[str, str]) -> dict[str, Any]:
     except ValueError:
         return {}
     return stat if isinstance(stat, dict) else {}
+
+
+def _routable(name: str) -> bool:
+    """Whether a name stays one path segment's worth in a URL (no empty, ``.`` or ``..``
+    part the daemon's router would read as another path)."""
+    return not any(part in ("", ".", "..") for part in name.split("/"))
 
 
 def _name(image: str) -> str:
