@@ -65,6 +65,11 @@ MAX_CONNECTIONS = 64  # docker and Slurm calls of one run at once
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to say what it wants
 
 
+def client_env() -> dict[str, str]:
+    """The environment the Docker and Slurm clients get from ours (:data:`CLIENT_ENV`)."""
+    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -211,7 +216,7 @@ class Broker:
             # before docker can create the container: a run killed from here on still
             # knows the step was started, though the container has no id yet
             self.ledger(first)
-        env = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
+        env = client_env()
         # its own session (the terminal's ^C is cratebridge's to handle), yet killed with it
         proc = subprocess.Popen(dies_with_us(argv), env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -268,12 +273,12 @@ class Broker:
     def _inspect_images(sock: socket.socket, argv: tuple[str, ...]) -> int | None:
         """``docker image inspect -- NAME...`` answered from the daemon's socket, as the
         client prints it; None (the client is to answer) for one with flags, or when
-        the daemon is not a local socket. Engines ask this before every step (cwltool
-        does): the client, a Go program, costs more to start than the step's own
-        ``docker run`` costs us."""
+        the daemon is not a local socket. cwltool asks it once for each image it
+        runs; the client is a Go program that costs about 20 ms of CPU to start
+        (see :mod:`cratebridge.containers.dockerapi`)."""
         if argv[:3] != ("image", "inspect", "--"):
             return None
-        api = local_api({k: os.environ[k] for k in CLIENT_ENV if k in os.environ})
+        api = local_api(client_env())
         if api is None:
             return None
         try:
@@ -407,7 +412,7 @@ class Broker:
         command = [program, *submission.flags, "--export=NONE", f"--chdir={cwd}", *log_flags,
                    str(wrapper)]
         done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              env={k: os.environ[k] for k in CLIENT_ENV if k in os.environ})
+                              env=client_env())
         words = done.stdout.strip().split()
         if done.returncode == 0 and words:
             self.jobs.add(words[-1].split(";")[0])
