@@ -5,6 +5,7 @@
 #   make run-setup       system packages, dockerd, .venv, local images: what runs need
 #   make runcrate-venv   .venv-runcrate: runcrate and its cwltool, for the reference-tool tests
 #   make images          build the local fixture images (nothing is pulled)
+#   make client          compile the broker's client (runs use the Python one without it)
 #   make fixture-crates  rebuild the committed request crates in fixtures/crates/
 #   make demo            run the demo request through the cratebridge CLI
 #   make slurm           install and start a one-node Slurm cluster on localhost
@@ -21,7 +22,8 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 # shared/ sits beside the repository, here and in CI.
 SHARED := $(CURDIR)/../shared
-APT_PACKAGES := docker.io busybox-static debootstrap nodejs bubblewrap chromium
+# gcc and libc6-dev: the compiled broker client (`make client`)
+APT_PACKAGES := docker.io busybox-static debootstrap nodejs bubblewrap chromium gcc libc6-dev
 # Only the tests need these: `cratebridge serve`'s suite runs on PostgreSQL too.
 TEST_APT_PACKAGES := postgresql
 # The venv is reinstalled when a pyproject changes.
@@ -35,7 +37,7 @@ RUNCRATE_PINS := runcrate==0.6.2 cwltool==3.1.20260315121657
 RUNCRATE_STAMP := $(RUNCRATE_VENV)/.cratebridge-setup-stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup run-setup system-packages dockerd slurm postgres venv runcrate-venv images validator-cache fixture-crates demo test lint bench
+.PHONY: setup run-setup system-packages dockerd slurm postgres venv client runcrate-venv images validator-cache fixture-crates demo test lint bench
 
 setup: run-setup
 	@$(MAKE) --no-print-directory runcrate-venv
@@ -46,6 +48,7 @@ run-setup:
 	@$(MAKE) --no-print-directory system-packages
 	@$(MAKE) --no-print-directory dockerd
 	@$(MAKE) --no-print-directory venv
+	@$(MAKE) --no-print-directory client
 	@$(MAKE) --no-print-directory images
 
 system-packages:
@@ -69,6 +72,11 @@ $(VENV_STAMP): $(PYPROJECTS)
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)$(if $(filter plugins/cwl,$(p)),[toil])')
 	@touch $@
+
+# The docker a confined engine runs, in C beside client.c (its name carries the source's
+# digest; an up-to-date one is left alone).
+client: venv
+	@$(PY) -m cratebridge.containers.client
 
 runcrate-venv: $(RUNCRATE_STAMP)
 	@:

@@ -19,6 +19,7 @@ import pytest
 
 from cratebridge import api
 from cratebridge.config import Config
+from cratebridge.containers import client
 from cratebridge.events import KINDS, RunEvent
 from cratebridge.testing import RequestSpec, ValueInput, ZipLayout, write_request_zip
 from cratebridge.testing.validator import ExternalValidator
@@ -163,6 +164,9 @@ def test_versions() -> None:
     doc = json.loads(done.stdout)
     assert doc["cratebridge"] and doc["interface"] and doc["python"]
     assert {"cwltool", "toil", "snakemake", "nextflow"} <= {e["name"] for e in doc["engines"]}
+    built = client.compiled()  # make setup builds it
+    assert doc["docker_client"] == (str(built) if built else None)
+    assert "docker client in the rooms: " in cli("version").stdout
 
 
 @pytest.mark.docker

@@ -193,10 +193,14 @@ def versions(config: Config | Path | None = None) -> dict[str, Any]:
     import platform
 
     from cratebridge import __version__
+    from cratebridge.containers import client
     from cratebridge.engines.interface import INTERFACE_VERSION
 
+    built = client.compiled()
     return {"cratebridge": __version__, "interface": INTERFACE_VERSION,
             "python": platform.python_version(),
+            # the docker engines run in their rooms: compiled, or (None) the Python one
+            "docker_client": str(built) if built else None,
             "engines": [{k: e[k] for k in ("name", "distribution", "version", "language",
                                            "available", "program", "program_version",
                                            "problem")}

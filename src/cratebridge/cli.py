@@ -314,7 +314,9 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
     def human() -> str:
         lines = [f"cratebridge {doc['cratebridge']} (plugin interface {doc['interface']})",
-                 f"python {doc['python']}"]
+                 f"python {doc['python']}",
+                 f"docker client in the rooms: {doc['docker_client']}" if doc["docker_client"]
+                 else "docker client in the rooms: Python (make client compiles a faster one)"]
         for e in doc["engines"]:
             found = f"{e['program']} {e['program_version']}" if e["available"] \
                 else "engine not available"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cratebridge.containers import shim
+from cratebridge.containers import client
 from cratebridge.containers.shim import BROKER_ENV, SLURM_TOOLS
 from cratebridge.errors import PolicyRefused
 
@@ -156,11 +156,9 @@ class Sandbox:
         """
         (folder / "bin").mkdir(parents=True, exist_ok=True)
         bin_dir = Path(sys.executable).parent
-        # The client as a script of its own: Python in isolated mode, without site,
-        # imports only the standard library (engines call it several times a step).
+        # engines call it several times a step: the compiled client when it is built
         target = folder / "bin" / "cratebridge-client"
-        target.write_text(f"#!{sys.executable} -IS\n" + Path(shim.__file__).read_text())
-        target.chmod(0o755)
+        client.install(target, client.compiled())
         for name in ("docker", *(SLURM_TOOLS if self.scheduler == "slurm" else ())):
             link = folder / "bin" / name
             if link.is_symlink() or link.exists():
