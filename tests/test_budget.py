@@ -150,3 +150,32 @@ def test_what_the_disk_loses_brings_the_next_walk_forward(
         started = time.monotonic()
         assert asked.wait(5)
         assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("budget", [None, 10**15])
+def test_far_from_every_limit_the_disk_is_looked_at_each_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int | None) -> None:
+    """Terabytes from the reserve and the budget, no run fills the disk within an
+    interval: one look an interval, not ten (a run of hours wakes the thread less)."""
+    looks: list[float] = []
+    monkeypatch.setattr(budget_module, "disk_usage", lambda folder, skip=(): 1000)
+    monkeypatch.setattr(DiskWatch, "_free", lambda self: looks.append(time.monotonic()) or 10**15)
+    with DiskWatch(tmp_path, budget, lambda reason: None, reserve=0, interval=0.4):
+        time.sleep(1.0)
+    assert 2 <= len(looks) <= 4, looks  # at a tenth of a second there would be ten
+
+
+@pytest.mark.parametrize("near", ["reserve", "budget"])
+def test_near_a_limit_the_disk_is_looked_at_every_tenth_of_a_second(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, near: str) -> None:
+    """Within what a fast disk writes in an interval of the reserve or the budget, the
+    watch looks every tenth of a second, whatever its interval."""
+    looks: list[float] = []
+    reserve = 10**9 if near == "reserve" else 0
+    budget = 10**15 if near == "reserve" else 1000 + 10**8
+    monkeypatch.setattr(budget_module, "disk_usage", lambda folder, skip=(): 1000)
+    monkeypatch.setattr(DiskWatch, "_free",
+                        lambda self: looks.append(time.monotonic()) or reserve + 10**8)
+    with DiskWatch(tmp_path, budget, lambda reason: None, reserve=reserve, interval=5.0):
+        time.sleep(1.0)
+    assert len(looks) >= 7, looks

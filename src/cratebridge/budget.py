@@ -70,6 +70,13 @@ def disk_usage(folder: Path, skip: Iterable[str] = ()) -> int:
     return total
 
 
+#: The fastest a run is taken to fill its disk, in bytes a second (a fast NVMe drive's
+#: writes): the watch looks again before a run this fast could pass a limit unseen.
+FILL_RATE = 4 * 1024**3
+#: The shortest pause between two looks at the disk, in seconds.
+TICK = 0.1
+
+
 class DiskWatch:
     """Watches a run's folder in a thread; calls ``stop(reason)`` once when it runs out of room.
 
@@ -132,9 +139,20 @@ class DiskWatch:
                     f"{human_size(self.reserve)} is kept free for the result crate)")
         return None
 
+    def _pause(self, free: int, bound: int) -> float:
+        """Seconds to the next look: soon enough that a run writing at :data:`FILL_RATE`
+        cannot pass the reserve or the budget unseen; a tenth of a second at the least,
+        the interval at the most."""
+        headroom = free - self.reserve
+        if self.budget is not None:
+            headroom = min(headroom, self.budget - bound)
+        return min(self.interval, max(TICK, headroom / FILL_RATE))
+
     def _loop(self) -> None:
         """Every tick, the disk's free space; the folder is walked only when the run may
-        have passed its budget, or at the latest every ten walk intervals.
+        have passed its budget, or at the latest every ten walk intervals. Ticks are a
+        tenth of a second apart near the reserve or the budget, an interval far from
+        them (:meth:`_pause`): a run of hours wakes this thread a tenth as often.
 
         Between two walks the run can have added at most what the disk lost
         (``statvfs``): its last count plus that loss bounds what it holds now.
@@ -162,13 +180,14 @@ class DiskWatch:
                 took = time.monotonic() - began
                 soon = began + max(pause, 10 * took)
                 late = began + max(10 * pause, 10 * took)
+                bound = used
             else:
                 reason = self._short_of_reserve(free)
             if reason is not None:
                 self.reason = reason
                 self.stop(reason)
                 return
-            if self._done.wait(min(0.1, self.interval)):
+            if self._done.wait(self._pause(free, bound)):
                 return
 
 
