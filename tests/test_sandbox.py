@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
+from cratebridge.containers import broker as broker_module
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
-from cratebridge.containers.dockerapi import local_api
+from cratebridge.containers.dockerapi import DockerAPI, local_api
 from cratebridge.containers.hardening import Refused, authorise
 from cratebridge.containers.ledger import read_ledger, refusal_note
 from cratebridge.containers.sandbox import RUN_LABEL, Limits, Sandbox, find_docker
@@ -496,18 +497,34 @@ def test_pins_of_a_killed_broker_are_released_by_the_next_run(tmp_path: Path) ->
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("way", ["client", "api"])
 def test_the_ledger_names_a_step_before_docker_is_asked_to_start_it(
-        tmp_path: Path, docker_available: bool) -> None:
+        tmp_path: Path, docker_available: bool, monkeypatch: pytest.MonkeyPatch,
+        way: str) -> None:
     """A run killed between the container's creation and its id being read still knows the
-    step: a wrapper around the real docker copies the ledger as it stood when it was called."""
+    step: a wrapper around the real docker (or the API's create) copies the ledger as it
+    stood when it was called."""
     seen = tmp_path / "ledger-as-docker-started"
-    wrapper = tmp_path / "docker-noting-the-ledger"
     ledger = tmp_path / "run" / "broker" / "ledger.jsonl"
-    wrapper.write_text("#!/bin/sh\n"
-                       f'case "$*" in *--cidfile=*) cp {ledger} {seen} ;; esac\n'
-                       f'exec {find_docker() or "docker"} "$@"\n')
-    wrapper.chmod(0o755)
-    sb = replace(sandbox_for(tmp_path), docker=str(wrapper))
+    sb = sandbox_for(tmp_path)
+    if way == "client":
+        monkeypatch.setattr(broker_module, "local_api", lambda env=None: None)
+        wrapper = tmp_path / "docker-noting-the-ledger"
+        wrapper.write_text("#!/bin/sh\n"
+                           f'case "$*" in *--cidfile=*) cp {ledger} {seen} ;; esac\n'
+                           f'exec {find_docker() or "docker"} "$@"\n')
+        wrapper.chmod(0o755)
+        sb = replace(sb, docker=str(wrapper))
+    else:
+        if local_api() is None:
+            pytest.skip("the daemon here is not a local socket")
+        create = DockerAPI.create_container
+
+        def noting(self: DockerAPI, *args: Any, **kwargs: Any) -> Any:
+            shutil.copyfile(ledger, seen)
+            return create(self, *args, **kwargs)
+
+        monkeypatch.setattr(DockerAPI, "create_container", noting)
     short = Path(tempfile.mkdtemp(prefix="cb-"))
     try:
         with Broker(sb, short / "docker.sock", os.getuid(), os.getgid()).serving():

@@ -4,10 +4,12 @@ One per run, serving a unix socket that is bound into the engine's room (see
 :mod:`cratebridge.containers.confine`). Each connection is one ``docker``
 invocation of the engine's (:mod:`cratebridge.containers.shim` speaks the
 protocol): the broker asks :func:`~cratebridge.containers.hardening.authorise`
-what it may become, runs that with the real Docker client on the host side,
-streams standard input and output, reports the exit status and records every
-container, and every refusal, in the run's ledger, which the engine cannot
-see. When the engine's client goes away, the container it started is killed.
+what it may become, runs that on the host side (a step's ``docker run``
+through the daemon's API when it can, :mod:`cratebridge.containers.apirun`;
+anything else with the real Docker client), streams standard input and
+output, reports the exit status and records every container, and every
+refusal, in the run's ledger, which the engine cannot see. When the engine's
+client goes away, the container it started is killed.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from pathlib import Path
 from typing import IO
 
 from cratebridge.budget import CappedLog
+from cratebridge.containers.apirun import ContainerProcess, RunSpec, run_spec
 from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
-from cratebridge.containers.dockerapi import local_api
+from cratebridge.containers.dockerapi import DockerAPI, local_api
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
 from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts
 from cratebridge.containers.reaper import dies_with_us
@@ -63,6 +66,8 @@ CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKE
 MAX_SCRIPT = 1024 * 1024
 MAX_CONNECTIONS = 64  # docker and Slurm calls of one run at once
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to say what it wants
+#: What runs an engine's docker command: the client, or a container through the API.
+Started = subprocess.Popen[bytes] | ContainerProcess
 
 
 def client_env() -> dict[str, str]:
@@ -187,10 +192,6 @@ class Broker:
             if answered is not None:
                 return answered
         argv = [allowed.program or self.sandbox.docker, *allowed.argv]
-        cid_dir = None
-        if allowed.command == "run":
-            cid_dir = tempfile.mkdtemp(prefix="cid-", dir=self.folder)
-            argv.insert(2, f"--cidfile={cid_dir}/cid")
         token = allowed.labels.get(STEP_LABEL) or f"c{time.time_ns()}"
         log_path = self.folder / "stderr" / f"{token}.stderr.log"
         pinned = Pinned(self.folder / "mounts" / f"{token}-{time.time_ns()}")
@@ -200,14 +201,32 @@ class Broker:
             except OSError as exc:
                 raise Refused(f"docker run: a mount source is not a folder of this run "
                               f"({exc})") from None
+            cid_dir = None
+            spec = self._through_api(allowed, pinned_argv)
+            if allowed.command == "run" and spec is None:  # the client writes the id here
+                cid_dir = tempfile.mkdtemp(prefix="cid-", dir=self.folder)
+                for one in (argv, pinned_argv):
+                    one.insert(2, f"--cidfile={cid_dir}/cid")
             return self._start(sock, allowed, pinned_argv, cid_dir, token, log_path,
-                               recorded=argv)
+                               recorded=argv, spec=spec)
         finally:
             pinned.release()
 
+    @staticmethod
+    def _through_api(allowed: Authorised, argv: list[str]) -> tuple[DockerAPI, RunSpec] | None:
+        """For a ``docker run`` the daemon's API can do as the client would (a local
+        daemon, every flag one :func:`run_spec` knows): the API and the request."""
+        if allowed.command != "run" or allowed.program is not None:
+            return None
+        api = local_api(client_env())
+        spec = run_spec(argv[1:]) if api is not None else None
+        return None if api is None or spec is None else (api, spec)
+
     def _start(self, sock: socket.socket, allowed: Authorised, argv: list[str],
-               cid_dir: str | None, token: str, log_path: Path, recorded: list[str]) -> int:
-        """Run ``argv``; the ledger records ``recorded`` (the mounts' real sources)."""
+               cid_dir: str | None, token: str, log_path: Path, recorded: list[str],
+               spec: tuple[DockerAPI, RunSpec] | None = None) -> int:
+        """Run ``argv`` (with the client, or through the API as ``spec`` says); the
+        ledger records ``recorded`` (the mounts' real sources)."""
         started = now()
         first: dict[str, object] = {
             "token": token, "image": allowed.image, "image_id": allowed.image_id,
@@ -216,11 +235,15 @@ class Broker:
             # before docker can create the container: a run killed from here on still
             # knows the step was started, though the container has no id yet
             self.ledger(first)
-        env = client_env()
-        # its own session (the terminal's ^C is cratebridge's to handle), yet killed with it
-        proc = subprocess.Popen(dies_with_us(argv), env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc: Started
+        if spec is not None:
+            proc = ContainerProcess(*spec)
+        else:
+            # its own session (the terminal's ^C is cratebridge's to handle), yet killed
+            # with it
+            proc = subprocess.Popen(dies_with_us(argv), env=client_env(),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         send = threading.Lock()
         gone = threading.Event()
@@ -238,8 +261,9 @@ class Broker:
             pump.start()
         threading.Thread(target=self._pump_in, args=(sock, proc, allowed.interactive, gone,
                                                      cid), daemon=True).start()
-        if cid_dir is not None:
-            found = self._wait_cid(Path(cid_dir) / "cid", proc)
+        if allowed.command == "run":
+            found = proc.cid if isinstance(proc, ContainerProcess) else \
+                self._wait_cid(Path(cid_dir) / "cid", proc) if cid_dir else None
             if found:
                 cid.append(found)
                 self.started.update({found, found[:12], *allowed.names})
@@ -302,7 +326,7 @@ class Broker:
             time.sleep(0.02)
         return None
 
-    def _stop(self, proc: subprocess.Popen[bytes], cid: str | None) -> None:
+    def _stop(self, proc: Started, cid: str | None) -> None:
         if cid:
             subprocess.run([self.sandbox.docker, "rm", "-f", cid], capture_output=True,
                            check=False)
@@ -334,7 +358,7 @@ class Broker:
             except OSError:
                 gone.set()
 
-    def _pump_in(self, sock: socket.socket, proc: subprocess.Popen[bytes], interactive: bool,
+    def _pump_in(self, sock: socket.socket, proc: Started, interactive: bool,
                  gone: threading.Event, cid: list[str]) -> None:
         """Standard input to the container; when the client goes, stop what it started."""
         assert proc.stdin is not None

@@ -1,14 +1,15 @@
-"""The local Docker daemon's API on its unix socket, for cratebridge's own questions about images.
+"""The local Docker daemon's API on its unix socket, for the host side's own requests.
 
 A ``docker`` client process costs about 20 ms of CPU and more of wall time
 (a Go program starting: ten ``docker image inspect`` took 0.22 CPU-s and
 0.49 s here); the same question over the daemon's socket, about half a
-millisecond of CPU. Used on the host side only (the room never sees the socket),
-for cratebridge's own questions: an image's id and configuration, what a
+millisecond of CPU. Used on the host side only (the room never sees the socket):
+for cratebridge's own questions (an image's id and configuration, what a
 container of it that never starts holds, which containers carry a run's
-labels (the sweeps before and after each run). Containers that run are
-started by the broker, through the ``docker`` client, and every ``docker``
-command of the engine's goes through the broker's policy, as before.
+labels), and by the broker to carry out what its policy allowed of an
+engine's ``docker`` command: an image inspect, and a step's ``docker run``
+(:mod:`cratebridge.containers.apirun`). Every ``docker`` command of the
+engine's goes through the broker's policy first, whichever carries it out.
 
 Only a local daemon is asked this way: ``DOCKER_HOST=unix://...`` or, with
 no ``DOCKER_HOST`` and no context chosen (``DOCKER_CONTEXT``, or the
@@ -136,6 +137,64 @@ class DockerAPI:
             raise OSError(f"docker create {image}: the daemon answered {status}")
         return str(made["Id"])
 
+    def create_container(self, body: Mapping[str, Any],
+                         name: str | None = None) -> tuple[str | None, str]:
+        """``docker create`` with the API's ``body``: the new container's id, or None and
+        the daemon's message (the image is never pulled)."""
+        query = "?" + urlencode({"name": name}) if name else ""
+        status, _, answer = self._call("POST", f"/containers/create{query}",
+                                       json.dumps(body).encode())
+        made = _json(answer)
+        if status == 201 and isinstance(made.get("Id"), str):
+            return str(made["Id"]), ""
+        return None, _message(made, status)
+
+    def start(self, container: str) -> str:
+        """Start a created container: "" when it started, else the daemon's message."""
+        status, _, answer = self._call("POST", f"/containers/{quote(container)}/start")
+        return "" if status in (204, 304) else _message(_json(answer), status)
+
+    def wait(self, container: str, condition: str) -> tuple[int | None, str]:
+        """Block until the container reaches ``condition`` (``next-exit``, ``removed``):
+        its exit code, or None and why not. Waits without a time limit."""
+        status, _, answer = self._call(
+            "POST", f"/containers/{quote(container)}/wait?" + urlencode({"condition": condition}),
+            timeout=None)
+        found = _json(answer)
+        code = found.get("StatusCode")
+        error = found.get("Error")
+        if status != 200 or not isinstance(code, int):
+            return None, _message(found, status)
+        return code, str(error.get("Message") or "") if isinstance(error, dict) else ""
+
+    def attach(self, container: str, stdin: bool) -> socket.socket:
+        """The container's output (and input, with ``stdin``) on one connection, as the
+        client's ``docker run`` attaches before it starts the container: a socket giving
+        the multiplexed stream (8-byte headers, :func:`frames`). No time limit."""
+        query = urlencode({"stream": 1, "stdin": int(stdin), "stdout": 1, "stderr": 1})
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            sock.sendall(f"POST /containers/{quote(container)}/attach?{query} HTTP/1.1\r\n"
+                         "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+                         .encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(1)  # byte by byte: the stream starts right after
+                if not chunk or len(head) > _MAX_HEADERS:
+                    raise OSError(f"docker attach {container}: the daemon closed")
+                head += chunk
+            status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+            if status not in (b"101", b"200"):
+                raise OSError(f"docker attach {container}: the daemon answered "
+                              f"{status.decode('latin-1')}")
+            sock.settimeout(None)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
     def containers(self, *labels: str) -> list[dict[str, Any]]:
         """``docker ps -a`` of the containers carrying every label (``key[=value]``) given."""
         query = urlencode({"all": 1, "filters": json.dumps({"label": list(labels)})})
@@ -182,17 +241,19 @@ class DockerAPI:
         return None
 
     def _call(self, method: str, url: str, body: bytes | None = None,
-              limit: int = 1 << 20) -> tuple[int, dict[str, str], bytes]:
+              limit: int = 1 << 20,
+              timeout: float | bool | None = True) -> tuple[int, dict[str, str], bytes]:
         """One HTTP/1.0 exchange (the daemon sends no chunks, then closes): status, headers, body.
 
-        At most ``limit`` bytes of the body are read (and returned).
+        At most ``limit`` bytes of the body are read (and returned). ``timeout``:
+        seconds, None for none, True for the API's own.
         """
         head = f"{method} {url} HTTP/1.0\r\nHost: docker\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         data = bytearray()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(self.timeout)
+            sock.settimeout(self.timeout if timeout is True else timeout)
             sock.connect(self.path)
             sock.sendall(head.encode() + b"\r\n" + (body or b""))
             while len(data) < limit + _MAX_HEADERS:
@@ -210,6 +271,19 @@ class DockerAPI:
         headers = {name.strip().lower(): value.strip()
                    for name, _, value in (line.partition(":") for line in lines[1:])}
         return int(status[1]), headers, rest[:limit]
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        found = json.loads(body)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _message(answer: Mapping[str, Any], status: int) -> str:
+    """The daemon's message in an error answer (``{"message": ...}``)."""
+    return str(answer.get("message") or f"the daemon answered {status}")
 
 
 def _path_stat(headers: Mapping[str, str]) -> dict[str, Any]:
