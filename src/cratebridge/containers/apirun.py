@@ -220,12 +220,16 @@ class ContainerProcess:
             return self._fail(error, status_code(error))
         self.cid = cid
         stream = self.api.attach(cid, spec.interactive)
-        if spec.interactive:
-            self.stdin = _Input(stream)
-        condition = "removed" if spec.auto_remove else "next-exit"
-        waiting = threading.Thread(target=self._wait, args=(cid, condition), daemon=True)
-        waiting.start()
-        error = self.api.start(cid)
+        try:
+            if spec.interactive:
+                self.stdin = _Input(stream)
+            condition = "removed" if spec.auto_remove else "next-exit"
+            waiting = threading.Thread(target=self._wait, args=(cid, condition), daemon=True)
+            waiting.start()
+            error = self.api.start(cid)
+        except BaseException:
+            stream.close()
+            raise
         if error:
             stream.close()
             self.api.remove(cid)
@@ -268,11 +272,11 @@ class ContainerProcess:
             self._done.set()
 
     def _close_outputs(self) -> None:
-        for fd in (self._out, self._err):
-            try:
+        """Once: the readers then see the end of the output."""
+        fds, self._out, self._err = (self._out, self._err), -1, -1
+        for fd in fds:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
 
     def poll(self) -> int | None:
         if self._done.is_set():
