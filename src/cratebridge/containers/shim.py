@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         _signal.signal(sig, lambda signum, frame: os._exit(128 + signum))
     send_frame(sock, REQUEST, json_text(request).encode("ascii"))
     _thread.start_new_thread(_pump_stdin, (sock,))
-    while (frame := read_frame(sock)) is not None:
+    while (frame := _next_frame(sock)) is not None:
         channel, payload = frame
         if channel in (STDOUT, STDERR):
             os.write(1 if channel == STDOUT else 2, payload)
@@ -149,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             return int(payload or b"125")
     print("cratebridge-docker: the broker closed the connection", file=sys.stderr)
     return 125
+
+
+def _next_frame(sock: _socket.socket) -> tuple[int, bytes] | None:
+    """The broker's next frame; None when it has gone, closed or reset (a side closing
+    with our last frame unread resets the connection)."""
+    try:
+        return read_frame(sock)
+    except OSError:
+        return None
 
 
 def _write_cidfile(cidfile: str, cid: str) -> None:
