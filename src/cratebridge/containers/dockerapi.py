@@ -170,7 +170,8 @@ class DockerAPI:
     def attach(self, container: str, stdin: bool) -> socket.socket:
         """The container's output (and input, with ``stdin``) on one connection, as the
         client's ``docker run`` attaches before it starts the container: a socket giving
-        the multiplexed stream (8-byte headers, :func:`frames`). No time limit."""
+        the multiplexed stream (8-byte headers; ``apirun.ContainerProcess`` reads it).
+        No time limit."""
         query = urlencode({"stream": 1, "stdin": int(stdin), "stdout": 1, "stderr": 1})
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
