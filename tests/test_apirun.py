@@ -49,6 +49,9 @@ def api(docker_available: bool) -> DockerAPI:
 def inspect(docker: str, name: str) -> dict[str, Any]:
     info = json.loads(subprocess.run([docker, "inspect", name], capture_output=True,
                                      text=True, check=True).stdout)[0]
+    # the order of distinct variables means nothing: docker 20.10's client passes them
+    # through a Go map (a different order each time); a repeated name keeps its last value
+    info["Config"]["Env"] = sorted(info["Config"]["Env"] or [])
     return {"Config": {k: info["Config"].get(k) for k in CONFIG},
             "HostConfig": {k: info["HostConfig"].get(k) for k in HOST}}
 
@@ -60,8 +63,9 @@ def test_every_flag_the_policy_keeps_makes_the_same_container(
     (work / "in").mkdir()
     (work / "out").mkdir()
     allowed = authorise(
-        ["run", "-i", "--rm", "--init", "-w", "/out", "-e", "A=1", "--env=B=two words",
-         "--entrypoint", "/bin/sh", "--label", "org.cratebridge.step=same", "-l", "bare",
+        ["run", "-i", "--rm", "--init", "-w", "/out", "-e", "A=0", "-e", "A=1",
+         "--env=B=two words", "-e", "C=3", "--entrypoint", "/bin/sh",
+         "--label", "org.cratebridge.step=same", "-l", "bare",
          "-v", f"{work / 'in'}:/in:ro", "--mount", f"type=bind,source={work / 'out'},target=/out",
          "--tmpfs", "/scratch:size=16m", "--stop-signal", "SIGINT", "--stop-timeout", "7",
          "--hostname", "step", "--user", "0", "--memory", "1g", IMAGE, "-c", "echo 'x y'"],

@@ -77,7 +77,9 @@ def run_spec(argv: Sequence[str]) -> RunSpec | None:
             continue
         if not eq:
             return None
-        if key in ("-e", "--env"):
+        if key in ("-e", "--env"):  # a name given twice keeps its last value, as docker's
+            variable = value.partition("=")[0]
+            config["Env"] = [e for e in config["Env"] if e.partition("=")[0] != variable]
             config["Env"].append(value)
         elif key in ("--label", "-l"):
             label, _, text = value.partition("=")
