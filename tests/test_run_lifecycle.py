@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cratebridge import api, pipeline
 from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, labelled_containers, owner_id
 from cratebridge.testing import RequestSpec, ValueInput, ZipLayout, write_request_zip
 
@@ -100,6 +103,43 @@ def test_signal_stops_engine_and_containers_with_a_failed_result(tmp_path: Path,
     action = unpacked_action(tmp_path / "r.zip", tmp_path)
     assert action["actionStatus"] == "http://schema.org/FailedActionStatus"
     assert run_containers(proc.pid) == []
+
+
+def test_a_burst_of_hangups_is_one_stop_not_an_interruption(tmp_path: Path) -> None:
+    """A dead server's PR_SET_PDEATHSIG comes once for each of its threads as they exit."""
+    proc = subprocess.Popen(cli("run", str(sleep_crate(tmp_path, 120)), "--out",
+                                str(tmp_path / "r.zip"), "--json", "--config",
+                                str(config(tmp_path))),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_container(proc.pid)
+    for _ in range(5):
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err
+    doc = json.loads(out)
+    assert doc["error"].startswith("the run was stopped by SIGHUP"), doc["error"]
+    assert "second signal" not in out + err
+    action = unpacked_action(tmp_path / "r.zip", tmp_path)
+    assert "stopped by SIGHUP" in str(action["error"])
+    assert run_containers(proc.pid) == []
+
+
+def test_a_second_signal_while_the_crate_is_written_does_not_lose_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are the main thread's")
+    real = pipeline.write_result_crate
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "write_result_crate", signalled)
+    outcome = api.run(sleep_crate(tmp_path, 0), tmp_path / "r.zip", config=config(tmp_path))
+    assert outcome.result == tmp_path / "r.zip" and outcome.result.is_file()
+    assert "SIGINT: already stopping, writing the result crate" in capfd.readouterr().err
 
 
 def test_after_sigkill_the_reaper_removes_containers_and_the_crate_runs_again(

@@ -11,16 +11,13 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from cratebridge.budget import DiskWatch
 from cratebridge.config import Config, load_config
@@ -58,6 +55,7 @@ from cratebridge.finish import (
 )
 from cratebridge.intake import open_crate, parse_request, verify_bag
 from cratebridge.intake.request import RunRequest
+from cratebridge.stopsignals import SignalStop
 
 __all__ = ["Interrupted", "PlanOutcome", "RunOutcome", "new_run_id", "plan", "run"]
 
@@ -211,30 +209,6 @@ def plan(crate: Path, *, engine: str | None = None, config: Config | Path | None
         _discard(scratch)
 
 
-@contextmanager
-def _signals_stop(stop: Stop) -> Iterator[None]:
-    """SIGTERM, SIGHUP and SIGINT ask the run to stop; a second one interrupts at once.
-
-    Asked, the engine's process group is stopped within a tick and the engine
-    still reports the steps it started, so the result crate records them; a
-    second signal raises :class:`~cratebridge.errors.Interrupted`.
-    """
-    def handler(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if not stop.request(name):
-            raise Interrupted(f"stopped by {name}, a second signal")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (the API used from a worker thread)
-        return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 #: A caller's run id: it names the run's folder, so a safe file name
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
@@ -272,7 +246,8 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
     emit = fan_out(events)
     emit(RunEvent("accepted", run_id, path=str(crate), labels=dict(tags) or None))
     stop = stop or Stop()
-    with _signals_stop(stop):
+    signals = SignalStop(stop)
+    with signals.installed():
         prepared = None
         try:
             emit(RunEvent("stage", run_id, stage="intake"))
@@ -294,22 +269,26 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
             emit(RunEvent("refused", run_id, error=str(exc) or type(exc).__name__,
                           exit_code=getattr(exc, "exit_code", None)))
             raise
-        emit(RunEvent("stage", run_id, stage="execute"))
-        threading.Thread(target=_load_writers, name="cratebridge-load-writers",
-                         daemon=True).start()
-        try:
-            last_words = last_words_for(
-                prepared.request, datetime.now(UTC), prepared.engine.name, plan_,
-                prepared.context, out, bagit=prepared.bagit, bag_info=prepared.bag_info,
-                log_bytes=cfg.limits.log_bytes, secrets=cfg.secrets, publisher=cfg.publisher)
-            with reaper.guard(prepared.context.sandbox, run_dir, last_words):
-                record = _execute(prepared, plan_, cfg, stop)
-        finally:
-            prepared.engine.release()
-        emit(RunEvent("stage", run_id, stage="package"))
-        written, record = write_result_crate(
-            prepared.request, replace(record, labels=tags), plan_, prepared.context, out,
-            bagit=prepared.bagit, bag_info=prepared.bag_info, publisher=cfg.publisher)
+        # from here on the run ends with its result crate: only the engine's own
+        # stretch may be cut short by a second signal (_execute records it)
+        with signals.not_cut_short():
+            emit(RunEvent("stage", run_id, stage="execute"))
+            threading.Thread(target=_load_writers, name="cratebridge-load-writers",
+                             daemon=True).start()
+            try:
+                last_words = last_words_for(
+                    prepared.request, datetime.now(UTC), prepared.engine.name, plan_,
+                    prepared.context, out, bagit=prepared.bagit, bag_info=prepared.bag_info,
+                    log_bytes=cfg.limits.log_bytes, secrets=cfg.secrets,
+                    publisher=cfg.publisher)
+                with reaper.guard(prepared.context.sandbox, run_dir, last_words):
+                    record = _execute(prepared, plan_, cfg, signals)
+            finally:
+                prepared.engine.release()
+            emit(RunEvent("stage", run_id, stage="package"))
+            written, record = write_result_crate(
+                prepared.request, replace(record, labels=tags), plan_, prepared.context, out,
+                bagit=prepared.bagit, bag_info=prepared.bag_info, publisher=cfg.publisher)
     _recorded_events(run_id, record, written, emit)
     if record.status is RunStatus.COMPLETED and not cfg.keep_runs:
         _discard(run_dir)
@@ -395,12 +374,15 @@ def _remove_stale_containers(runs_dir: Path) -> None:
     threading.Thread(target=sweep, name="cratebridge-sweep", daemon=True).start()
 
 
-def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config, stop: Stop) -> RunRecord:
+def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config,
+             signals: SignalStop) -> RunRecord:
     """Run the engine; whatever happens, return a record (failed when it did not finish).
 
     The run's disk is watched meanwhile: past its budget the run is stopped
-    like a signal stops it, and the engine reports the steps it started.
+    like a signal stops it, and the engine reports the steps it started. Only
+    the engine's own run may be cut short by a second signal.
     """
+    stop = signals.stop
     context = prepared.context
     started = datetime.now(UTC)
     uid, gid = cfg.step_uid_gid
@@ -419,7 +401,7 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config, stop: Stop) ->
             if timer is not None:
                 timer.start()
             with DiskWatch(context.run_dir, cfg.limits.disk, stop.request) as disk, \
-                    stoppable(stop), broker.serving():
+                    stoppable(stop), broker.serving(), signals.cut_short():
                 record = prepared.engine.run(plan_, context)
             # a run over its budget fails, even when its engine ended before the stop
             # (or a step passed the budget between two looks)
