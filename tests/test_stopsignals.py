@@ -16,7 +16,6 @@ from cratebridge.errors import Interrupted
 from cratebridge.stopsignals import SIGNALS, SignalStop
 
 
-
 def test_the_first_signal_asks_for_the_stop_and_names_it() -> None:
     stop = Stop()
     SignalStop(stop).handle(signal.SIGTERM)
@@ -81,3 +80,13 @@ def test_a_worker_thread_runs_without_handlers() -> None:
     thread.start()
     thread.join()
     assert seen == list(before.values())
+
+
+def test_a_run_stopped_before_its_engine_says_what_stopped_it() -> None:
+    stop = Stop()
+    stop.request("SIGTERM")
+    assert stop.before_start == "the run was stopped by SIGTERM before its engine started"
+    settled = Stop()
+    settled.request("the server's restart", before_start="the server stopped (no crate)")
+    assert settled.before_start == "the server stopped (no crate)"
+    assert settled.reason == "the server's restart"
