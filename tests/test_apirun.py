@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,18 @@ RUNS = [
 ]
 
 
+def refusal(stderr: bytes) -> bytes:
+    """A step's standard error, with the daemon's refusal as every client version says it.
+
+    The container's own output is kept whole. When the daemon refuses the run, the
+    message is the daemon's; what the client adds to it differs by version (docker
+    20.10 adds a full stop, and may log that its wait was cancelled; 28 adds a hint)."""
+    first = stderr.partition(b"\n")[0]
+    if first.startswith(b"docker: Error response from daemon: "):
+        return first.rstrip(b".") + b"\n"
+    return stderr
+
+
 @pytest.mark.parametrize("remove", [True, False])
 @pytest.mark.parametrize("command,stdin", RUNS)
 def test_a_run_through_the_api_answers_as_the_client(
@@ -148,7 +161,7 @@ def test_a_run_through_the_api_answers_as_the_client(
              *(["--rm"] if remove else []), f"--label=org.cratebridge.step={way}", IMAGE,
              *command],
             env=env, input=stdin, capture_output=True, check=False, timeout=120)
-        seen[way] = (done.returncode, done.stdout, done.stderr)
+        seen[way] = (done.returncode, done.stdout, refusal(done.stderr))
     assert through_api == ["api"]
     assert seen["api"] == seen["client"]
     entries = {e.token: e for e in read_ledger(sb.ledger).entries}
@@ -156,3 +169,64 @@ def test_a_run_through_the_api_answers_as_the_client(
     assert entries["api"].container.container_id  # recorded, as the client's
     if remove:
         assert sb.containers() == []  # both gone
+
+
+class StandInAPI:
+    """A stand-in for the daemon's API (not the real one): each call answers as scripted,
+    and the attached stream is one end of a socket pair the test writes frames into."""
+
+    def __init__(self, waited: tuple[int | None, str], start_error: str = "") -> None:
+        self.waited = waited
+        self.start_error = start_error
+        self.calls: list[str] = []
+        self.container_end, self.stream = socket.socketpair()
+
+    def create_container(self, body: dict[str, Any], name: str | None) -> tuple[str, str]:
+        self.calls.append("create")
+        return "c0ffee", ""
+
+    def attach(self, container: str, stdin: bool) -> socket.socket:
+        self.calls.append("attach")
+        return self.stream
+
+    def start(self, container: str) -> str:
+        self.calls.append("start")
+        if not self.start_error:  # the container writes one frame on stdout and ends
+            self.container_end.sendall(b"\1\0\0\0" + (3).to_bytes(4, "big") + b"hi\n")
+            self.container_end.close()
+        return self.start_error
+
+    def begin_wait(self, container: str,
+                   condition: str) -> Callable[[], tuple[int | None, str]]:
+        self.calls.append(f"wait {condition}")
+        return lambda: self.waited
+
+    def remove(self, container: str) -> None:
+        self.calls.append("remove")
+
+
+@pytest.mark.parametrize("waited,code,said", [
+    ((0, ""), 0, b""),
+    ((3, ""), 3, b""),
+    ((0, "removal of container c0ffee is already in progress"), 125,
+     b"Error waiting for container: removal of container c0ffee is already in progress\n"),
+    ((None, "No such container: c0ffee"), 125,
+     b"Error waiting for container: No such container: c0ffee\n"),
+])
+def test_a_wait_that_fails_ends_as_the_clients_with_125_and_says_why(
+        waited: tuple[int | None, str], code: int, said: bytes) -> None:
+    """The client, when the daemon's wait carries an error: "Error waiting for
+    container: ..." on stderr, after the output, and exit 125 (stand-in API)."""
+    stand_in = StandInAPI(waited)
+    proc = ContainerProcess(stand_in, RunSpec({}, None, False, True))  # type: ignore[arg-type]
+    assert proc.wait(10) == code
+    assert (proc.stdout.read(), proc.stderr.read()) == (b"hi\n", said)
+    assert stand_in.calls == ["create", "attach", "wait removed", "start"]
+
+
+def test_a_refused_start_says_the_start_error_not_the_wait() -> None:
+    stand_in = StandInAPI((None, "No such container: c0ffee"), start_error="no such image")
+    proc = ContainerProcess(stand_in, RunSpec({}, None, False, True))  # type: ignore[arg-type]
+    assert proc.wait(10) == 125
+    assert proc.stderr.read().startswith(b"docker: Error response from daemon: no such image\n")
+    assert stand_in.calls[-1] == "remove"

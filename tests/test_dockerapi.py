@@ -121,6 +121,30 @@ def test_a_probe_container_is_never_started_and_is_removed(docker_available: boo
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("condition", ["next-exit", "removed"])
+def test_a_wait_is_in_place_before_the_start_so_a_quick_end_is_seen(
+        docker_available: bool, condition: str) -> None:
+    """begin_wait returns when the daemon has the wait (not when it ends): a container
+    started after it and ending at once still gives its exit code, with either condition."""
+    api = local_api()
+    if api is None:
+        pytest.skip("the daemon here is not a local socket")
+    body = {"Image": "cratebridge/busybox:1", "Cmd": ["sh", "-c", "exit 7"],
+            "Labels": {"org.cratebridge.test": "wait"},
+            "HostConfig": {"NetworkMode": "none", "AutoRemove": condition == "removed"}}
+    container, error = api.create_container(body, None)
+    assert container is not None, error
+    try:
+        result = api.begin_wait(container, condition)  # returns though nothing ran yet
+        assert api.start(container) == ""
+        subprocess.run(["docker", "wait", container], capture_output=True, check=False)
+        assert result() == (7, "")
+    finally:
+        api.remove(container)
+    assert api.begin_wait(container, "next-exit")() == (None, f"No such container: {container}")
+
+
+@pytest.mark.docker
 def test_the_sweeps_find_the_same_containers_by_socket_and_by_client(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_available: bool) -> None:
     api = local_api()

@@ -22,7 +22,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -201,6 +201,7 @@ class ContainerProcess:
         self.returncode: int | None = None
         self._done = threading.Event()
         self._code: int | None = None
+        self._wait_error = ""
         out_read, self._out = os.pipe()
         err_read, self._err = os.pipe()
         self.stdout: BinaryIO = os.fdopen(out_read, "rb")
@@ -225,8 +226,9 @@ class ContainerProcess:
         try:
             if spec.interactive:
                 self.stdin = _Input(stream)
-            condition = "removed" if spec.auto_remove else "next-exit"
-            waiting = threading.Thread(target=self._wait, args=(cid, condition), daemon=True)
+            # the wait is in place before the start, as the client's: a quick end is seen
+            waited = self.api.begin_wait(cid, "removed" if spec.auto_remove else "next-exit")
+            waiting = threading.Thread(target=self._wait, args=(waited,), daemon=True)
             waiting.start()
             error = self.api.start(cid)
         except BaseException:
@@ -246,12 +248,15 @@ class ContainerProcess:
         self._close_outputs()
         self._done.set()
 
-    def _wait(self, cid: str, condition: str) -> None:
+    def _wait(self, waited: Callable[[], tuple[int | None, str]]) -> None:
         try:
-            code, _ = self.api.wait(cid, condition)
-        except OSError:
-            code = None
-        self._code = 125 if code is None else code
+            code, error = waited()
+        except OSError as exc:
+            code, error = None, str(exc)
+        if code is None or error:  # as the client: it says so, and exits 125
+            self._wait_error = f"Error waiting for container: {error or 'no exit code'}\n"
+            code = 125
+        self._code = code
 
     def _demux(self, stream: socket.socket, waiting: threading.Thread) -> None:
         """The attached stream's frames to the two pipes, then the exit code."""
@@ -269,8 +274,10 @@ class ContainerProcess:
         finally:
             buffered.close()
             stream.close()
-            self._close_outputs()
             waiting.join()
+            if self._wait_error and self._err >= 0:
+                _write_all(self._err, self._wait_error.encode())
+            self._close_outputs()
             self._done.set()
 
     def _close_outputs(self) -> None:

@@ -24,7 +24,7 @@ import base64
 import json
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -154,18 +154,37 @@ class DockerAPI:
         status, _, answer = self._call("POST", f"/containers/{quote(container)}/start")
         return "" if status in (204, 304) else _message(_json(answer), status)
 
-    def wait(self, container: str, condition: str) -> tuple[int | None, str]:
-        """Block until the container reaches ``condition`` (``next-exit``, ``removed``):
-        its exit code, or None and why not. Waits without a time limit."""
-        status, _, answer = self._call(
-            "POST", f"/containers/{quote(container)}/wait?" + urlencode({"condition": condition}),
-            timeout=None)
-        found = _json(answer)
-        code = found.get("StatusCode")
-        error = found.get("Error")
-        if status != 200 or not isinstance(code, int):
-            return None, _message(found, status)
-        return code, str(error.get("Message") or "") if isinstance(error, dict) else ""
+    def begin_wait(self, container: str,
+                   condition: str) -> Callable[[], tuple[int | None, str]]:
+        """Ask the daemon to wait until the container reaches ``condition`` (``next-exit``,
+        ``removed``); return once it has taken the request.
+
+        The daemon answers the head of a wait as soon as the wait is in place, and
+        the body when the condition is met, so the ``docker`` client starts the
+        container only after the head: however soon the container then ends, its
+        end is seen. The returned call reads the body, without a time limit: the
+        exit code, or None and why not.
+        """
+        url = f"/containers/{quote(container)}/wait?" + urlencode({"condition": condition})
+        sock = self._send("POST", url)
+        try:
+            status, _, rest = _head(sock, "POST", url)
+        except BaseException:
+            sock.close()
+            raise
+
+        def result() -> tuple[int | None, str]:
+            try:
+                sock.settimeout(None)
+                found = _json(_body(sock, rest, 1 << 20))
+            finally:
+                sock.close()
+            code, error = found.get("StatusCode"), found.get("Error")
+            if status != 200 or not isinstance(code, int):
+                return None, _message(found, status)
+            return code, str(error.get("Message") or "") if isinstance(error, dict) else ""
+
+        return result
 
     def attach(self, container: str, stdin: bool) -> socket.socket:
         """The container's output (and input, with ``stdin``) on one connection, as the
@@ -249,29 +268,55 @@ class DockerAPI:
         At most ``limit`` bytes of the body are read (and returned). ``timeout``:
         seconds, None for none, True for the API's own.
         """
+        with self._send(method, url, body, timeout) as sock:
+            status, headers, rest = _head(sock, method, url)
+            return status, headers, b"" if method == "HEAD" else _body(sock, rest, limit)
+
+    def _send(self, method: str, url: str, body: bytes | None = None,
+              timeout: float | bool | None = True) -> socket.socket:
+        """A connection that has sent the request (``timeout`` as :meth:`_call`'s)."""
         head = f"{method} {url} HTTP/1.0\r\nHost: docker\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        data = bytearray()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
             sock.settimeout(self.timeout if timeout is True else timeout)
             sock.connect(self.path)
             sock.sendall(head.encode() + b"\r\n" + (body or b""))
-            while len(data) < limit + _MAX_HEADERS:
-                chunk = sock.recv(1 << 16)
-                if not chunk or (method == "HEAD" and b"\r\n\r\n" in data + chunk):
-                    data += chunk
-                    break
-                data += chunk
-        header, found, rest = bytes(data).partition(b"\r\n\r\n")
-        lines = header.decode("latin-1").split("\r\n")
-        status = lines[0].split(" ", 2)
-        if not found or len(status) < 2 or not status[1].isdigit():
-            raise OSError(f"the Docker daemon at {self.path} gave no HTTP answer to {method} "
-                          f"{url.partition('?')[0]}")
-        headers = {name.strip().lower(): value.strip()
-                   for name, _, value in (line.partition(":") for line in lines[1:])}
-        return int(status[1]), headers, rest[:limit]
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def _head(sock: socket.socket, method: str, url: str) -> tuple[int, dict[str, str], bytes]:
+    """An answer's status and headers, and what came of its body with them."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < _MAX_HEADERS:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    header, found, rest = data.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if not found or len(status) < 2 or not status[1].isdigit():
+        raise OSError(f"the Docker daemon at {sock.getpeername()} gave no HTTP answer to "
+                      f"{method} {url.partition('?')[0]}")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(status[1]), headers, rest
+
+
+def _body(sock: socket.socket, rest: bytes, limit: int) -> bytes:
+    """The rest of an answer's body, to its end (the daemon closes) or ``limit`` bytes."""
+    data = bytearray(rest)
+    while len(data) < limit:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data[:limit])
 
 
 def _json(body: bytes) -> dict[str, Any]:
