@@ -394,9 +394,7 @@ def _execute(prepared: _Prepared, plan_: EnginePlan, cfg: Config,
         if cfg.timeout else None
     try:
         if stop.is_set():
-            record = failed_record(prepared.engine.name, context, started,
-                                   f"the run was stopped by {stop.reason} before its engine "
-                                   "started")
+            record = failed_record(prepared.engine.name, context, started, stop.before_start)
         else:
             if timer is not None:
                 timer.start()

@@ -66,15 +66,22 @@ class Stop:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._reason: str | None = None
+        self._before_start: str | None = None
         self.when: datetime | None = None
         self._lock = threading.Lock()
 
-    def request(self, reason: str) -> bool:
-        """Ask for the stop; False when one was already asked for."""
+    def request(self, reason: str, *, before_start: str | None = None) -> bool:
+        """Ask for the stop; False when one was already asked for.
+
+        ``before_start``: the whole error of a run this stops before its engine
+        starts, when "the run was stopped by REASON before its engine started"
+        would not say it right.
+        """
         with self._lock:
             if self._event.is_set():
                 return False
             self._reason = reason
+            self._before_start = before_start
             self.when = datetime.now(UTC)
             self._event.set()
             return True
@@ -82,6 +89,12 @@ class Stop:
     @property
     def reason(self) -> str | None:
         return self._reason
+
+    @property
+    def before_start(self) -> str:
+        """The error of a run stopped before its engine started."""
+        return self._before_start or (f"the run was stopped by {self._reason} "
+                                      "before its engine started")
 
     def is_set(self) -> bool:
         return self._event.is_set()

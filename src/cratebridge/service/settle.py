@@ -4,7 +4,8 @@
 runs the request through the same pipeline as ``cratebridge run`` with a stop
 already asked: intake, policy and the engine's plan happen, no engine starts,
 and the pipeline writes a result crate with ``FailedActionStatus`` whose error
-says ``REASON``. Prints the ``--json`` document of ``cratebridge run``; exit
+is ``REASON`` (and that the crate was written at the restart, without the
+run's steps). Prints the ``--json`` document of ``cratebridge run``; exit
 codes as ``cratebridge run``'s.
 """
 
@@ -33,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine")
     args = parser.parse_args(argv)
     stop = Stop()
-    stop.request(args.reason)
+    stop.request("the server's restart", before_start=f"{args.reason} (this crate was written "
+                 "when the server restarted: the run's steps are not in it)")
     try:
         outcome = run(args.request, args.out, engine=args.engine, config=args.config,
                       stop=stop)
