@@ -147,6 +147,28 @@ def test_a_run_killed_before_it_wrote_a_crate_gets_one_at_restart(
             release_stale(server.runs)
 
 
+def test_a_run_killed_while_the_server_runs_ends_with_its_reapers_crate(
+        make_server: Any, tmp_path: Path) -> None:
+    """kill -9 of the run's own process (as the OOM killer would), the server still up:
+    its reaper removes its containers and writes its crate, and the run ends with it."""
+    server: Server = make_server(max_concurrent_runs=1).start()
+    run_id = server.run_id(sleep_crate(tmp_path, 300))
+    server.wait(run_id, until=lambda s: s == "RUNNING", timeout=120)
+    tree = run_tree(run_id)
+    assert tree, "the run's process was not found"
+    os.kill(tree[0], signal.SIGKILL)  # the cratebridge process only
+    log = server.wait(run_id, timeout=120)
+    assert (log["state"], log["cratebridge"]["outcome"]) == ("SYSTEM_ERROR", "error"), log
+    assert "killed by signal 9" in log["cratebridge"]["reason"]
+    result = server.download(run_id, tmp_path / "reaped.zip")
+    root = open_crate(result, tmp_path / "reaped").root
+    graph = json.loads((root / "ro-crate-metadata.json").read_text())["@graph"]
+    action = next(e for e in graph if e.get("@type") == "CreateAction")
+    assert action["actionStatus"] == FAILED
+    assert "cratebridge was killed while the run went on" in action["error"], action
+    assert labelled_containers("docker", f"{RUN_LABEL}={run_id}") == []
+
+
 def test_settle_writes_a_failed_result_crate_through_the_pipeline(
         tmp_path: Path, docker_available: bool) -> None:
     """What the server does at restart for a running run that wrote no result crate."""

@@ -37,7 +37,7 @@ from typing import Any
 from cratebridge.config import ServiceSettings
 from cratebridge.containers.reaper import SETPRIV
 from cratebridge.service.store import RunRow, Store
-from cratebridge.service.wes import SERVER_STOPPED, outcome_of
+from cratebridge.service.wes import SERVER_STOPPED, live_tasks, outcome_of
 
 __all__ = ["RunFiles", "Scheduler", "now"]
 
@@ -179,9 +179,23 @@ class Scheduler:
             ended = [(i, c) for i, c in self._children.items() if c.proc.poll() is not None]
         for run_id, child in ended:
             code = child.proc.returncode
-            self._finish(run_id, code, self._stopping)
+            files = self.files(run_id)
+            if code < 0 and not files.result.is_file() and live_tasks(files.events)[0]:
+                # killed while its engine ran (kill -9, the OOM killer): its reaper is
+                # writing its crate; the run ends once it is there, without holding the queue
+                settler = threading.Thread(target=self._finish_after_reaper,
+                                           args=(run_id, code, self._stopping),
+                                           name=f"cratebridge-reaped-{run_id}", daemon=True)
+                self._settlers = [*(t for t in self._settlers if t.is_alive()), settler]
+                settler.start()
+            else:
+                self._finish(run_id, code, self._stopping)
             with self._lock:
                 del self._children[run_id]
+
+    def _finish_after_reaper(self, run_id: str, exit_code: int, stopped: str | None) -> None:
+        _wait_for(self.files(run_id).result.is_file, _AFTER_KILL)
+        self._finish(run_id, exit_code, stopped)
 
     def _finish(self, run_id: str, exit_code: int | None, stopped: str | None) -> None:
         files = self.files(run_id)
