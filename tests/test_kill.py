@@ -506,3 +506,23 @@ def test_a_stuck_stale_container_does_not_delay_the_next_run(tmp_path: Path) -> 
         subprocess.run(["pkill", "-f", f"sleep {hang}"], check=False)
         if stuck:
             subprocess.run([real, "rm", "-f", stuck], capture_output=True, check=False)
+
+
+def test_a_living_reaper_is_found_by_its_run(tmp_path: Path) -> None:
+    """What the service asks before it records a killed run: is its reaper still at work?"""
+    from cratebridge.containers.reaper import RunRemains, reaping
+
+    run_id = f"reaping-{uuid.uuid4().hex[:8]}"
+    remains = RunRemains(run_id, "vm:1", "docker", tmp_path / run_id, tmp_path / "ledger.jsonl")
+    watch = subprocess.Popen([sys.executable, "-m", "cratebridge.containers.reaper_watch",
+                              json.dumps(remains.to_json())], stdin=subprocess.PIPE)
+    try:
+        assert reaping(run_id)
+        assert not reaping(run_id + "-other") and not reaping(run_id[:-1])
+    finally:
+        assert watch.stdin is not None
+        # no last words, then "done": the run ended well, the reaper exits doing nothing
+        watch.stdin.write(bytes(16) + b"done\n")
+        watch.stdin.close()
+        watch.wait(10)
+    assert not reaping(run_id)

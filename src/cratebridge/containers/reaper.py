@@ -35,7 +35,7 @@ from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labe
 from cratebridge.exits import wait_exit
 
 __all__ = ["LastWords", "Removed", "RunRemains", "after_death", "dies_with_us", "guard", "reap",
-           "submitted_jobs"]
+           "reaping", "submitted_jobs"]
 
 #: Seconds to wait before each sweep for containers: a ``docker run`` killed with
 #: cratebridge may still have its container created (and started) by the daemon.
@@ -241,6 +241,29 @@ def _note(ledger: Path, removed: Removed) -> None:
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
+
+
+def reaping(run_id: str) -> bool:
+    """Whether run ``run_id``'s reaper is alive (on this host): after its run died, it
+    may still be removing the run's containers and writing the run's crate.
+
+    Each reaper is ``python -m cratebridge.containers.reaper_watch REMAINS-JSON``,
+    and its remains name its run.
+    """
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if len(argv) >= 4 and argv[-4:-2] == [b"-m", b"cratebridge.containers.reaper_watch"]:
+            try:
+                if json.loads(argv[-2]).get("run_id") == run_id:
+                    return True
+            except (ValueError, AttributeError):
+                continue
+    return False
 
 
 def after_death(remains: str, module: str, payload: bytes) -> int:

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from cratebridge.config import ServiceSettings
-from cratebridge.containers.reaper import SETPRIV
+from cratebridge.containers.reaper import SETPRIV, reaping
 from cratebridge.service.store import RunRow, Store
-from cratebridge.service.wes import SERVER_STOPPED, live_tasks, outcome_of
+from cratebridge.service.wes import SERVER_STOPPED, outcome_of
 
 __all__ = ["RunFiles", "Scheduler", "now"]
 
@@ -180,9 +180,9 @@ class Scheduler:
         for run_id, child in ended:
             code = child.proc.returncode
             files = self.files(run_id)
-            if code < 0 and not files.result.is_file() and live_tasks(files.events)[0]:
+            if code < 0 and not files.result.is_file() and reaping(run_id):
                 # killed while its engine ran (kill -9, the OOM killer): its reaper is
-                # writing its crate; the run ends once it is there, without holding the queue
+                # writing its crate; the run ends once it has, without holding the queue
                 settler = threading.Thread(target=self._finish_after_reaper,
                                            args=(run_id, code, self._stopping),
                                            name=f"cratebridge-reaped-{run_id}", daemon=True)
@@ -194,8 +194,14 @@ class Scheduler:
                 del self._children[run_id]
 
     def _finish_after_reaper(self, run_id: str, exit_code: int, stopped: str | None) -> None:
-        _wait_for(self.files(run_id).result.is_file, _AFTER_KILL)
+        self._await_reaper(run_id)
         self._finish(run_id, exit_code, stopped)
+
+    def _await_reaper(self, run_id: str) -> None:
+        """Wait (at most ``_AFTER_KILL``) until the dead run's crate is there or its
+        reaper is gone (it removes the containers first, then writes the crate)."""
+        result = self.files(run_id).result
+        _wait_for(lambda: result.is_file() or not reaping(run_id), _AFTER_KILL)
 
     def _finish(self, run_id: str, exit_code: int | None, stopped: str | None) -> None:
         files = self.files(run_id)
@@ -276,6 +282,7 @@ class Scheduler:
         files = self.files(row.id)
         if row.pid is not None and row.pid_start is not None:
             self._await_exit(row.pid, row.pid_start, files)
+        self._await_reaper(row.id)  # a run killed with the server: its reaper may be writing
         doc = files.read_doc()
         rejected = doc is not None and doc.get("exit_code") in (2, 3, 4, 5)
         if not files.result.is_file() and not rejected and files.request.is_file():
