@@ -168,7 +168,7 @@ class DockerAPI:
         url = f"/containers/{quote(container)}/wait?" + urlencode({"condition": condition})
         sock = self._send("POST", url)
         try:
-            status, _, rest = _head(sock, "POST", url)
+            status, _, rest = _head(sock, "POST", url, self.path)
         except BaseException:
             sock.close()
             raise
@@ -269,7 +269,7 @@ class DockerAPI:
         seconds, None for none, True for the API's own.
         """
         with self._send(method, url, body, timeout) as sock:
-            status, headers, rest = _head(sock, method, url)
+            status, headers, rest = _head(sock, method, url, self.path)
             return status, headers, b"" if method == "HEAD" else _body(sock, rest, limit)
 
     def _send(self, method: str, url: str, body: bytes | None = None,
@@ -289,8 +289,10 @@ class DockerAPI:
         return sock
 
 
-def _head(sock: socket.socket, method: str, url: str) -> tuple[int, dict[str, str], bytes]:
-    """An answer's status and headers, and what came of its body with them."""
+def _head(sock: socket.socket, method: str, url: str,
+          daemon: str) -> tuple[int, dict[str, str], bytes]:
+    """An answer's status and headers, and what came of its body with them (``daemon``:
+    the socket's path, for the error)."""
     data = b""
     while b"\r\n\r\n" not in data and len(data) < _MAX_HEADERS:
         chunk = sock.recv(1 << 16)
@@ -301,8 +303,8 @@ def _head(sock: socket.socket, method: str, url: str) -> tuple[int, dict[str, st
     lines = header.decode("latin-1").split("\r\n")
     status = lines[0].split(" ", 2)
     if not found or len(status) < 2 or not status[1].isdigit():
-        raise OSError(f"the Docker daemon at {sock.getpeername()} gave no HTTP answer to "
-                      f"{method} {url.partition('?')[0]}")
+        raise OSError(f"the Docker daemon at {daemon} gave no HTTP answer to {method} "
+                      f"{url.partition('?')[0]}")
     headers = {name.strip().lower(): value.strip()
                for name, _, value in (line.partition(":") for line in lines[1:])}
     return int(status[1]), headers, rest
