@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 
 from cratebridge.engines.process import Stop
@@ -55,19 +55,17 @@ class SignalStop:
             return
         raise Interrupted(f"stopped by {name}, a second signal")
 
-    @contextmanager
-    def not_cut_short(self) -> Iterator[None]:
+    def not_cut_short(self) -> AbstractContextManager[None]:
         """A second signal does not interrupt the block (it is noted on stderr)."""
-        before, self._cut_short = self._cut_short, False
-        try:
-            yield
-        finally:
-            self._cut_short = before
+        return self._cutting_short(False)
+
+    def cut_short(self) -> AbstractContextManager[None]:
+        """Inside a :meth:`not_cut_short` block, a part a second signal may interrupt."""
+        return self._cutting_short(True)
 
     @contextmanager
-    def cut_short(self) -> Iterator[None]:
-        """Inside a :meth:`not_cut_short` block, a part a second signal may interrupt."""
-        before, self._cut_short = self._cut_short, True
+    def _cutting_short(self, allowed: bool) -> Iterator[None]:
+        before, self._cut_short = self._cut_short, allowed
         try:
             yield
         finally:
