@@ -517,7 +517,12 @@ def test_a_living_reaper_is_found_by_its_run(tmp_path: Path) -> None:
     watch = subprocess.Popen([sys.executable, "-m", "cratebridge.containers.reaper_watch",
                               json.dumps(remains.to_json())], stdin=subprocess.PIPE)
     try:
-        assert reaping(run_id)
+        # Popen returns while the kernel is still in the reaper's execve (its file
+        # descriptors closed, its argv not yet in place: /proc shows an empty cmdline)
+        deadline = time.monotonic() + 10
+        while not (found := reaping(run_id)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert found
         assert not reaping(run_id + "-other") and not reaping(run_id[:-1])
     finally:
         assert watch.stdin is not None
