@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_snakemake_targets import PIPE, SERVICE
 
 from cratebridge.config import Config
 from cratebridge.engines.record import RunStatus
@@ -112,3 +113,122 @@ def test_a_shadow_rule_with_a_benchmark_on_slurm(
     assert linked == "link"
     header, row = (workdir / "minimal.bench.tsv").read_text().splitlines()
     assert header.startswith("s\th:m:s") and float(row.split("\t")[0]) > 0
+
+
+# Jobs Snakemake joins into a group job: one Slurm job each group, whose own
+# Snakemake runs them with the local executor (a pipe's writer and reader at once;
+# a group:'s jobs one after the other). Snakemake forms groups from group: only on
+# a cluster.
+PIPE_AND_GROUP = PIPE.replace('input: "out.txt"\n', 'input: "out.txt", "grouped.txt"\n', 1) + '''
+rule first:
+    output: "first.txt"
+    group: "pair"
+    container: "docker://cratebridge/busybox:1"
+    shell: "echo one > {output}"
+
+rule second:
+    input: "first.txt"
+    output: "grouped.txt"
+    group: "pair"
+    benchmark: "second.bench.tsv"
+    container: "docker://cratebridge/busybox:1"
+    shell: "cat {input} > {output}; echo two >> {output}"
+'''
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_a_pipe_and_a_group_each_run_as_one_slurm_job(
+        tmp_path: Path, make_request: Callable[..., Path], config: Callable[[str], Config],
+        slurm: bool, docker_available: bool) -> None:
+    outcome = run(make_request(PIPE_AND_GROUP), tmp_path / "result", engine="snakemake",
+                  config=config(SLURM))
+    assert outcome.exit_code == 0, outcome.record.error
+    exported = outcome.run_dir / "outputs"
+    assert (exported / "out.txt").read_text() == "data\n"
+    assert (exported / "grouped.txt").read_text() == "one\ntwo\n"
+    steps = {s.step: s for s in outcome.record.steps}
+    assert sorted(steps) == ["consume", "first", "produce", "second"]
+    assert all(s.status is RunStatus.COMPLETED and s.container for s in steps.values())
+    piped, grouped = steps["produce"].native_id, steps["first"].native_id
+    assert piped and grouped and piped.isdigit() and grouped.isdigit() and piped != grouped
+    assert steps["consume"].native_id == piped and steps["second"].native_id == grouped
+    # the pipe's jobs at once, in two containers; the group's one after the other
+    assert steps["consume"].container != steps["produce"].container
+    assert steps["consume"].start_time < steps["produce"].end_time
+    assert steps["produce"].start_time < steps["consume"].end_time
+    assert steps["first"].end_time <= steps["second"].start_time
+    assert _sacct([piped, grouped]) == {piped: "COMPLETED 0:0", grouped: "COMPLETED 0:0"}
+    header, row = (outcome.run_dir / "work" / "snakemake" / "second.bench.tsv") \
+        .read_text().splitlines()
+    assert header.startswith("s\th:m:s") and float(row.split("\t")[0]) > 0
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_a_service_and_its_reader_run_as_one_slurm_job(
+        tmp_path: Path, make_request: Callable[..., Path], config: Callable[[str], Config],
+        slurm: bool, docker_available: bool) -> None:
+    outcome = run(make_request(SERVICE), tmp_path / "result", engine="snakemake",
+                  config=config(SLURM))
+    assert outcome.exit_code == 0, outcome.record.error
+    assert (outcome.run_dir / "outputs" / "a.txt").read_text() == "served\nserved\n"
+    steps = {s.step: s for s in outcome.record.steps}
+    assert sorted(steps) == ["a", "serve"]
+    assert all(s.status is RunStatus.COMPLETED and s.container for s in steps.values())
+    native = steps["serve"].native_id
+    assert native and native.isdigit() and steps["a"].native_id == native
+    # started first, stopped once its reader ended, long before its own end
+    assert steps["serve"].start_time < steps["a"].start_time
+    assert steps["a"].end_time <= steps["serve"].end_time
+    assert steps["serve"].exit_code != 0
+    assert (steps["serve"].end_time - steps["serve"].start_time).total_seconds() < 300
+    assert _sacct([native]) == {native: "COMPLETED 0:0"}
+
+
+# one group: a pipe whose writer fails, then a job after it
+GROUP_WRITER_FAILS = '''
+rule all:
+    input: "last.txt"
+
+rule produce:
+    output: pipe("stream.txt")
+    group: "g"
+    container: "docker://cratebridge/busybox:1"
+    shell: "echo no data >&2; exit 3"
+
+rule consume:
+    input: "stream.txt"
+    output: "out.txt"
+    group: "g"
+    container: "docker://cratebridge/busybox:1"
+    shell: "cat {input} > {output}"
+
+rule last:
+    input: "out.txt"
+    output: "last.txt"
+    group: "g"
+    container: "docker://cratebridge/busybox:1"
+    shell: "cp {input} {output}"
+'''
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_a_failing_pipe_writer_stops_its_group_and_fails_its_slurm_job(
+        tmp_path: Path, make_request: Callable[..., Path], config: Callable[[str], Config],
+        slurm: bool, docker_available: bool) -> None:
+    outcome = run(make_request(GROUP_WRITER_FAILS), tmp_path / "result", engine="snakemake",
+                  config=config(SLURM))
+    assert outcome.exit_code == 1
+    assert "produce (exit 3)" in str(outcome.record.error)
+    assert "no data" in str(outcome.record.error)
+    steps = {s.step: s for s in outcome.record.steps}
+    # the reader was stopped; the job after them never started, as with bare Snakemake
+    assert {name: s.status for name, s in steps.items()} == \
+        {"produce": RunStatus.FAILED, "consume": RunStatus.FAILED}
+    events = (outcome.run_dir / "work" / "events.jsonl").read_text().splitlines()
+    assert sum('"event": "finished"' in line for line in events) == 2
+    native = steps["produce"].native_id
+    assert native and native.isdigit() and steps["consume"].native_id == native
+    assert _sacct([native])[native].startswith("FAILED")

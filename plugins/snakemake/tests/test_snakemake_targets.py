@@ -15,8 +15,7 @@ import pytest
 
 from cratebridge.config import Config
 from cratebridge.engines.record import FileRecord, RunStatus
-from cratebridge.errors import UnsupportedCrate
-from cratebridge.pipeline import RunOutcome, plan, run
+from cratebridge.pipeline import RunOutcome, run
 from cratebridge.testing.crates import RequestSpec, write_request_zip
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "workflows" / "snakemake"
@@ -238,20 +237,6 @@ def test_a_pipe_writer_that_fails_stops_its_reader_and_fails_the_run(
     # each job ended once: the reader stopped is not waited for again
     events = (outcome.run_dir / "work" / "events.jsonl").read_text().splitlines()
     assert sum('"event": "finished"' in line for line in events) == 2
-
-
-def test_a_pipe_or_a_service_on_slurm_is_refused_in_the_plan(
-        make_request: MakeRequest, config: Callable[[str], Config]) -> None:
-    slurm = config('[engines.snakemake]\nexecutor = "slurm"\n')
-    with pytest.raises(UnsupportedCrate, match=r"rule produce has the output "
-                                               r"pipe\('stream\.txt'\).*on Slurm each job "
-                                               r"runs on its own") as caught:
-        plan(make_request(PIPE), engine="snakemake", config=slurm)
-    assert caught.value.exit_code == 3
-    assert "produce" in str(caught.value.where)
-    service = PIPE.replace('pipe("stream.txt")', 'service("stream.txt")')
-    with pytest.raises(UnsupportedCrate, match=r"service\('stream\.txt'\).*on Slurm"):
-        plan(make_request(service), engine="snakemake", config=slurm)
 
 
 # As Snakemake's own test_service_jobs: a service makes its file and never ends; a

@@ -11,8 +11,8 @@ Rules that run nothing are reported done at once; those that make files
 (``touch()`` outputs, made by Snakemake itself) get their two events too,
 with no image. A ``benchmark:`` file is written here, from the container's
 time; the jobs of a group (joined by ``pipe()`` or ``service()``) run at once,
-a service stopped when its readers have ended. A ``run:`` or ``script:`` job
-runs Snakemake's own per-job command in an image with Snakemake
+a service stopped when its readers have ended (:mod:`cratebridge_snakemake.groups`).
+A ``run:`` or ``script:`` job runs Snakemake's own per-job command in an image with Snakemake
 (:mod:`cratebridge_snakemake.snakejob`). The workflow's final targets are
 written when the executor starts and again when it shuts down, after
 checkpoints have updated the DAG.
@@ -42,9 +42,9 @@ from snakemake_interface_executor_plugins.settings import (
 )
 
 from cratebridge_snakemake.benchmarks import write_benchmark
+from cratebridge_snakemake.groups import GroupRun, JobFailed, Launched
 from cratebridge_snakemake.jobs import (
     EventLog,
-    JobSpec,
     SnakemakeJob,
     now,
     spec_for,
@@ -57,7 +57,7 @@ from cratebridge_snakemake.snakejob import (
 )
 
 __all__ = ["CratebridgeSettings", "Executor", "ExecutorSettings", "JobFailed", "common_settings",
-           "record_group", "record_norun", "record_targets", "snakemake_job",
+           "record_norun", "record_targets", "service_files", "snakemake_job",
            "target_files"]
 
 common_settings = CommonSettings(
@@ -97,21 +97,6 @@ class CratebridgeSettings:
 @dataclass
 class ExecutorSettings(ExecutorSettingsBase, CratebridgeSettings):  # type: ignore[misc]
     """The local executor's settings: ours (:class:`CratebridgeSettings`)."""
-
-
-class JobFailed(Exception):
-    """A job's container exited non-zero, or the job could not be started."""
-
-
-@dataclass
-class _Launched:
-    """A job whose container was started: its spec, start time and docker client."""
-
-    job: Any
-    spec: JobSpec
-    start: str
-    began: float
-    proc: subprocess.Popen[bytes]
 
 
 def events_of(workflow: Any) -> EventLog:
@@ -182,25 +167,9 @@ def record_norun(job: Any, workdir: str, events: EventLog) -> None:
     events.finished(spec, start=start, exit_code=None, status="success")
 
 
-def record_group(group: Any, workdir: str, events: EventLog, why: str) -> str:
-    """A group job we cannot run (``why``): refused, each of its jobs failed.
-
-    On Slurm every group is refused (each job is a Slurm job of its own). The
-    plan refuses such rules when it sees them; one can still appear once a
-    checkpoint has changed the DAG. Each job of the group gets its two events
-    with the reason, so that the run's error names them.
-    """
-    jobs = sorted(group.jobs, key=lambda j: j.jobid or 0)
-    rules = ", ".join(sorted({j.rule.name for j in jobs}))
-    error = (f"rules {rules} are joined into one group job (by pipe() or service() outputs, "
-             f"or group:): Snakemake would run them together, but {why}; write regular "
-             "files instead of pipe() or service()")
-    for job in jobs:
-        spec = spec_for(job, workdir, None, norun=True)
-        start = now()
-        events.started(spec, start=start)
-        events.finished(spec, start=start, exit_code=None, status="failed", error=error)
-    return error
+def service_files(job: Any, workdir: str) -> list[str]:
+    """A job's ``service()`` outputs, as absolute paths (none: the job is no service)."""
+    return [os.path.join(workdir, str(f)) for f in job.output if is_flagged(f, "service")]
 
 
 class Executor(RealExecutor):  # type: ignore[misc]
@@ -214,7 +183,11 @@ class Executor(RealExecutor):  # type: ignore[misc]
         self.shell, self.bash_images = shell_of(self.workflow)
         self.docker = shutil.which("docker") or "docker"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        record_targets(self.workflow, self.events)
+        # a group's Snakemake in a Slurm job (--mode remote) runs only the group's jobs:
+        # the run's targets are the outer Snakemake's to say
+        self.whole_run = not self.workflow.remote_exec
+        if self.whole_run:
+            record_targets(self.workflow, self.events)
 
     def get_exec_mode(self) -> ExecMode:
         return ExecMode.SUBPROCESS
@@ -241,89 +214,25 @@ class Executor(RealExecutor):  # type: ignore[misc]
         self._wait(self._launch(job))
 
     def _run_group(self, group: Any) -> None:
-        """A group job: its jobs level by level, those joined by a ``pipe()`` or a
-        ``service()`` at once.
-
-        Snakemake joins jobs that share a ``pipe()`` or ``service()`` output into a
-        group, whose jobs must run at the same time: each runs in its own
-        container, and the pipe (a FIFO Snakemake makes in the working folder,
-        which every job mounts) or the service's file (a socket, a link) joins
-        them as it joins two processes. A service starts first, and the jobs
-        reading it once its outputs are there (as a bare job waits for its
-        inputs, up to ``--latency-wait``); when they have all ended, the
-        service is stopped, as Snakemake stops it, and recorded as done. When a
-        job fails, the others of its level are stopped (a reader would wait
-        forever for a writer that is gone), and the group fails with it.
-        """
+        """A group job (joined by ``pipe()`` or ``service()`` outputs): its jobs level by
+        level, those of a level at once (:class:`~cratebridge_snakemake.groups.GroupRun`)."""
         workdir = str(self.workflow.workdir_init)
+        run = GroupRun(launch=self._launch, finish=self._wait, stopped=self._stopped,
+                       service_files=partial(service_files, workdir=workdir),
+                       latency_wait=float(self.workflow.execution_settings.latency_wait or 0))
         for level in self.workflow.dag.toposorted(group.jobs, inherit_pipe_dependencies=True):
-            serving: list[_Launched] = []
-            launched: list[_Launched] = []
-            try:
-                for job in level:
-                    if job.is_norun:
-                        record_norun(job, workdir, self.events)
-                    elif job.is_service:
-                        serving.append(self._launch(job))
-                self._await_services(serving)
-                for job in level:  # a pipe's writer before its readers: it makes the FIFO
-                    if not job.is_norun and not job.is_service:
-                        launched.append(self._launch(job))
-            except JobFailed:
-                self._stop([*launched, *serving])
-                raise
-            errors: list[JobFailed] = []
-            pending = list(launched)
-            while pending:
-                done = next((one for one in pending if one.proc.poll() is not None), None)
-                if done is None:
-                    time.sleep(0.05)
-                    continue
-                pending.remove(done)
-                try:
-                    self._wait(done)
-                except JobFailed as exc:
-                    errors.append(exc)
-                    self._stop(pending)  # waited for (and recorded) there
-                    pending.clear()
-            if errors:
-                self._stop(serving)
-                raise errors[0]
-            self._end_services(serving)
+            for job in level:
+                if job.is_norun:
+                    record_norun(job, workdir, self.events)
+            run.level([job for job in level if not job.is_norun])
 
-    def _await_services(self, serving: list[_Launched]) -> None:
-        """Wait until each service has made its ``service()`` outputs; :class:`JobFailed`
-        when it ends first or they are not there within ``--latency-wait``."""
-        wait = max(float(self.workflow.execution_settings.latency_wait or 0), 5.0)
-        deadline = time.monotonic() + wait
-        for one in serving:
-            made = [os.path.join(str(self.workflow.workdir_init), str(f))
-                    for f in one.job.output if is_flagged(f, "service")]
-            while not all(os.path.lexists(path) for path in made):
-                if one.proc.poll() is not None:
-                    self._wait(one)  # raises for a failure; an exit 0 is no service either
-                    raise JobFailed(f"rule {one.spec.rule}: its service ended before making "
-                                    f"{', '.join(map(repr, made))}")
-                if time.monotonic() > deadline:
-                    raise JobFailed(f"rule {one.spec.rule}: its service() output did not "
-                                    f"appear within {wait:.0f} s (--latency-wait)")
-                time.sleep(0.05)
+    def _stopped(self, launched: Launched, code: int) -> None:
+        """A service stopped once its readers ended: recorded as done."""
+        self.processes.pop(launched.spec.token, None)
+        self.events.finished(launched.spec, start=launched.start, exit_code=code,
+                             status="success", service_stopped=True)
 
-    def _end_services(self, serving: list[_Launched]) -> None:
-        """Stop the services whose readers have all ended: each is recorded as done."""
-        for one in serving:
-            if one.proc.poll() is not None:  # ended by itself: as any job
-                self._wait(one)
-                continue
-            one.proc.terminate()
-            try:
-                code = one.proc.wait()
-            finally:
-                self.processes.pop(one.spec.token, None)
-            self.events.finished(one.spec, start=one.start, exit_code=code, status="success",
-                                 service_stopped=True)
-
-    def _launch(self, job: Any) -> _Launched:
+    def _launch(self, job: Any) -> Launched:
         """Start a job's container (its start event written); :class:`JobFailed` if it cannot."""
         snakemake = snakemake_job(self, job)
         if snakemake is None:  # Snakemake in the container prepares its own job
@@ -347,9 +256,9 @@ class Executor(RealExecutor):  # type: ignore[misc]
             self.events.finished(spec, start=start, exit_code=None, error=error)
             raise JobFailed(error) from None
         self.processes[spec.token] = proc
-        return _Launched(job, spec, start, began, proc)
+        return Launched(job, spec, start, began, proc)
 
-    def _wait(self, launched: _Launched) -> None:
+    def _wait(self, launched: Launched) -> None:
         """Wait for a started job's container; its end event; :class:`JobFailed` if it failed."""
         job, spec = launched.job, launched.spec
         try:
@@ -366,19 +275,6 @@ class Executor(RealExecutor):  # type: ignore[misc]
             path = os.path.join(str(self.workflow.workdir_init), str(job.benchmark))
             write_benchmark(job, path, time.monotonic() - launched.began,
                             bool(self.workflow.output_settings.benchmark_extended))
-
-    def _stop(self, launched: list[_Launched]) -> None:
-        """Stop started containers (the broker removes a container whose client goes away),
-        and record the end of each not waited for yet: one end event a job."""
-        running = [one for one in launched if one.spec.token in self.processes]
-        for one in running:
-            if one.proc.poll() is None:
-                one.proc.terminate()
-        for one in running:
-            try:
-                self._wait(one)
-            except JobFailed:
-                pass
 
     def _done(self, job_info: SubmittedJobInfo, future: concurrent.futures.Future[None]) -> None:
         error = future.exception()
@@ -403,4 +299,5 @@ class Executor(RealExecutor):  # type: ignore[misc]
 
     def shutdown(self) -> None:
         self.pool.shutdown()
-        record_targets(self.workflow, self.events, final=True)
+        if self.whole_run:
+            record_targets(self.workflow, self.events, final=True)

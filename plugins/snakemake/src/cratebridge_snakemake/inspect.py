@@ -46,14 +46,6 @@ def _image(rule: Any) -> str | None:
     return str(image) if isinstance(image, str) and image else None
 
 
-def _joined_outputs(rule: Any) -> list[list[str]]:
-    """A rule's ``pipe()`` and ``service()`` outputs, as [flag, file as written]."""
-    from snakemake.io import is_flagged
-
-    return [[flag, str(f)] for f in rule.output for flag in ("pipe", "service")
-            if is_flagged(f, flag)]
-
-
 def _job(job: Any, targets: set[int]) -> dict[str, Any]:
     return {
         "jobid": job.jobid,
@@ -216,7 +208,7 @@ def inspect(snakefile: Path, workdir: Path, configfile: Path | None,
             "shell": shell[-1] if shell else None,
             "rules": [
                 {"name": rule.name, "kind": rule_kind(rule), "image": _image(rule),
-                 "local": rule.name in workflow._localrules, "joined": _joined_outputs(rule),
+                 "local": rule.name in workflow._localrules,
                  "snakefile": str(rule.snakefile) if rule.snakefile else None}
                 for rule in workflow.rules
             ],

@@ -37,7 +37,8 @@ from typing import Any
 from cratebridge.containers.sandbox import STEP_LABEL
 
 __all__ = ["DEFAULT_SHELL", "EventLog", "JobSpec", "SnakemakeJob", "docker_argv", "image_of",
-           "job_script", "named_files", "now", "shell_command", "spec_for", "workflow_env"]
+           "job_script", "named_files", "now", "shell_command", "slurm_job", "spec_for",
+           "workflow_env"]
 
 DOCKER_PREFIX = "docker://"
 DEFAULT_SHELL = "sh"  # images need not have bash; see docs/snakemake.md
@@ -63,6 +64,13 @@ def workflow_env() -> dict[str, str]:
     """
     return {name: value for name, value in os.environ.items()
             if _START_ENV.get(name) != value and name not in _NOT_PASSED}
+
+
+def slurm_job() -> dict[str, str]:
+    """The Slurm job this process runs in: its id (a step's ``native_id``) and host; {}
+    outside one."""
+    native = os.environ.get("SLURM_JOB_ID")
+    return {"native_id": native, "host": os.uname().nodename} if native else {}
 
 
 def now() -> str:
@@ -367,6 +375,8 @@ class EventLog:
 
     def finished(self, spec: JobSpec, start: str, exit_code: int | None,
                  status: str | None = None, **extra: Any) -> None:
+        """A job's end; inside a Slurm job (a group's Snakemake), with its id and host."""
         self.write("finished", token=spec.token, jobid=spec.jobid, rule=spec.rule,
                    start=start, end=now(), exit_code=exit_code,
-                   status=status or ("success" if exit_code == 0 else "failed"), **extra)
+                   status=status or ("success" if exit_code == 0 else "failed"),
+                   **slurm_job(), **extra)

@@ -5,7 +5,10 @@ submission, ``sacct`` status checks, cancellation and logs are the Slurm
 plugin's own. Only what a Slurm job runs changes: instead of a nested
 Snakemake, each job runs :mod:`cratebridge_snakemake.jobstep` on a job spec
 written here, which starts the job's container through the sandbox shim and
-records the job's event. Registered as the top-level package
+records the job's event. A group job (``pipe()``, ``service()``, ``group:``)
+is one Slurm job running Snakemake for the group's jobs with the local
+``cratebridge`` executor, as the Slurm plugin runs a group with its
+``slurm-jobstep``. Registered as the top-level package
 :mod:`snakemake_executor_plugin_cratebridge_slurm`.
 """
 
@@ -18,19 +21,20 @@ import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
 from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmSettings
 from snakemake_executor_plugin_slurm import common_settings
 from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.utils import format_cli_arg, join_cli_args
 
 from cratebridge.containers.shim import BROKER_ENV
 from cratebridge_snakemake.benchmarks import write_benchmark
 from cratebridge_snakemake.executor import (
     CratebridgeSettings,
     events_of,
-    record_group,
     record_norun,
     record_targets,
     shell_of,
@@ -65,10 +69,36 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         record_targets(self.workflow, self.cb_events)
 
     def format_job_exec(self, job: Any) -> str:
+        jobs_dir = self.cb_events.path.parent / "jobs"
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        where = {"shim_dir": os.path.dirname(self.cb_docker), "sandbox": self.cb_sandbox,
+                 "workdir": str(self.workflow.workdir_init)}
         if job.is_group():
-            raise WorkflowError(record_group(
-                job, str(self.workflow.workdir_init), self.cb_events,
-                "on Slurm every job runs on its own, as a Slurm job of its own"))
+            spec_path = jobs_dir / f"group-{job.jobid}.json"
+            spec_path.write_text(json.dumps(
+                {"group": str(job.name), "command": super().format_job_exec(job), **where},
+                indent=2))
+        else:
+            spec_path = jobs_dir / f"{self._job_spec(job, jobs_dir, where)}.json"
+        return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
+               f"{shlex.quote(str(spec_path))}"
+
+    def additional_general_args(self) -> str:
+        """A group's Snakemake (``format_job_exec`` of a group job) runs its jobs with the
+        local ``cratebridge`` executor, with this run's settings and events file."""
+        settings = self.workflow.executor_settings
+        return str(join_cli_args([
+            "--executor cratebridge",
+            format_cli_arg("--cratebridge-events", str(self.cb_events.path)),
+            *(format_cli_arg(f"--cratebridge-{name.replace('_', '-')}",
+                             getattr(settings, name, None),
+                             skip=not getattr(settings, name, None))
+              for name in ("default_image", "shell", "bash_images", "python_image")),
+        ]))
+
+    def _job_spec(self, job: Any, jobs_dir: Path, where: dict[str, str]) -> str:
+        """Write what the Slurm job needs to run one job's container (and its start
+        event); its token."""
         snakemake = snakemake_job(self, job)
         if snakemake is None:  # Snakemake in the container prepares its own job
             self.workflow.async_run(job.prepare())
@@ -78,23 +108,19 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
                             bash_images=self.cb_bash_images)
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
-        jobs_dir = self.cb_events.path.parent / "jobs"
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = jobs_dir / f"{spec.token}.json"
-        spec_path.write_text(json.dumps({
-            "token": spec.token, "jobid": spec.jobid, "rule": spec.rule, "argv": spec.argv,
-            "docker": self.cb_docker, "shim_dir": os.path.dirname(self.cb_docker),
-            "sandbox": self.cb_sandbox, "events": str(self.cb_events.path),
+        (jobs_dir / f"{spec.token}.json").write_text(json.dumps({
+            **where, "token": spec.token, "jobid": spec.jobid, "rule": spec.rule,
+            "argv": spec.argv, "docker": self.cb_docker, "events": str(self.cb_events.path),
             "workdir": spec.workdir, "stdout": str(jobs_dir / f"{spec.token}.stdout.log"),
         }, indent=2))
         self.cb_events.started(spec, start=now(), scheduler="slurm")
         if job.benchmark and not spec.snakemake:
             self.cb_benchmarked[job.jobid] = spec.token
-        return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
-               f"{shlex.quote(str(spec_path))}"
+        return spec.token
 
     def report_job_success(self, job_info: Any) -> None:
         # before Snakemake checks the job's outputs, which include its benchmark: file
+        # (a group's Snakemake writes its jobs' own)
         job = job_info.job
         token = self.cb_benchmarked.pop(job.jobid, None)
         done = read_events(self.cb_events.path).finished.get(token, {}) if token else {}
@@ -111,7 +137,8 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
         workdir = str(self.workflow.workdir_init)
         dag = self.workflow.dag
         for job in sorted(dag.jobs, key=lambda j: j.jobid or 0):
-            if job.is_norun and dag.finished(job):
+            # (those of a group: its own Snakemake recorded them)
+            if job.is_norun and dag.finished(job) and dag.get_job_group(job) is None:
                 record_norun(job, workdir, self.cb_events)
         record_targets(self.workflow, self.cb_events, final=True)
         super().shutdown()

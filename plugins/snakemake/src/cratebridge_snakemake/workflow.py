@@ -39,7 +39,6 @@ class SnakeRule:
     image: str | None
     local: bool
     snakefile: str | None = None  # the Snakefile the rule is written in
-    joined: tuple[tuple[str, str], ...] = ()  # its pipe() / service() outputs: (flag, file)
 
 
 @dataclass(frozen=True)
@@ -134,8 +133,7 @@ def load_workflow(snakefile: Path, workdir: Path, configfile: Path | None,
     return SnakeWorkflow(
         snakefile=snakefile, snakemake_version=data["snakemake_version"],
         default_target=data.get("default_target"),
-        rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"], r.get("snakefile"),
-                              tuple((str(f), str(p)) for f, p in r.get("joined", ())))
+        rules=tuple(SnakeRule(r["name"], r["kind"], r["image"], r["local"], r.get("snakefile"))
                     for r in data["rules"]),
         jobs=tuple(_job(j) for j in data["jobs"]),
         references=references, shell=data.get("shell"),
@@ -262,9 +260,8 @@ def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: boo
                 python_image: str | None = None) -> None:
     """Refuse rules that could not run in a container under our executor.
 
-    A ``pipe()`` or ``service()`` output is run by the local executor (its jobs
-    at once, each in its own container, joined by the FIFO or the service's
-    file), refused on Slurm (``cluster``).
+    On a cluster (``cluster``), a ``localrules:`` rule is refused: Snakemake would
+    run it outside the sandbox.
 
     A ``run:`` / ``script:`` rule needs an image with Snakemake: its own
     ``container:`` or the operator's ``python_image`` (whether the image has
@@ -278,14 +275,6 @@ def check_rules(workflow: SnakeWorkflow, default_image: str | None, cluster: boo
             raise UnsupportedCrate(
                 f"rule {rule.name} cannot run in the cratebridge sandbox: "
                 f"{REFUSED_KINDS[rule.kind]}; rewrite it as a shell: rule with a container:",
-                where=where)
-        if cluster and rule.joined:
-            flag, path = rule.joined[0]
-            raise UnsupportedCrate(
-                f"rule {rule.name} has the output {flag}({path!r}), which needs its job and "
-                "the jobs reading it to run at the same time, joined through it, but on "
-                "Slurm each job runs on its own, as a Slurm job of its own; write a regular "
-                f"file instead of {flag}(), or run the workflow with the local executor",
                 where=where)
         if rule.kind in SNAKEMAKE_KINDS:
             if rule.image is None and python_image is None:
