@@ -63,6 +63,14 @@ def test_checked():
 
 def test_plain():
     run(dpath("test_conda"))
+
+
+def test_grouped():
+    run(dpath("test_grouped"), cluster="./qsub", nodes=2)
+
+
+def test_ok_retried():
+    run(dpath("test_ok"), cluster="./qsub", retries=2)
 '''
 
 OK_SNAKEFILE = '''\
@@ -107,6 +115,24 @@ rule h:
     shell: "echo read > {output}"
 '''
 
+# A group: two jobs that Snakemake runs as one cluster job (on one machine it ignores
+# group:), the first's output the second's input.
+GROUPED_SNAKEFILE = '''\
+rule all:
+    input: "two.txt"
+
+rule one:
+    output: "one.txt"
+    group: "g"
+    shell: "echo one > {output}"
+
+rule two:
+    input: "one.txt"
+    output: "two.txt"
+    group: "g"
+    shell: "cat {input} > {output}; echo two >> {output}"
+'''
+
 WRONG_SNAKEFILE = '''\
 rule all:
     input: "w.txt"
@@ -144,6 +170,7 @@ def checkout(tmp_path: Path) -> Path:
     _workflow(tests, "test_conda", 'rule x:\n    output: "x"\n    conda: "env.yaml"\n'
               '    shell: "touch {output}"\n', {"x": ""})
     _workflow(tests, "test_orphan", OK_SNAKEFILE, {})
+    _workflow(tests, "test_grouped", GROUPED_SNAKEFILE, {"two.txt": "one\ntwo\n"})
     return root
 
 
@@ -158,7 +185,17 @@ def test_selection_keeps_default_runs_and_says_why_others_are_left_out(checkout:
         "test_checked": "run with special arguments: cleanup",
         "test_conda": "uses conda (conda: directive) in Snakefile",
         "test_orphan": "not run by tests/tests.py",
+        "test_grouped": "run with special arguments: cluster, nodes",
     }
+
+
+def test_cluster_selection_keeps_the_cluster_tests_alone(checkout: Path) -> None:
+    selection = select_workflows(checkout, cluster=True)
+    assert [w.name for w in selection.chosen] == ["test_grouped"]
+    reasons = {e.name: e.reason for e in selection.excluded}
+    assert reasons["test_ok"] == "not a cluster test (run without cluster=)"
+    assert reasons["test_targets"] == "not a cluster test (run without cluster=)"
+    assert reasons["test_net"] == "needs the network (@connected)"
 
 
 def test_files_are_compared_as_snakemakes_run_does(tmp_path: Path) -> None:
@@ -240,3 +277,22 @@ def test_script_reports_both_counts_and_every_difference(
     assert "| test_host_file | pass | FAIL | exit 3: " in report
     assert "| test_net | needs the network (@connected) |" in report
     assert (out / "logs" / "test_ok" / "cratebridge.json").is_file()
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_script_runs_the_cluster_tests_both_ways_on_slurm(
+    checkout: Path, tmp_path: Path, slurm: bool, docker_available: bool
+) -> None:
+    # bare: Snakemake's Slurm plugin, each group one Slurm job; cratebridge: the same,
+    # its group's jobs in containers
+    out = tmp_path / "out"
+    done = _script(str(checkout), "--executor", "slurm", "--out", str(out), "--timeout", "300")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["executor"] == "slurm"
+    assert summary["counts"]["workflows"] == 1
+    (grouped,) = summary["workflows"]
+    assert grouped["name"] == "test_grouped"
+    assert grouped["bare"]["passed"], grouped["bare"]
+    assert grouped["cratebridge"]["passed"], grouped["cratebridge"]

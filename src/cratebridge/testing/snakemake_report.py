@@ -174,6 +174,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep the scratch folders (under OUT/work)")
     parser.add_argument("--list", action="store_true",
                         help="print the chosen and excluded workflows and stop")
+    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
+                        help="local (default), or slurm: Snakemake's cluster tests, both "
+                        "ways on the Slurm cluster (bare: --executor slurm), --cores jobs "
+                        "at once")
     return parser
 
 
@@ -193,6 +197,9 @@ def _check_setup(args: argparse.Namespace) -> str | None:
         return f"image {args.image} is not present locally (make setup builds it)"
     if args.jobs < 1 or args.cores < 1 or args.timeout < 1:
         return "-j, --cores and --timeout must be at least 1"
+    if args.executor == "slurm" and (shutil.which("sinfo") is None or subprocess.run(
+            ["sinfo"], capture_output=True, check=False).returncode != 0):
+        return "--executor slurm: no Slurm cluster answers `sinfo` (make slurm starts one)"
     return None
 
 
@@ -220,6 +227,7 @@ def _header(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "cratebridge_commit": output(["git", "-C", str(Path(__file__).resolve().parent),
                                       "describe", "--always", "--dirty"]),
         "cores": args.cores,
+        "executor": args.executor,
         "timeout_seconds": args.timeout,
         "default_container": args.image,
     }
@@ -233,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"run-snakemake-comparison: {problem}", file=sys.stderr)
         return 2
-    selection = select_workflows(args.checkout)
+    selection = select_workflows(args.checkout, cluster=args.executor == "slurm")
     chosen = selection.chosen
     if args.only:
         by_name = {w.name: w for w in chosen}
@@ -255,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(bin_dir=args.bin, cores=args.cores, timeout=args.timeout,
-                        default_container=args.image, logs=out / "logs")
+                        default_container=args.image, logs=out / "logs",
+                        executor=args.executor)
     header = _header(args, argv)
     print(f"{len(chosen)} workflows chosen, {len(selection.excluded)} folders excluded; "
           f"results in {out}", file=sys.stderr)

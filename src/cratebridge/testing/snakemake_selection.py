@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EXPECTED", "SELECTION_RULE", "Exclusion", "Selection", "TestWorkflow",
-           "select_workflows"]
+__all__ = ["CLUSTER_KEYWORDS", "EXPECTED", "SELECTION_RULE", "Exclusion", "Selection",
+           "TestWorkflow", "select_workflows"]
 
 SELECTION_RULE = """\
 A folder tests/NAME of the Snakemake checkout is chosen when:
@@ -23,7 +23,13 @@ A folder tests/NAME of the Snakemake checkout is chosen when:
     ignored) uses a conda:, container:, singularity:, containerized:, envmodules: or
     wrapper: directive, a storage or GitHub/GitLab source, or a URL (http, https, ftp, s3,
     gs).
-Everything else is excluded, with the first reason that applies."""
+Everything else is excluded, with the first reason that applies.
+With --executor slurm, rule 1 asks instead for a test that runs the folder with
+`cluster=` (Snakemake's own tests of cluster execution, through its qsub stand-in)
+and no other argument but `nodes=`; both ways then run on the Slurm cluster."""
+# The arguments a cluster test may have besides the folder (``nodes``: how many jobs
+# at once, which the comparison's own -j/--cores stands for).
+CLUSTER_KEYWORDS = frozenset({"cluster", "nodes"})
 EXPECTED = "expected-results"
 # Decorators that only skip a test on another OS: they do not change what runs on Linux.
 _OS_SKIP = re.compile(
@@ -81,8 +87,8 @@ class Selection:
     excluded: tuple[Exclusion, ...]
 
 
-def select_workflows(checkout: Path) -> Selection:
-    """Apply :data:`SELECTION_RULE` to a Snakemake checkout.
+def select_workflows(checkout: Path, cluster: bool = False) -> Selection:
+    """Apply :data:`SELECTION_RULE` to a Snakemake checkout (``cluster``: its cluster tests).
 
     Raises:
         FileNotFoundError: if ``checkout/tests/tests.py`` does not exist.
@@ -94,7 +100,7 @@ def select_workflows(checkout: Path) -> Selection:
     for func in ast.parse(source).body:
         if not isinstance(func, ast.FunctionDef) or not func.name.startswith("test"):
             continue
-        for folder, reason in _test_verdicts(func):
+        for folder, reason in _test_verdicts(func, cluster):
             verdicts.setdefault(folder, []).append((func.name, reason))
     chosen: list[TestWorkflow] = []
     excluded: list[Exclusion] = []
@@ -114,13 +120,14 @@ def select_workflows(checkout: Path) -> Selection:
     return Selection(tuple(chosen), tuple(excluded))
 
 
-def _test_verdicts(func: ast.FunctionDef) -> Iterator[tuple[str, str | None]]:
+def _test_verdicts(func: ast.FunctionDef,
+                   cluster: bool) -> Iterator[tuple[str, str | None]]:
     """Each folder a test function names with dpath(), and why it is excluded (None: chosen)."""
     folders = [_dpath_arg(node) for node in ast.walk(func)]
     named = list(dict.fromkeys(f for f in folders if f is not None))
     if not named:
         return
-    reason = _decorator_reason(func) or _call_reason(func)
+    reason = _decorator_reason(func) or _call_reason(func, cluster)
     for folder in named:
         yield folder, reason
 
@@ -145,14 +152,17 @@ def _decorator_reason(func: ast.FunctionDef) -> str | None:
     return None
 
 
-def _call_reason(func: ast.FunctionDef) -> str | None:
+def _call_reason(func: ast.FunctionDef, cluster: bool) -> str | None:
     body = [s for s in func.body
             if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
     calls = [n for n in ast.walk(func) if isinstance(n, ast.Call)
              and isinstance(n.func, ast.Name) and n.func.id == "run"]
     keywords = sorted({k.arg or "**" for call in calls for k in call.keywords})
-    if keywords:
-        return "run with special arguments: " + ", ".join(keywords)
+    if cluster and calls and "cluster" not in keywords:
+        return "not a cluster test (run without cluster=)"
+    special = [k for k in keywords if not (cluster and k in CLUSTER_KEYWORDS)]
+    if special:
+        return "run with special arguments: " + ", ".join(special)
     if not calls:
         return "not run through run() (its own test code)"
     only = body[0] if len(body) == 1 else None

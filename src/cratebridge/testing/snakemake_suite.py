@@ -159,6 +159,8 @@ class Settings:
     timeout: int = 600
     default_container: str = "cratebridge/python:3.11"
     logs: Path | None = None
+    executor: str = "local"
+    """``local``, or ``slurm``: both ways on the Slurm cluster, ``cores`` jobs at once."""
 
     @property
     def snakemake(self) -> Path:
@@ -286,11 +288,21 @@ def _copy_workflow(folder: Path, dest: Path) -> None:
     shutil.copytree(folder, dest, symlinks=True, ignore=ignore)
 
 
+# How often the Slurm plugin asks Slurm for its jobs' states, both ways (seconds).
+SLURM_STATUS_INTERVAL = 5
+
+
 def run_bare(workflow: TestWorkflow, scratch: Path, settings: Settings) -> SideResult:
-    """Copy the workflow to ``scratch/bare`` and run ``snakemake --cores N`` there."""
+    """Copy the workflow to ``scratch/bare`` and run ``snakemake --cores N`` there (on
+    Slurm: ``--executor slurm --jobs N``, each job on the node through ``srun``)."""
     work = scratch / "bare"
     _copy_workflow(workflow.folder, work)
-    done = _run_process([str(settings.snakemake), "--cores", str(settings.cores)],
+    if settings.executor == "slurm":
+        how = ["--executor", "slurm", "--jobs", str(settings.cores),
+               "--slurm-init-seconds-before-status-checks", str(SLURM_STATUS_INTERVAL)]
+    else:
+        how = ["--cores", str(settings.cores)]
+    done = _run_process([str(settings.snakemake), *how],
                         work, settings.timeout, _env(settings.bin_dir))
     _keep_log(settings, workflow, "bare.stderr.log", done.stderr)
     if done.exit_code != 0:
@@ -329,7 +341,10 @@ def write_config(path: Path, runs_dir: Path, settings: Settings) -> Path:
         "keep_runs = true\n\n"
         "[engines.snakemake]\n"
         f"cores = {settings.cores}\n"
-        f"default_container = {json.dumps(settings.default_container)}\n",
+        f"default_container = {json.dumps(settings.default_container)}\n"
+        + (f'executor = "slurm"\njobs = {settings.cores}\n'
+           f"status_interval = {SLURM_STATUS_INTERVAL}\n" if settings.executor == "slurm"
+           else ""),
         encoding="utf-8")
     return path
 
