@@ -71,13 +71,12 @@ class Executor(SlurmExecutor):  # type: ignore[misc]
     def format_job_exec(self, job: Any) -> str:
         jobs_dir = self.cb_events.path.parent / "jobs"
         jobs_dir.mkdir(parents=True, exist_ok=True)
-        where = {"shim_dir": os.path.dirname(self.cb_docker), "sandbox": self.cb_sandbox,
-                 "workdir": str(self.workflow.workdir_init)}
+        where = {"shim_dir": os.path.dirname(self.cb_docker), "sandbox": self.cb_sandbox}
         if job.is_group():
             spec_path = jobs_dir / f"group-{job.jobid}.json"
             spec_path.write_text(json.dumps(
-                {"group": str(job.name), "command": super().format_job_exec(job), **where},
-                indent=2))
+                {**where, "group": str(job.name), "command": super().format_job_exec(job),
+                 "workdir": str(self.workflow.workdir_init)}, indent=2))
         else:
             spec_path = jobs_dir / f"{self._job_spec(job, jobs_dir, where)}.json"
         return f"{shlex.quote(sys.executable)} -m cratebridge_snakemake.jobstep " \
