@@ -36,6 +36,8 @@ cwl = "toil"
 allow = ["toil"]
 [engines.toil]
 batch_system = "slurm"
+[slurm]
+broker = "node"
 [images]
 approved = ["cratebridge/*"]
 [policy]
@@ -53,9 +55,17 @@ token = "s3cr3t"
     assert config.timeout == 1800
     assert config.engines == {"cwl": "toil"} and config.allowed_engines == ("toil",)
     assert config.engine_settings["toil"]["batch_system"] == "slurm"
+    assert config.slurm_broker == "node"
     assert config.limits.memory == "1g" and config.limits.pids == 64
     assert config.datasets["_:localid:tre:ds1"] == Path("/data/ds1")
     assert config.redact("the token is s3cr3t") == "the token is <secret:token>"
+
+
+def test_a_slurm_broker_is_on_the_host_or_on_the_node(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[run]\n")).slurm_broker == "host"
+    with pytest.raises(UsageError) as info:
+        load_config(write(tmp_path, '[slurm]\nbroker = "cluster"\n'))
+    assert "broker" in str(info.value) and "node" in str(info.value)
 
 
 def test_unknown_section_is_a_usage_error(tmp_path: Path) -> None:

@@ -562,3 +562,40 @@ def test_stop_all_returns_only_when_its_containers_are_gone(
             other.wait(60)
     finally:
         subprocess.run([sb.docker, "rm", "-f", *started], capture_output=True, check=False)
+
+
+def test_a_sandbox_travels_as_json_to_a_jobs_broker(tmp_path: Path) -> None:
+    sandbox = Sandbox(run_id="r1", docker="/usr/bin/docker", ledger=tmp_path / "ledger.jsonl",
+                      writable=(tmp_path / "work",), readable=(tmp_path, Path("/data/ds1")),
+                      room_tmp=tmp_path / "tmp", user="1001:1002",
+                      limits=Limits(memory="1g", cpus=0.5, pids=64, disk=None),
+                      approved_images=("cratebridge/*@sha256:" + "a" * 64,), owner="h:1",
+                      scheduler="slurm", runs_dir=tmp_path.parent, slurm_broker="node")
+    again = Sandbox.from_json(json.loads(json.dumps(sandbox.to_json())))
+    assert again == sandbox
+    assert again.docker_args() == sandbox.docker_args()
+    plain = replace(sandbox, room_tmp=None, runs_dir=None, scheduler=None)
+    assert Sandbox.from_json(json.loads(json.dumps(plain.to_json()))) == plain
+
+
+def test_the_ledgers_of_jobs_brokers_are_read_with_the_runs(tmp_path: Path) -> None:
+    """``[slurm] broker = "node"``: each job's broker keeps its own ledger under
+    ``nodes/``; a run's ledger is all of them, containers in the order they started."""
+    def line(token: str, second: int, **more: object) -> str:
+        return json.dumps({"token": token, "image": "img", "start":
+                           f"2026-01-01T00:00:{second:02d}+00:00", **more}) + "\n"
+
+    run = tmp_path / "ledger.jsonl"
+    run.write_text(json.dumps({"slurm_job": "7", "argv": [], "exit_code": 0}) + "\n"
+                   + line("a", 1))
+    for job, token, second in (("7", "b", 3), ("8", "c", 2)):
+        node = tmp_path / "nodes" / f"job-{job}" / "broker" / "ledger.jsonl"
+        node.parent.mkdir(parents=True)
+        node.write_text(line(token, second) + json.dumps({"refused": f"no {job}"}) + "\n"
+                        + line(token, second, end=f"2026-01-01T00:00:{second + 1:02d}+00:00",
+                               exit_code=0) + '{"cut sho')
+    ledger = read_ledger(run)
+    assert [e.token for e in ledger.entries] == ["a", "c", "b"]
+    assert [e.exit_code for e in ledger.entries] == [None, 0, 0]
+    assert ledger.refusals == ("no 7", "no 8")
+    assert read_ledger(tmp_path / "nodes" / "ledger.jsonl").entries == ()  # none there

@@ -18,6 +18,7 @@ import pytest
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import BROKER_DIR, Room
 from cratebridge.containers.hardening import Refused
+from cratebridge.containers.ledger import read_ledger
 from cratebridge.containers.sandbox import Sandbox, find_docker
 from cratebridge.containers.scheduler import (
     authorise_query,
@@ -84,6 +85,16 @@ def test_queries_only_read() -> None:
 
 @pytest.fixture
 def slurm_run(tmp_path: Path, slurm: bool) -> Iterator[tuple[Room, Path, Path, Broker]]:
+    yield from _door(tmp_path)
+
+
+@pytest.fixture
+def node_slurm_run(tmp_path: Path, slurm: bool) -> Iterator[tuple[Room, Path, Path, Broker]]:
+    yield from _door(tmp_path, slurm_broker="node")
+
+
+def _door(tmp_path: Path, slurm_broker: str = "host") -> Iterator[tuple[Room, Path, Path,
+                                                                        Broker]]:
     run = tmp_path / "run"
     folders = {n: run / n for n in ("work", "tmp", "sandbox", "broker", "request")}
     for folder in folders.values():
@@ -91,7 +102,8 @@ def slurm_run(tmp_path: Path, slurm: bool) -> Iterator[tuple[Room, Path, Path, B
     run.chmod(0o700)
     sandbox = Sandbox(run_id=f"door-{uuid.uuid4().hex[:8]}", docker=find_docker() or "docker",
                       ledger=folders["broker"] / "ledger.jsonl", writable=(folders["work"],),
-                      readable=(run,), room_tmp=folders["tmp"], scheduler="slurm")
+                      readable=(run,), room_tmp=folders["tmp"], scheduler="slurm",
+                      slurm_broker=slurm_broker)
     room = Room(uid=1000, gid=1000, etc=folders["sandbox"] / "etc", tmp=folders["tmp"],
                 readable=(folders["request"],), writable=(folders["work"],),
                 broker=folders["sandbox"])
@@ -187,3 +199,91 @@ def test_a_confined_engine_submits_through_the_door(
         if job not in listed.stdout:
             break
         time.sleep(1)
+
+
+NODE_JOB = r"""
+import json, os, subprocess, sys, time
+work = sys.argv[1]
+job = subprocess.run(["sbatch", "--parsable", "-J", "node-broker", "-o", f"{work}/job-%j.out",
+                      "--wrap", f"stat -L -c %i /run/cratebridge/docker.sock > {work}/socket; "
+                      f"docker run --rm {sys.argv[2]} echo from-the-node > {work}/ran; "
+                      f"docker run --rm --privileged {sys.argv[2]} true 2> {work}/privileged; "
+                      f"sbatch --wrap true > {work}/nested 2>&1; echo $? >> {work}/nested; "
+                      f"touch {work}/done"],
+                     capture_output=True, text=True)
+for _ in range(240):
+    if os.path.exists(f"{work}/done"):
+        break
+    time.sleep(0.5)
+print(json.dumps({"job": job.stdout.strip().split(";")[0], "err": job.stderr}))
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+@pytest.mark.skipif(os.geteuid() != 0, reason="the room drops to its uid from root")
+def test_a_job_with_a_broker_on_its_node_reaches_only_that_broker(
+        node_slurm_run: tuple[Room, Path, Path, Broker]) -> None:
+    """``[slurm] broker = "node"``: the job's room sees its own broker's socket where the
+    run's would be; that broker holds the same policy and keeps its own ledger."""
+    room, work, bin_dir, broker = node_slurm_run
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRATEBRIDGE_BROKER":
+           str(BROKER_DIR / "docker.sock"), "HOME": str(work)}
+    with room.command([sys.executable, "-c", NODE_JOB, str(work), "cratebridge/busybox:1"],
+                      env, work) as (argv, fds):
+        done = subprocess.run(argv, pass_fds=fds, env={}, capture_output=True, text=True,
+                              check=False, timeout=180)
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)["job"]
+    assert job in broker.jobs, done.stdout
+    assert (work / "done").exists(), (work / f"job-{job}.out").read_text()
+    # not the run broker's socket: the job's own, on its node
+    assert int((work / "socket").read_text()) != broker.socket_path.stat().st_ino
+    assert (work / "ran").read_text().strip() == "from-the-node"
+    assert "refused" in (work / "privileged").read_text()
+    nested = (work / "nested").read_text()
+    assert nested.splitlines()[-1] == "125" and "cannot submit jobs" in nested
+    run_ledger = broker.sandbox.ledger
+    assert not [line for line in run_ledger.read_text().splitlines() if '"token"' in line]
+    node = run_ledger.parent / "nodes" / f"job-{job}" / "broker"
+    merged = read_ledger(run_ledger)
+    assert [e.container.image for e in merged.entries] == ["cratebridge/busybox:1"]
+    assert merged.entries[0].container.image_id
+    assert merged.entries[0].stderr is not None and node in merged.entries[0].stderr.parents
+    assert any("privileged" in r for r in merged.refusals), merged.refusals
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (node / "docker.sock").exists():
+        time.sleep(0.5)  # the job's broker ends with the job
+    assert not (node / "docker.sock").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+@pytest.mark.skipif(os.geteuid() != 0, reason="the room drops to its uid from root")
+def test_a_cancelled_job_removes_the_containers_its_node_broker_started(
+        node_slurm_run: tuple[Room, Path, Path, Broker]) -> None:
+    room, work, bin_dir, broker = node_slurm_run
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRATEBRIDGE_BROKER":
+           str(BROKER_DIR / "docker.sock"), "HOME": str(work)}
+    submit = ["sbatch", "--parsable", "-J", "node-cancel", "-o", f"{work}/job-%j.out", "--wrap",
+              "docker run --rm cratebridge/busybox:1 sleep 300"]
+    with room.command(submit, env, work) as (argv, fds):
+        done = subprocess.run(argv, pass_fds=fds, env={}, capture_output=True, text=True,
+                              check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().split(";")[0]
+    label = f"label=org.cratebridge.run={broker.sandbox.run_id}"
+
+    def running() -> list[str]:
+        return subprocess.run(["docker", "ps", "-aq", "--filter", label], capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    deadline = time.monotonic() + 60
+    while not running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running(), (work / f"job-{job}.out").read_text()
+    subprocess.run(["scancel", job], check=True)
+    deadline = time.monotonic() + 30
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not running()

@@ -84,6 +84,7 @@ class Config:
     datasets: Mapping[str, Path] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     container_user: str = "1000:1000"
+    slurm_broker: str = "host"
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     secrets: Mapping[str, str] = field(default_factory=dict)
     publisher: Publisher | None = None
@@ -190,6 +191,7 @@ def _build(values: Mapping[str, Mapping[str, object]], path: Path,
             log_bytes=get("limits", "log_size", defaults.log_bytes),
         ),
         container_user=get("limits", "user", "1000:1000"),
+        slurm_broker=get("slurm", "broker", "host"),
         env_allow=tuple(get("env", "allow", DEFAULT_ENV_ALLOW)),
         secrets={k: _secret(v, base, f"{path} [secrets] {k}")
                  for k, v in values.get("secrets", {}).items()},
@@ -243,6 +245,7 @@ def describe(config: Config) -> dict[str, dict[str, Any]]:
         "limits": {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids,
                    "disk": False if limits.disk is None else limits.disk,
                    "log_size": limits.log_bytes, "user": config.container_user},
+        "slurm": {"broker": config.slurm_broker},
         "env": {"allow": list(config.env_allow)},
         "secrets": {k: f"<secret:{k}>" for k in config.secrets},
         "publisher": {"name": config.publisher.name, "url": config.publisher.url,

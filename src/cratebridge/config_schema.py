@@ -415,6 +415,11 @@ SECTIONS: Mapping[str, Section] = {s.name: s for s in (
         Key("log_size", size(positive=True), Limits.log_bytes, "the cap of each stored log"),
         Key("user", USER, "1000:1000", "the engine's uid and every container's"),
     )),
+    Section("slurm", "Slurm jobs of every engine (docs/toil-and-slurm.md)", (
+        Key("broker", choice("host", "node"), "host", "where a job's containers start: "
+            "host (through the run's broker; jobs must run on cratebridge's host) or node "
+            "(through a broker the job starts on its node)"),
+    )),
     Section("env", "the caller's environment", (
         Key("allow", STRINGS, list(DEFAULT_ENV_ALLOW), "the only caller variables engines see"),
     )),

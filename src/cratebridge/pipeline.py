@@ -130,7 +130,8 @@ def _prepare(crate: Path, run_dir: Path, run_id: str, config: Config,
     sandbox = Sandbox(run_id=run_id, docker=docker, ledger=folders["broker"] / "ledger.jsonl",
                       writable=(folders["work"],), readable=(run_dir, *host_data),
                       room_tmp=folders["tmp"], user=f"{uid}:{gid}", limits=config.limits,
-                      approved_images=config.images.approved, runs_dir=config.runs_dir)
+                      approved_images=config.images.approved, runs_dir=config.runs_dir,
+                      slurm_broker=config.slurm_broker)
     # the crate's root only: a bag's tag files and whatever else came with it stay unseen
     readable = [opened.root, *host_data]
     if (run_dir / "workflow").is_dir():

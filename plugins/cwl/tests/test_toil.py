@@ -161,6 +161,50 @@ def test_scatter_on_slurm_recorded_step_by_step(tmp_path: Path) -> None:
     assert len(rows) == parts + 1 and all(r[2] == "COMPLETED" for r in rows), rows
 
 
+# -- a broker on each job's node ---------------------------------------------------------
+
+
+class _NodeBrokers(EngineConformance):
+    engine = "toil"
+    workflows = CWL
+    main_file = "workflow.cwl"
+    config_toml = SLURM_TOML + '\n[slurm]\nbroker = "node"\n'
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+@needs_slurm
+def test_each_slurm_job_starts_its_containers_through_a_broker_on_its_node(
+        tmp_path: Path) -> None:
+    result = _NodeBrokers.run_case("three-step", tmp_path)
+    outcome = result.outcome
+    assert outcome.status is RunStatus.COMPLETED, outcome.record.error
+    for name, content in CASES["three-step"].outputs.items():
+        assert result.output(name).read_text() == content
+    broker = outcome.run_dir / "broker"
+    run_lines = [json.loads(line) for line in (broker / "ledger.jsonl").read_text().splitlines()]
+    # the run's own broker submitted the jobs and started no container
+    assert not [e for e in run_lines if "token" in e], run_lines
+    submitted = {str(e["slurm_job"]) for e in run_lines if e.get("slurm_job")}
+    started = {str(e["token"]): e for e in _events(outcome.run_dir) if e["event"] == "started"}
+    steps = outcome.record.steps
+    assert len(steps) == CASES["three-step"].steps
+    for step in steps:
+        job = str(started[str(step.native_id)]["slurm_job"])
+        assert job in submitted
+        # its container is in the ledger of the broker its own job started on its node
+        node_ledger = broker / "nodes" / f"job-{job}" / "broker" / "ledger.jsonl"
+        tokens = {json.loads(line).get("token") for line in node_ledger.read_text().splitlines()}
+        assert step.native_id in tokens, (step.name, job)
+        assert step.container is not None and step.container.image_id
+        assert step.container.image_id.startswith("sha256:")
+    assert not list(broker.glob("nodes/*/broker/docker.sock"))  # each job's broker ended
+    left = subprocess.run(["docker", "ps", "-aq", "--filter",
+                           f"label=org.cratebridge.run={outcome.run_dir.name}"],
+                          capture_output=True, text=True, check=True)
+    assert not left.stdout.split()
+
+
 # -- the operator's settings and the plan (no run) --------------------------------------
 
 

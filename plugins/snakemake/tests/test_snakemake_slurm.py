@@ -166,6 +166,27 @@ def test_a_pipe_and_a_group_each_run_as_one_slurm_job(
 
 @pytest.mark.slurm
 @pytest.mark.docker
+def test_with_a_broker_on_each_node_a_jobs_containers_go_through_its_own(
+        tmp_path: Path, make_request: Callable[..., Path], config: Callable[[str], Config],
+        slurm: bool, docker_available: bool) -> None:
+    """``[slurm] broker = "node"``: each Slurm job (here a pipe's and a group's, two
+    containers each) starts its containers through the broker it started on its node."""
+    outcome = run(make_request(PIPE_AND_GROUP), tmp_path / "result", engine="snakemake",
+                  config=config(SLURM + '[slurm]\nbroker = "node"\n'))
+    assert outcome.exit_code == 0, outcome.record.error
+    assert (outcome.run_dir / "outputs" / "grouped.txt").read_text() == "one\ntwo\n"
+    broker = outcome.run_dir / "broker"
+    assert '"token"' not in (broker / "ledger.jsonl").read_text()
+    steps = outcome.record.steps
+    assert len(steps) == 4
+    for step in steps:
+        assert step.container and step.container.image_id.startswith("sha256:")
+        ledger = broker / "nodes" / f"job-{step.native_id}" / "broker" / "ledger.jsonl"
+        assert step.container.container_id in ledger.read_text(), step.step
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
 def test_a_service_and_its_reader_run_as_one_slurm_job(
         tmp_path: Path, make_request: Callable[..., Path], config: Callable[[str], Config],
         slurm: bool, docker_available: bool) -> None:

@@ -391,9 +391,11 @@ class Broker:
     def _scheduler(self, sock: socket.socket, tool: str, argv: list[str], cwd: str,
                    env: dict[str, str]) -> int:
         """A Slurm command of the engine's (``cwd`` and ``env`` are its own)."""
-        if self.sandbox.scheduler != "slurm" or self.room is None:
+        if self.sandbox.scheduler != "slurm":
             raise Refused(f"'{tool}': this run has no scheduler; the engine runs its steps "
                           "here")
+        if self.room is None:  # a Slurm job's own broker, on its node
+            raise Refused(f"'{tool}': a Slurm job of this run cannot submit jobs of its own")
         program = shutil.which(tool)
         if program is None:
             raise Refused(f"'{tool}' is not installed on this host")
@@ -422,9 +424,12 @@ class Broker:
         jobs = self.folder / "jobs"  # the broker's own: the engine cannot change the spec
         jobs.mkdir(exist_ok=True)
         spec = jobs / f"{number}.json"
+        node = {"sandbox": self.sandbox.to_json(), "uid": self.uid, "gid": self.gid} \
+            if self.sandbox.slurm_broker == "node" else None
         spec.write_text(json.dumps({"room": self.room.to_json(), "env": job_env,
                                     "cwd": str(cwd), "shebang": script.startswith("#!"),
-                                    "script": str(BROKER_DIR / "jobs" / f"{number}.sh")}))
+                                    "script": str(BROKER_DIR / "jobs" / f"{number}.sh"),
+                                    "node_broker": node}))
         wrapper = jobs / f"{number}.job"
         wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m "
                            f"cratebridge.containers.jobroom {spec}\n")

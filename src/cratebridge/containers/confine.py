@@ -100,7 +100,9 @@ class Room:
     ``tmp`` is bound as ``/tmp``; ``programs`` are extra read-only runtime
     folders (an engine program outside /usr and the Python environment);
     ``etc`` is the generated ``/etc``; ``broker`` is the host folder seen
-    read-only at :data:`BROKER_DIR` (a short path: a unix socket's cannot be long).
+    read-only at :data:`BROKER_DIR` (a short path: a unix socket's cannot be long);
+    ``socket``, when given, is the host socket the room sees as that folder's
+    ``docker.sock`` instead of the run broker's own (a Slurm job's broker on its node).
     """
 
     uid: int
@@ -110,6 +112,7 @@ class Room:
     readable: tuple[Path, ...] = ()
     writable: tuple[Path, ...] = ()
     broker: Path | None = None
+    socket: Path | None = None
     programs: tuple[Path, ...] = ()
     runtime: tuple[Path, ...] = field(default_factory=python_runtime)
 
@@ -117,6 +120,7 @@ class Room:
         """The room as JSON data, to build the same room elsewhere (a Slurm job's)."""
         return {"uid": self.uid, "gid": self.gid, "etc": str(self.etc), "tmp": str(self.tmp),
                 "broker": str(self.broker) if self.broker else None,
+                "socket": str(self.socket) if self.socket else None,
                 **{name: [str(p) for p in getattr(self, name)]
                    for name in ("readable", "writable", "programs", "runtime")}}
 
@@ -126,10 +130,11 @@ class Room:
             value = data.get(name, [])
             return tuple(Path(str(p)) for p in value) if isinstance(value, list) else ()
 
-        broker = data.get("broker")
+        broker, socket = data.get("broker"), data.get("socket")
         return cls(uid=int(str(data["uid"])), gid=int(str(data["gid"])),
                    etc=Path(str(data["etc"])), tmp=Path(str(data["tmp"])),
-                   broker=Path(str(broker)) if broker else None, readable=paths("readable"),
+                   broker=Path(str(broker)) if broker else None,
+                   socket=Path(str(socket)) if socket else None, readable=paths("readable"),
                    writable=paths("writable"), programs=paths("programs"),
                    runtime=paths("runtime"))
 
@@ -247,6 +252,8 @@ class Room:
             if self.broker is not None:
                 args += ["--perms", "0755", "--dir", str(BROKER_DIR.parent)]
                 args += bind("--ro-bind-fd", self.broker, BROKER_DIR)
+                if self.socket is not None:  # over the run broker's, which it hides
+                    args += bind("--ro-bind-fd", self.socket, BROKER_DIR / "docker.sock")
             for key, value in env.items():
                 args += ["--setenv", key, value]
             args += ["--chdir", str(cwd), "--"]

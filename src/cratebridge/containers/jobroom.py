@@ -6,6 +6,12 @@ room from the broker's spec (written in the broker's folder, which the engine
 cannot see or change), and runs the engine's script inside it with the
 engine's environment plus the job's ``SLURM_*`` variables; its exit status is
 the job's. Slurm's signals stop the room.
+
+With ``[slurm] broker = "node"`` the spec carries the run's container policy,
+and the job starts a broker of its own, on its node, for the room to reach
+(:func:`node_broker`): the same policy, that node's Docker, a ledger in the
+job's own folder (:data:`NODES` under the run's broker folder), and its own
+owner label, so that what the job leaves is removed by the job, on its node.
 """
 
 from __future__ import annotations
@@ -15,11 +21,25 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
+from cratebridge.containers.ledger import NODES
+from cratebridge.containers.reaper import guard
+from cratebridge.containers.sandbox import (
+    OWNER_LABEL,
+    RUN_LABEL,
+    Sandbox,
+    labelled_containers,
+    owner_id,
+)
 
-__all__ = ["main"]
+__all__ = ["main", "node_broker"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +53,43 @@ def main(argv: list[str] | None = None) -> int:
     script = spec["script"]
     # as sbatch would: by the script's own #! line (Nextflow's is bash), else sh
     argv = [script] if spec.get("shebang") else ["/bin/sh", script]
-    with room.command(argv, env, Path(spec["cwd"]), hand_over=False) as (command, fds):
+    cwd = Path(spec["cwd"])
+    if not spec.get("node_broker"):
+        return _run(room, argv, env, cwd)
+    job = os.environ.get("SLURM_JOB_ID") or Path(args[0]).stem
+    with node_broker(spec["node_broker"], job) as socket:
+        return _run(replace(room, socket=socket), argv, env, cwd)
+
+
+@contextmanager
+def node_broker(node: Mapping[str, Any], job: str) -> Iterator[Path]:
+    """Serve a broker for job ``job`` on this node while the block runs; yield its socket.
+
+    ``node``: the run's policy (:meth:`Sandbox.to_json`) and the step uid and gid.
+    The job's folder (``<run broker folder>/nodes/job-<id>/``) is laid out as a
+    run's, so its reaper finds the job's pinned mounts; the broker looks up
+    every image on this node's Docker and holds it to the same approved list.
+    Whatever container of the job's is still there when the block ends is removed.
+    """
+    run = Sandbox.from_json(node["sandbox"])
+    folder = run.ledger.parent / NODES / f"job-{job}"
+    sandbox = replace(run, ledger=folder / "broker" / "ledger.jsonl", owner=owner_id())
+    (folder / "broker").mkdir(parents=True, exist_ok=True)
+    socket = folder / "broker" / "docker.sock"
+    broker = Broker(sandbox, socket, int(node["uid"]), int(node["gid"]))
+    try:
+        with guard(sandbox, folder), broker.serving():
+            yield socket
+    finally:
+        left = labelled_containers(sandbox.docker, f"{RUN_LABEL}={sandbox.run_id}",
+                                   f"{OWNER_LABEL}={sandbox.owner}")
+        if left:
+            subprocess.run([sandbox.docker, "rm", "-f", *left], capture_output=True,
+                           check=False)
+
+
+def _run(room: Room, argv: list[str], env: dict[str, str], cwd: Path) -> int:
+    with room.command(argv, env, cwd, hand_over=False) as (command, fds):
         proc = subprocess.Popen(command, env={}, pass_fds=fds, start_new_session=True)
 
         def stop(signum: int, frame: object) -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cratebridge.engines.record import ContainerRecord
 
-__all__ = ["LedgerEntry", "read_ledger", "refusal_note"]
+__all__ = ["NODES", "LedgerEntry", "ledger_lines", "read_ledger", "refusal_note"]
+
+#: The folder, beside a run's ledger, holding one folder per Slurm job that had a
+#: broker of its own on its node (:mod:`cratebridge.containers.jobroom`), each with
+#: its ledger at ``broker/ledger.jsonl``.
+NODES = "nodes"
 
 #: how many different refusals a run's error quotes
 REFUSALS_SHOWN = 3
@@ -49,22 +56,31 @@ def refusal_note(refusals: tuple[str, ...]) -> str:
     return "sandbox refused: " + "; ".join(list(dict.fromkeys(refusals))[:REFUSALS_SHOWN])
 
 
+def ledger_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The lines of the run's ledger ``path``, then those of its jobs' brokers, job by job."""
+    for one in (path, *sorted(path.parent.glob(f"{NODES}/*/broker/ledger.jsonl"))):
+        if not one.is_file():
+            continue
+        for line in one.read_text().splitlines():
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if isinstance(data, dict):
+                yield data
+
+
 def read_ledger(path: Path) -> Ledger:
     """Every container of a run, in the order they started; refusals apart.
 
     The broker writes a line before it starts a container, another once Docker
     has named it and a last when it ends: the later line of a token replaces the
-    earlier.
+    earlier. The ledgers of the run's Slurm jobs that had brokers of their own
+    (``[slurm] broker = "node"``) are read with it.
     """
     entries: dict[str, LedgerEntry] = {}
     refusals: list[str] = []
-    if not path.exists():
-        return Ledger((), ())
-    for line in path.read_text().splitlines():
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
+    for data in ledger_lines(path):
         if "refused" in data:
             refusals.append(str(data["refused"]))
             continue
@@ -82,4 +98,5 @@ def read_ledger(path: Path) -> Ledger:
             labels=dict(data.get("labels", {})),
             stderr_cut=int(data.get("stderr_cut", 0)),
         )
-    return Ledger(tuple(entries.values()), tuple(refusals))
+    ordered = sorted(entries.values(), key=lambda e: e.start)  # jobs' ledgers interleave
+    return Ledger(tuple(ordered), tuple(refusals))

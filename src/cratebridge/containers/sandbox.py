@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,9 @@ class Sandbox:
     folder the engine cannot see. ``runs_dir`` is the runs folder the run
     belongs to, labelled on every container (see :func:`runs_label`); without
     it, no clean-up of a runs folder ever finds this run's containers.
+    ``slurm_broker``: where a Slurm job's containers start: ``"host"`` through
+    this run's broker, ``"node"`` through a broker the job starts on its node
+    (see :mod:`cratebridge.containers.jobroom`).
     """
 
     run_id: str
@@ -134,6 +138,29 @@ class Sandbox:
     owner: str = field(default_factory=lambda: owner_id())
     scheduler: str | None = None  # "slurm": the broker's Slurm door is open
     runs_dir: Path | None = None
+    slurm_broker: str = "host"
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as JSON data, for a Slurm job's broker to enforce the same (``"node"``)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["limits"] = asdict(self.limits)
+        for name in ("ledger", "room_tmp", "runs_dir"):
+            data[name] = None if data[name] is None else str(data[name])
+        for name in ("writable", "readable"):
+            data[name] = [str(p) for p in data[name]]
+        data["approved_images"] = list(self.approved_images)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Sandbox:
+        def path(name: str) -> Path | None:
+            return None if data.get(name) is None else Path(str(data[name]))
+
+        return cls(**{**data, "ledger": Path(str(data["ledger"])), "room_tmp": path("room_tmp"),
+                      "runs_dir": path("runs_dir"), "limits": Limits(**data["limits"]),
+                      "writable": tuple(Path(p) for p in data["writable"]),
+                      "readable": tuple(Path(p) for p in data["readable"]),
+                      "approved_images": tuple(data["approved_images"])})
 
     @property
     def mountable(self) -> tuple[Path, ...]:

@@ -9,12 +9,11 @@ its task by the task folder given to ``docker run -w``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
-from cratebridge.containers.ledger import Ledger, LedgerEntry
+from cratebridge.containers.ledger import Ledger, LedgerEntry, ledger_lines
 from cratebridge.engines.record import (
     ContainerRecord,
     FileRecord,
@@ -37,13 +36,7 @@ def containers_by_workdir(ledger_path: Path, ledger: Ledger) -> dict[str, Ledger
     """Ledger entries keyed by the real path of the folder their ``docker run -w`` named."""
     by_token = ledger.by_token()
     found: dict[str, LedgerEntry] = {}
-    if not ledger_path.is_file():
-        return found
-    for line in ledger_path.read_text().splitlines():
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for data in ledger_lines(ledger_path):
         entry = by_token.get(str(data.get("token")))
         workdir = _workdir_flag(data.get("argv") or [])
         if entry is not None and workdir:
