@@ -8,7 +8,9 @@ zip, each of ours in its own process reporting its peak RSS. ``verify_bag`` is
 called as the pipeline calls it (``cratebridge.api``), with the digests taken while
 unpacking, so the payload is read once. The figure is throughput as a fraction of
 sha512sum's; a smaller crate (default 256 MiB, same file size) shows whether peak
-memory grows with the crate.
+memory grows with the crate. A second reference, in the same rounds: ``cp -r``
+of the bag folder, what the file system alone costs to make the same files
+(no hashing), shown, not part of the target.
 Targets (issue 17): throughput >= 0.6 of sha512sum over the same files; peak RSS
 < 200 MB and flat, i.e. not growing with the crate.
 """
@@ -113,19 +115,32 @@ def sha512sum(bag: Path) -> float:
     return elapsed
 
 
+def copy_tree(bag: Path, dest: Path) -> float:
+    """``cp -r`` of the bag folder into ``dest`` (removed after): the file system's part."""
+    start = time.perf_counter()
+    done = subprocess.run(["cp", "-r", str(bag), str(dest)], check=False)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(dest, ignore_errors=True)
+    if done.returncode != 0:
+        raise CannotMeasure(f"cp -r exited {done.returncode}")
+    return elapsed
+
+
 def measure(scratch: Path, name: str, total: int, files: int, rounds: int) -> dict[str, object]:
     bag = scratch / name / name
     bag.mkdir(parents=True)
     octets = make_bag(bag, total, files, seed=total)
     archive = scratch / name / f"{name}.zip"
     zip_bag(bag, archive)
-    sha, folder, zipped = [], [], []
+    sha, copied, folder, zipped = [], [], [], []
     for r in range(rounds):
         sha.append(sha512sum(bag))
+        copied.append(copy_tree(bag, scratch / name / f"copied-{r}"))
         folder.append(ours(bag, scratch / name / f"unpacked-{r}"))
         zipped.append(ours(archive, scratch / name / f"unzipped-{r}"))
     shutil.rmtree(scratch / name)
-    return {"bytes": octets, "files": files, "sha": sha, "folder": folder, "zip": zipped}
+    return {"bytes": octets, "files": files, "sha": sha, "cp": copied, "folder": folder,
+            "zip": zipped}
 
 
 def report(label: str, r: dict[str, object]) -> tuple[float, float, float]:
@@ -133,6 +148,9 @@ def report(label: str, r: dict[str, object]) -> tuple[float, float, float]:
     sha = median(r["sha"])
     print(f"  {label}: {r['files']} files, {mib:.0f} MiB")
     print(f"    sha512sum             median {sha:6.2f} s  {mib / sha:7.0f} MiB/s (baseline)")
+    cp = median(r["cp"])
+    print(f"    cp -r                 median {cp:6.2f} s  {mib / cp:7.0f} MiB/s "
+          f"(making the files alone; sha512sum then cp -r: {sha + cp:.2f} s)")
     worst = 1.0
     peaks = []
     for kind in ("folder", "zip"):

@@ -10,8 +10,9 @@ the job's. Slurm's signals stop the room.
 With ``[slurm] broker = "node"`` the spec carries the run's container policy,
 and the job starts a broker of its own, on its node, for the room to reach
 (:func:`node_broker`): the same policy, that node's Docker, a ledger in the
-job's own folder (:data:`NODES` under the run's broker folder), and its own
-owner label, so that what the job leaves is removed by the job, on its node.
+job's own folder (``nodes/job-<id>/`` in the run's broker folder, read with the
+run's ledger), and its own owner label, so that what the job leaves is removed
+by the job, on its node.
 """
 
 from __future__ import annotations

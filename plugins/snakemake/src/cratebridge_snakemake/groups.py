@@ -77,11 +77,14 @@ class GroupRun:
         """Run one level's jobs at once; :class:`JobFailed` for the first that failed."""
         serving: list[Launched] = []
         launched: list[Launched] = []
+        services = [bool(self.service_files(job)) for job in jobs]
         try:
-            serving += [self.launch(job) for job in jobs if self.service_files(job)]
+            serving += [self.launch(job) for job, service in zip(jobs, services, strict=True)
+                        if service]
             self._await_services(serving)
-            for job in jobs:  # in the level's order: a pipe's writer before its readers
-                if not self.service_files(job):
+            # in the level's order: a pipe's writer before its readers
+            for job, service in zip(jobs, services, strict=True):
+                if not service:
                     launched.append(self.launch(job))
         except JobFailed:
             self._stop([*launched, *serving])
