@@ -11,6 +11,18 @@ sha512sum's; a smaller crate (default 256 MiB, same file size) shows whether pea
 memory grows with the crate. A second reference, in the same rounds: ``cp -r``
 of the bag folder, what the file system alone costs to make the same files
 (no hashing), shown, not part of the target.
+
+Nothing is deleted until every figure is taken (it needs about 11 times the
+two crates' size free in /tmp). On an ext4 without a journal (this machine's),
+creating a file skips every inode freed in the last minute (five while its
+table block is dirty), one buffer lookup each: right after 10,000 files are
+deleted, making 10,000 more costs seconds of system time (``perf``: ext4_create
+-> recently_deleted), for ``cp -r`` as for the intake. Deleting each round's
+copy before the next measured that, not the intake. For the same reason each
+figure is taken after an ``os.sync()`` (untimed): with gigabytes of the
+benchmark's own writes still to go to the disk, the kernel holds back every
+writer, and a figure taken then is the disk's write-back.
+
 Targets (issue 17): throughput >= 0.6 of sha512sum over the same files; peak RSS
 < 200 MB and flat, i.e. not growing with the crate.
 """
@@ -95,7 +107,6 @@ def child(source: Path, dest: Path) -> dict[str, float]:
 def ours(source: Path, dest: Path) -> dict[str, float]:
     done = subprocess.run([sys.executable, __file__, "--child", str(source), str(dest)],
                           capture_output=True, text=True, check=False)
-    shutil.rmtree(dest, ignore_errors=True)
     if done.returncode != 0:
         raise CannotMeasure(f"intake of {source} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -116,11 +127,10 @@ def sha512sum(bag: Path) -> float:
 
 
 def copy_tree(bag: Path, dest: Path) -> float:
-    """``cp -r`` of the bag folder into ``dest`` (removed after): the file system's part."""
+    """``cp -r`` of the bag folder into ``dest``: the file system's part."""
     start = time.perf_counter()
     done = subprocess.run(["cp", "-r", str(bag), str(dest)], check=False)
     elapsed = time.perf_counter() - start
-    shutil.rmtree(dest, ignore_errors=True)
     if done.returncode != 0:
         raise CannotMeasure(f"cp -r exited {done.returncode}")
     return elapsed
@@ -134,11 +144,15 @@ def measure(scratch: Path, name: str, total: int, files: int, rounds: int) -> di
     zip_bag(bag, archive)
     sha, copied, folder, zipped = [], [], [], []
     for r in range(rounds):
+        # each starts with nothing left to write back (see above), untimed
+        os.sync()
         sha.append(sha512sum(bag))
+        os.sync()
         copied.append(copy_tree(bag, scratch / name / f"copied-{r}"))
+        os.sync()
         folder.append(ours(bag, scratch / name / f"unpacked-{r}"))
+        os.sync()
         zipped.append(ours(archive, scratch / name / f"unzipped-{r}"))
-    shutil.rmtree(scratch / name)
     return {"bytes": octets, "files": files, "sha": sha, "cp": copied, "folder": folder,
             "zip": zipped}
 
@@ -175,7 +189,8 @@ def run() -> int:
     if args.child:
         print(json.dumps(child(*args.child)))
         return 0
-    need = 3.5 * args.mib * 1024**2
+    # every copy stays until the end (see above)
+    need = (2 + 3 * args.rounds) * (args.mib + args.small_mib) * 1024**2 * 1.05
     free = shutil.disk_usage("/tmp").free
     if free < need:
         raise CannotMeasure(f"/tmp has {free / 1024**3:.1f} GiB free, {need / 1024**3:.1f} needed")

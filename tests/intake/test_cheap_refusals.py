@@ -101,6 +101,42 @@ def bad_crc_stored(tmp: Path) -> Path:
     return _flip_member_byte(archive, "crate/data.txt")
 
 
+# A stored member is read by offset, not through zipfile (intake._zipread._StoredReader):
+# the same faults, the same refusals.
+
+
+def _stored(tmp: Path) -> Path:
+    return _zip(tmp, (_info("crate/data.txt", zipfile.ZIP_STORED), PAYLOAD))
+
+
+def stored_size_declared_smaller(tmp: Path) -> Path:
+    return _patch_central(_stored(tmp), "crate/data.txt", 24, "<L", 10)
+
+
+def stored_sizes_declared_larger(tmp: Path) -> Path:
+    """Both sizes larger: the member's read runs on into the next member's bytes."""
+    archive = _patch_central(_stored(tmp), "crate/data.txt", 20, "<L", len(PAYLOAD) + 64)
+    return _patch_central(archive, "crate/data.txt", 24, "<L", len(PAYLOAD) + 64)
+
+
+def stored_local_name_differs(tmp: Path) -> Path:
+    archive = _stored(tmp)
+    raw = archive.read_bytes()
+    at = raw.index(b"crate/data.txt")  # the local header's copy comes first
+    archive.write_bytes(raw[:at] + b"crate/dada.txt" + raw[at + 14:])
+    return archive
+
+
+def stored_local_header_not_one(tmp: Path) -> Path:
+    archive = _stored(tmp)
+    with zipfile.ZipFile(archive) as zf:
+        offset = zf.getinfo("crate/data.txt").header_offset
+    raw = bytearray(archive.read_bytes())
+    raw[offset:offset + 4] = b"PK\x09\x09"
+    archive.write_bytes(bytes(raw))
+    return archive
+
+
 def long_name(tmp: Path) -> Path:
     return _zip(tmp, ("crate/" + "n" * 300 + ".txt", b"x"))
 
@@ -300,6 +336,10 @@ ATTACKS = [
     Attack(broken_deflate, "crate/data.txt", CrateRejected, ("validate", "plan", "run")),
     Attack(bad_crc_deflated, "crate/data.txt", CrateRejected),
     Attack(bad_crc_stored, "crate/data.txt", CrateRejected),
+    Attack(stored_size_declared_smaller, "crate/data.txt", CrateRejected),
+    Attack(stored_sizes_declared_larger, "crate/data.txt", CrateRejected),
+    Attack(stored_local_name_differs, "crate/data.txt", CrateRejected),
+    Attack(stored_local_header_not_one, "crate/data.txt", CrateRejected),
     Attack(long_name, "crate/nnnnnnnn", UnsafeCrate, ("validate", "plan")),
     Attack(deep_2100, "crate/d/d/d/d", UnsafeCrate, ("validate", "plan", "run")),
     Attack(deep_100, "crate/d/d/d/d", UnsafeCrate),

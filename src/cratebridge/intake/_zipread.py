@@ -10,6 +10,7 @@ exactly the size the zip declared.
 
 from __future__ import annotations
 
+import os
 import stat
 import struct
 import threading
@@ -34,6 +35,7 @@ _EOCD64 = struct.Struct("<4sQ2H2L4Q")
 _LOCATOR_SIZE = 20
 _CENTRAL_SIZE = 46
 _LOCAL_HEADER_SIZE = 30
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # as zipfile.structFileHeader
 # What reading a damaged member can raise: bad CRC and bad headers (BadZipFile), a broken
 # deflate stream (zlib.error), a truncated one (EOFError), an odd name or flag (ValueError,
 # RuntimeError, NotImplementedError), an unreadable archive (OSError).
@@ -81,7 +83,7 @@ def extract_zip(source: Path, writer: Writer) -> None:
             # but opening and closing a member count references without a lock.
             refs = threading.Lock()
             for member in _check_members(archive.infolist(), size, writer.limits, where):
-                _extract_member(archive, member, writer, refs)
+                _extract_member(archive, member, writer, refs, raw.fileno())
 
 
 # -- pass 1: count the central directory -----------------------------------------------------
@@ -243,16 +245,18 @@ def _check_member(
 
 
 def _extract_member(
-    archive: zipfile.ZipFile, member: _Member, writer: Writer, refs: threading.Lock
+    archive: zipfile.ZipFile, member: _Member, writer: Writer, refs: threading.Lock, fd: int
 ) -> None:
     writer.count_member(str(member.rel))
     if member.is_dir:
         writer.make_dir(member.rel)
         return
     info = member.info
+    reader: _MemberReader | _StoredReader = _StoredReader(fd, member) \
+        if info.compress_type == zipfile.ZIP_STORED else _MemberReader(archive, member, refs)
     writer.write_file(  # the writer owns the reader from here, and closes it
         member.rel,
-        _MemberReader(archive, member, refs),
+        reader,
         executable=bool((info.external_attr >> 16) & stat.S_IXUSR),
         size=info.file_size,
         compressed=info.compress_size,
@@ -298,6 +302,68 @@ class _MemberReader:
         if not chunk and self._left > 0:
             raise _damaged(self._member, EOFError(f"{self._left} bytes short"))
         return chunk
+
+
+class _StoredReader:
+    """A stored member's data, read by offset from the zip's descriptor.
+
+    The copies of several members at once share no file position, so they need
+    no lock (:mod:`zipfile` locks every read of its shared file, and counts
+    references to it on every open and close). The local header is read and
+    checked as :mod:`zipfile` checks it (signature, name, no compressed patch);
+    then exactly the size the central directory declares is read, and its CRC-32
+    checked at the end. Every fault is a refusal naming the member.
+    """
+
+    def __init__(self, fd: int, member: _Member) -> None:
+        self._fd = fd
+        self._member = member
+        self._at: int | None = None  # where the next read starts, once the header is read
+        self._left = member.info.file_size
+        self._crc = 0
+
+    def close(self) -> None:
+        pass  # the descriptor is the zip's, closed with it
+
+    def read(self, size: int, /) -> bytes:
+        info = self._member.info
+        try:
+            if self._at is None:
+                self._at = self._data_offset()
+            want = min(size, self._left)
+            chunk = os.pread(self._fd, want, self._at) if want else b""
+            if len(chunk) < want:
+                raise EOFError(f"{self._left - len(chunk)} bytes short")
+            self._at += len(chunk)
+            self._left -= len(chunk)
+            self._crc = zlib.crc32(chunk, self._crc)
+            if self._left == 0 and self._crc != info.CRC:
+                raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.orig_filename!r}")
+        except _READ_ERRORS as exc:
+            raise _damaged(self._member, exc) from exc
+        return chunk
+
+    def _data_offset(self) -> int:
+        info = self._member.info
+        if info.compress_size != info.file_size:
+            raise zipfile.BadZipFile(f"stored with {info.compress_size} bytes for "
+                                     f"{info.file_size}")
+        header = os.pread(self._fd, _LOCAL_HEADER_SIZE, info.header_offset)
+        if len(header) < _LOCAL_HEADER_SIZE:
+            raise EOFError("the local header is cut short")
+        fields = _LOCAL_HEADER.unpack(header)
+        if fields[0] != b"PK\x03\x04":
+            raise zipfile.BadZipFile("Bad magic number for file header")
+        if fields[3] & _PATCHED:
+            raise NotImplementedError("compressed patched data (flag bit 5)")
+        name_size, extra_size = int(fields[10]), int(fields[11])
+        start = info.header_offset + _LOCAL_HEADER_SIZE
+        name = os.pread(self._fd, name_size, start)
+        text = name.decode("utf-8" if info.flag_bits & _UTF8 else "cp437")
+        if text != info.orig_filename:
+            raise zipfile.BadZipFile(f"File name in directory {info.orig_filename!r} and "
+                                     f"header {name!r} differ.")
+        return start + name_size + extra_size
 
 
 def _damaged(member: _Member, exc: BaseException) -> CrateRejected:
