@@ -1,6 +1,6 @@
 """Runs every benchmark in turn and summarises TARGET MET / MISSED.
 
-``--skip-intake`` leaves out the 1 GiB intake benchmark (it needs ~3.5 GiB of
+``--skip-intake`` leaves out the 1 GiB intake benchmark (it needs ~15 GiB of
 /tmp and a few minutes); ``--quick`` runs each with fewer rounds;
 ``--cwl-suite DIR`` (or ``$CWL_SUITE``) adds the CWL conformance suite's ratio.
 Exits non-zero only when a benchmark could not measure.
