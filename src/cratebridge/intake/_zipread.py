@@ -79,8 +79,9 @@ def extract_zip(source: Path, writer: Writer) -> None:
                 where=where,
             ) from exc
         with archive, writer.copying():  # every copy ends before the zip is closed
-            # Members are read by the writer's copy threads; zipfile's reads are locked,
-            # but opening and closing a member count references without a lock.
+            # Members are read by the writer's copy threads. A stored one by offset, with
+            # no lock (_StoredReader); a deflated one through zipfile, whose reads are
+            # locked, but whose opening and closing count references without a lock.
             refs = threading.Lock()
             for member in _check_members(archive.infolist(), size, writer.limits, where):
                 _extract_member(archive, member, writer, refs, raw.fileno())
