@@ -103,6 +103,25 @@ def run_tree(run_id: str) -> list[int]:
     return found
 
 
+def guarded_tree(run_id: str, timeout: float = 60.0) -> list[int]:
+    """:func:`run_tree` once the run's reaper is in it.
+
+    A run is RUNNING before its pipeline starts the reaper (when the engine
+    starts); a tree taken earlier misses the reaper, which then outlives the
+    kills and writes the run's crate itself, racing what the test checks.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        tree = run_tree(run_id)
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                if b"cratebridge.containers.reaper_watch" in Path(f"/proc/{pid}/cmdline") \
+                        .read_bytes():
+                    return tree
+        assert time.monotonic() < deadline, f"no reaper in the run's tree: {tree}"
+        time.sleep(0.1)
+
+
 def signal_if_alive(pid: int, signum: int) -> None:
     """Signal ``pid`` unless it is already gone.
 
@@ -120,8 +139,7 @@ def test_a_run_killed_before_it_wrote_a_crate_gets_one_at_restart(
     server: Server = make_server(max_concurrent_runs=1).start()
     run_id = server.run_id(sleep_crate(tmp_path, 300))
     server.wait(run_id, until=lambda s: s == "RUNNING", timeout=120)
-    tree = run_tree(run_id)
-    assert tree, "the run's process was not found"
+    tree = guarded_tree(run_id)
     try:
         for pid in tree:  # frozen first, so that the server's death cannot reach it
             signal_if_alive(pid, signal.SIGSTOP)
@@ -154,8 +172,7 @@ def test_a_run_killed_while_the_server_runs_ends_with_its_reapers_crate(
     server: Server = make_server(max_concurrent_runs=1).start()
     run_id = server.run_id(sleep_crate(tmp_path, 300))
     server.wait(run_id, until=lambda s: s == "RUNNING", timeout=120)
-    tree = run_tree(run_id)
-    assert tree, "the run's process was not found"
+    tree = guarded_tree(run_id)
     os.kill(tree[0], signal.SIGKILL)  # the cratebridge process only
     log = server.wait(run_id, timeout=120)
     assert (log["state"], log["cratebridge"]["outcome"]) == ("SYSTEM_ERROR", "error"), log
