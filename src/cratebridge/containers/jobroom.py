@@ -31,14 +31,8 @@ from typing import Any
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
 from cratebridge.containers.ledger import NODES
-from cratebridge.containers.reaper import guard
-from cratebridge.containers.sandbox import (
-    OWNER_LABEL,
-    RUN_LABEL,
-    Sandbox,
-    labelled_containers,
-    owner_id,
-)
+from cratebridge.containers.reaper import guard, remove_owned_containers
+from cratebridge.containers.sandbox import Sandbox, owner_id
 
 __all__ = ["main", "node_broker"]
 
@@ -82,11 +76,7 @@ def node_broker(node: Mapping[str, Any], job: str) -> Iterator[Path]:
         with guard(sandbox, folder), broker.serving():
             yield socket
     finally:
-        left = labelled_containers(sandbox.docker, f"{RUN_LABEL}={sandbox.run_id}",
-                                   f"{OWNER_LABEL}={sandbox.owner}")
-        if left:
-            subprocess.run([sandbox.docker, "rm", "-f", *left], capture_output=True,
-                           check=False)
+        remove_owned_containers(sandbox.docker, sandbox.run_id, sandbox.owner)
 
 
 def _run(room: Room, argv: list[str], env: dict[str, str], cwd: Path) -> int:

@@ -35,7 +35,7 @@ from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labe
 from cratebridge.exits import wait_exit
 
 __all__ = ["LastWords", "Removed", "RunRemains", "after_death", "dies_with_us", "guard", "reap",
-           "reaping", "submitted_jobs"]
+           "reaping", "remove_owned_containers", "submitted_jobs"]
 
 #: Seconds to wait before each sweep for containers: a ``docker run`` killed with
 #: cratebridge may still have its container created (and started) by the daemon.
@@ -188,12 +188,19 @@ def reap(remains: RunRemains) -> Removed:
 
 
 def _remove_containers(remains: RunRemains) -> list[str]:
+    return remove_owned_containers(remains.docker, remains.run_id, remains.owner)
+
+
+def remove_owned_containers(docker: str, run_id: str, owner: str) -> list[str]:
+    """Remove the containers of run ``run_id`` that broker ``owner`` started; their ids.
+
+    Nothing (an empty list) when Docker cannot be asked in time.
+    """
     try:
-        found = labelled_containers(remains.docker, f"{RUN_LABEL}={remains.run_id}",
-                                    f"{OWNER_LABEL}={remains.owner}")
+        found = labelled_containers(docker, f"{RUN_LABEL}={run_id}", f"{OWNER_LABEL}={owner}")
         if found:
-            subprocess.run([remains.docker, "rm", "-f", *found], capture_output=True,
-                           check=False, timeout=COMMAND_TIMEOUT)
+            subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False,
+                           timeout=COMMAND_TIMEOUT)
     except (OSError, subprocess.SubprocessError):
         return []
     return found
