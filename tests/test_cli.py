@@ -109,6 +109,24 @@ def test_engines_json_lists_cwltool() -> None:
     assert engines["cwltool"]["distribution"] == "cratebridge-cwl"
 
 
+
+def test_a_process_that_leaves_flushes_its_output_and_runs_its_exit_handlers(
+        tmp_path: Path) -> None:
+    """``leave`` (how the command and the engines' processes end) skips only the last
+    collection: buffered output, exit handlers and the exit code all come through."""
+    marker = tmp_path / "handled"
+    script = ("import atexit, sys\n"
+              f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran'))\n"
+              "from cratebridge.leaving import leave\n"
+              "sys.stdout.write('buffered, no newline')\n"
+              "sys.stderr.write('said on stderr')\n"
+              "leave(7)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (7, "buffered, no newline",
+                                                           "said on stderr")
+    assert marker.read_text() == "ran"
+
 @pytest.mark.docker
 def test_plan_json_names_engine_images_command(tmp_path: Path, docker_available: bool) -> None:
     done = cli("plan", str(crate(tmp_path)), "--json", "--config", str(config(tmp_path)))

@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TextIO
 from cratebridge import __version__
 from cratebridge.engines.interface import INTERFACE_VERSION
 from cratebridge.errors import CratebridgeError, InternalError, Interrupted, UsageError
+from cratebridge.leaving import leave
 
 __all__ = ["main"]
 
@@ -502,5 +503,10 @@ def _fail(err: CratebridgeError, args: argparse.Namespace) -> int:
     return err.exit_code
 
 
+def console() -> NoReturn:
+    """The ``cratebridge`` command: :func:`main`, then the process ends at once."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

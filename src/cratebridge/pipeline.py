@@ -255,6 +255,9 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
             prepared = _prepare(Path(crate), run_dir, run_id, cfg, reg, engine,
                                 _step_events(run_id, progress, emit))
             emit(RunEvent("stage", run_id, stage="plan"))
+            # while the plan's reader works in its room, this process mostly waits
+            threading.Thread(target=_load_writers, name="cratebridge-load-writers",
+                             daemon=True).start()
             plan_ = prepared.engine.plan(prepared.request, prepared.context)
             _check_images(plan_, cfg)
         except BaseException as exc:
@@ -274,8 +277,6 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
         # stretch may be cut short by a second signal (_execute records it)
         with signals.not_cut_short():
             emit(RunEvent("stage", run_id, stage="execute"))
-            threading.Thread(target=_load_writers, name="cratebridge-load-writers",
-                             daemon=True).start()
             try:
                 last_words = last_words_for(
                     prepared.request, datetime.now(UTC), prepared.engine.name, plan_,
@@ -297,8 +298,8 @@ def run(crate: Path, out: Path, *, engine: str | None = None,
 
 
 def _load_writers() -> None:
-    """Import what writes the result crate while the engine runs: the host only waits
-    then, and the crate is written sooner once the engine ends."""
+    """Import what writes the result crate while the host only waits (for the plan's
+    reader, then the engine): the crate is written sooner once the engine ends."""
     try:
         import cratebridge.provenance.builder
         import cratebridge.provenance.package  # noqa: F401

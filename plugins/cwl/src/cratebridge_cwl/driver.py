@@ -45,6 +45,7 @@ from cwltool.utils import JobsGeneratorType, OutputCallbackType
 from cwltool.workflow import Workflow, default_make_tool
 
 from cratebridge.containers.sandbox import STEP_LABEL
+from cratebridge.leaving import leave
 from cratebridge_cwl.offline import OfflineFetcher, crate_fetcher
 from cratebridge_cwl.records import run_key, shape_path
 
@@ -507,4 +508,4 @@ def standard_schemas() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -12,12 +12,12 @@ and the workflow are loaded once.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from cratebridge.engines.held import serve
 from cratebridge.engines.process import print_report
+from cratebridge.leaving import leave
 
 __all__ = ["main"]
 
@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())  # after the run, when the reader became the engine

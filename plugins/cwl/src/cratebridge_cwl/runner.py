@@ -21,13 +21,14 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cratebridge.config import Config, load_config
 from cratebridge.engines.installed import version as installed_version
 from cratebridge.engines.interface import ProgressEvent
 from cratebridge.engines.record import FileRecord, RunStatus
 from cratebridge.errors import CratebridgeError
+from cratebridge.leaving import leave
 from cratebridge_cwl.runner_crate import write_request
 from cratebridge_cwl.runner_read import (
     EXIT_UNSUPPORTED,
@@ -232,5 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console() -> NoReturn:
+    """The ``cratebridge-cwl-runner`` command: :func:`main`, then the process ends at once."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

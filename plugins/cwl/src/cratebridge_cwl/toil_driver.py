@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import os
 import stat
-import sys
 from argparse import Namespace
 from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping
 from dataclasses import replace
@@ -36,6 +35,7 @@ from cwltool.utils import OutputCallbackType
 from cwltool.workflow import Workflow
 from toil.cwl import cwltoil
 
+from cratebridge.leaving import leave
 from cratebridge_cwl.driver import (
     EventLog,
     JobReport,
@@ -457,4 +457,4 @@ if __name__ == "__main__":
     # its importable name for the workers to load it.
     from cratebridge_cwl.toil_driver import main as _main
 
-    sys.exit(_main())
+    leave(_main())
