@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cratebridge_cwl.driver import EventLog
+from cratebridge_cwl.eventlog import EventLog
 
 
 def _file(path: Path) -> dict[str, str]:

@@ -37,7 +37,6 @@ from toil.cwl import cwltoil
 
 from cratebridge.leaving import leave
 from cratebridge_cwl.driver import (
-    EventLog,
     JobReport,
     entering_run,
     name_steps,
@@ -49,6 +48,7 @@ from cratebridge_cwl.driver import (
     standard_schemas,
     write_shape,
 )
+from cratebridge_cwl.eventlog import EventLog
 from cratebridge_cwl.offline import OfflineFetcher
 
 __all__ = ["UNREADABLE", "RecordingCWLWorkflow", "RecordingToilCommandLineTool",
