@@ -174,7 +174,7 @@ def reap(remains: RunRemains) -> Removed:
     mounts: list[str] = []
     for number, delay in enumerate(SWEEPS):
         time.sleep(delay)
-        found = _remove_containers(remains)
+        found = remove_owned_containers(remains.docker, remains.run_id, remains.owner)
         containers += [c for c in found if c not in containers]
         if os.geteuid() == 0:
             mounts += release_pins(remains.run_dir)
@@ -185,10 +185,6 @@ def reap(remains: RunRemains) -> Removed:
     removed = Removed(tuple(containers), tuple(jobs), tuple(mounts))
     _note(remains.ledger, removed)
     return removed
-
-
-def _remove_containers(remains: RunRemains) -> list[str]:
-    return remove_owned_containers(remains.docker, remains.run_id, remains.owner)
 
 
 def remove_owned_containers(docker: str, run_id: str, owner: str) -> list[str]:
