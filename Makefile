@@ -8,7 +8,7 @@
 #   make client          compile the broker's client (runs use the Python one without it)
 #   make fixture-crates  rebuild the committed request crates in fixtures/crates/
 #   make demo            run the demo request through the cratebridge CLI
-#   make slurm           install and start a one-node Slurm cluster on localhost
+#   make slurm           install and start the test Slurm cluster on localhost (two nodes)
 #   make postgres        install and start PostgreSQL for the service tests
 #   make test            setup + slurm + postgres, then pytest, then lint
 #   make lint            ruff and mypy
@@ -102,7 +102,8 @@ demo: run-setup
 	$(VENV)/bin/cratebridge run fixtures/crates/demo-request.zip --out demo-result.zip
 	@echo "result crate: $(CURDIR)/demo-result.zip"
 
-# The scale-out tests (Toil and Snakemake on Slurm) run on a real one-node cluster.
+# The scale-out tests (Toil and Snakemake on Slurm) run on a real cluster: this host's node
+# (partition debug) and a second node, a host of its own to its jobs (partition twohosts).
 slurm:
 	@scripts/setup-slurm
 	@scripts/start-slurm

@@ -18,7 +18,16 @@ from cratebridge.config import load_config
 from cratebridge.engines.record import FileRecord, RunStatus
 from cratebridge.errors import UsageError
 from cratebridge.pipeline import plan, run
-from cratebridge.testing.cluster import slurm_down
+from cratebridge.testing.cluster import (
+    TWO_HOSTS,
+    SecondNode,
+    containers_created,
+    containers_left,
+    job_nodes,
+    second_node,
+    shared_folder,
+    slurm_down,
+)
 from cratebridge.testing.crates import (
     RequestSpec,
     ReviewAction,
@@ -203,6 +212,65 @@ def test_each_slurm_job_starts_its_containers_through_a_broker_on_its_node(
                            f"label=org.cratebridge.run={outcome.run_dir.name}"],
                           capture_output=True, text=True, check=True)
     assert not left.stdout.split()
+
+
+# -- two hosts: each job's containers on its own node's Docker ------------------------
+
+
+TWO_HOST_PARTS = 6
+
+
+@pytest.mark.docker
+@pytest.mark.slurm
+@needs_slurm
+def test_a_scatter_over_two_hosts_starts_each_container_on_its_jobs_node(
+        tmp_path: Path) -> None:
+    """The partition ``twohosts`` (this host's node and a second node with its own name,
+    Docker, /tmp and slurmd: scripts/start-second-node) with ``[slurm] broker = "node"``:
+    the jobs spread over both nodes, and each step's container is created by its own
+    node's Docker, under the token its record carries; none is left on either."""
+    node = second_node()
+    if not isinstance(node, SecondNode):
+        pytest.skip(node)
+    with shared_folder() as shared:  # where both nodes see the runs folder
+        spec = RequestSpec(
+            workflow_dir=CWL / "scatter-50", main_workflow="workflow.cwl",
+            inputs=(ValueInput("n", TWO_HOST_PARTS),), name="A scatter over two hosts",
+            reviews=(ReviewAction(ReviewKind.CHECK_VALUE), ReviewAction(ReviewKind.SIGN_OFF)))
+        crate = write_request_zip(spec, tmp_path / "request.zip", ZipLayout.FOLDER)
+        config = tmp_path / "cratebridge.toml"
+        config.write_text(f'[run]\nruns_dir = "{shared / "runs"}"\ntimeout = "10m"\n\n'
+                          f'{SLURM_TOML}slurm_partition = "{TWO_HOSTS}"\n\n'
+                          '[slurm]\nbroker = "node"\n')
+        began = time.time()
+        outcome = run(crate, tmp_path / "result", engine="toil", config=load_config(config))
+        assert outcome.status is RunStatus.COMPLETED, outcome.record.error
+        run_id = outcome.run_dir.name
+
+        started = {str(e["token"]): e for e in _events(outcome.run_dir)
+                   if e["event"] == "started"}
+        steps = outcome.record.steps
+        assert len(steps) == TWO_HOST_PARTS + 1
+        assert {str(s.native_id) for s in steps} == set(started)
+        # where each step's Slurm job ran, as sacct says and as the step's event says
+        nodes = job_nodes([str(e["slurm_job"]) for e in started.values()])
+        hosts = {token: nodes[str(e["slurm_job"])] for token, e in started.items()}
+        assert hosts == {token: e["host"] for token, e in started.items()}
+        on_second = sorted(t for t in hosts if hosts[t] == node.name)
+        on_first = sorted(t for t in hosts if hosts[t] != node.name)
+        assert on_second and on_first, hosts  # LLN spreads the parts over both nodes
+        # each container was created by the Docker of the node its job ran on, nowhere else
+        for tokens, docker_host in ((on_second, node.docker_host), (on_first, None)):
+            created = containers_created(run_id, began, docker_host)
+            assert sorted(labels.get("org.cratebridge.step", "") for labels in created.values()) \
+                == tokens
+            assert not containers_left(run_id, docker_host)
+        for step in steps:
+            assert step.container is not None and step.container.image_id
+            assert step.exit_code == 0 and step.status is RunStatus.COMPLETED
+        outputs = sorted((tmp_path / "result").rglob("outputs/part-*.squared.txt"))
+        assert [int(p.read_text()) for p in outputs] == [n * n for n in
+                                                         range(1, TWO_HOST_PARTS + 1)]
 
 
 # -- the operator's settings and the plan (no run) --------------------------------------

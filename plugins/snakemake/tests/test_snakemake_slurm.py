@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from test_snakemake_targets import PIPE, SERVICE
 
-from cratebridge.config import Config
+from cratebridge.config import Config, load_config
 from cratebridge.engines.record import RunStatus
 from cratebridge.pipeline import run
+from cratebridge.testing.cluster import (
+    TWO_HOSTS,
+    SecondNode,
+    containers_created,
+    containers_left,
+    job_nodes,
+    second_node,
+    shared_folder,
+)
 from cratebridge.testing.crates import FileInput, RequestSpec, ValueInput, write_request_zip
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "workflows" / "snakemake"
@@ -253,3 +264,87 @@ def test_a_failing_pipe_writer_stops_its_group_and_fails_its_slurm_job(
     native = steps["produce"].native_id
     assert native and native.isdigit() and steps["consume"].native_id == native
     assert _sacct([native])[native].startswith("FAILED")
+
+
+TWO_HOST_RULES = 4
+PARTS = ", ".join(f'"part-{n}.txt"' for n in range(TWO_HOST_RULES))
+SPREAD = f'''rule all:
+    input: {PARTS}
+
+rule part:
+    output: "part-{{n}}.txt"
+    resources: slurm_partition="{TWO_HOSTS}"
+    container: "docker://cratebridge/busybox:1"
+    shell: "sleep 2; echo {{wildcards.n}} > {{output}}"
+'''
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path, slurm: bool, docker_available: bool) -> Iterator[
+        tuple[SecondNode, Callable[[str], Config]]]:
+    """The second node, and configurations (the given extra TOML) for Slurm runs of
+    ``TWO_HOST_RULES`` jobs at once, with the runs folder where both nodes see it."""
+    node = second_node()
+    if not isinstance(node, SecondNode):
+        pytest.skip(node)
+    with shared_folder() as shared:
+        def config(extra: str) -> Config:
+            path = tmp_path / "cratebridge.toml"
+            path.write_text(f'[run]\nruns_dir = "{shared / "runs"}"\ntimeout = "10m"\n\n'
+                            f'{SLURM.replace("jobs = 2", f"jobs = {TWO_HOST_RULES}")}\n{extra}')
+            return load_config(path)
+
+        yield node, config
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_jobs_on_two_hosts_start_their_containers_on_their_own_nodes_docker(
+        tmp_path: Path, make_request: Callable[..., Path],
+        two_hosts: tuple[SecondNode, Callable[[str], Config]]) -> None:
+    """Four jobs at once in the partition ``twohosts`` (this host's node and a second
+    node with its own name, Docker, /tmp and slurmd: scripts/start-second-node), with
+    ``[slurm] broker = "node"``: they spread over both nodes, and each job's container
+    is created by its own node's Docker; none is left on either."""
+    node, config = two_hosts
+    began = time.time()
+    outcome = run(make_request(SPREAD), tmp_path / "result", engine="snakemake",
+                  config=config('[slurm]\nbroker = "node"\n'))
+    assert outcome.exit_code == 0, outcome.record.error
+    for n in range(TWO_HOST_RULES):
+        assert (outcome.run_dir / "outputs" / f"part-{n}.txt").read_text() == f"{n}\n"
+    steps = outcome.record.steps
+    assert len(steps) == TWO_HOST_RULES
+    nodes = job_nodes([str(s.native_id) for s in steps])
+    on = {name: sorted(str(s.container.container_id) for s in steps
+                       if s.container and nodes[str(s.native_id)] == name)
+          for name in set(nodes.values())}
+    assert set(on) == {node.name, socket.gethostname().split(".")[0]}, nodes
+    run_id = outcome.run_dir.name
+    for name, ids in on.items():  # the steps' containers (the run's reader is not one)
+        docker_host = node.docker_host if name == node.name else None
+        created = containers_created(run_id, began, docker_host)
+        assert sorted(c for c, labels in created.items()
+                      if "org.cratebridge.step" in labels) == ids, name
+        assert not containers_left(run_id, docker_host)
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_with_the_hosts_broker_a_job_placed_on_another_host_is_refused_saying_why(
+        tmp_path: Path, make_request: Callable[..., Path],
+        two_hosts: tuple[SecondNode, Callable[[str], Config]]) -> None:
+    """``[slurm] broker = "host"`` (the default) with jobs in the partition ``twohosts``:
+    a job Slurm places on the second node cannot reach the run's broker (a unix socket on
+    this host), so its wrapper refuses it, and the run's error says why and what to set."""
+    node, config = two_hosts
+    began = time.time()
+    outcome = run(make_request(SPREAD), tmp_path / "result", engine="snakemake",
+                  config=config(""))
+    assert outcome.status is RunStatus.FAILED
+    assert (f'Slurm job on {node.name}: with [slurm] broker = "host" every job must run '
+            f"on {socket.gethostname()}") in str(outcome.record.error)
+    assert '[slurm] broker = "node"' in str(outcome.record.error)
+    run_id = outcome.run_dir.name
+    assert not containers_created(run_id, began, node.docker_host)
+    assert not containers_left(run_id, node.docker_host) and not containers_left(run_id)

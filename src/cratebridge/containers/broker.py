@@ -9,44 +9,35 @@ through the daemon's API when it can, :mod:`cratebridge.containers.apirun`;
 anything else with the real Docker client), streams standard input and
 output, reports the exit status and records every container, and every
 refusal, in the run's ledger, which the engine cannot see. When the engine's
-client goes away, the container it started is killed.
+client goes away, the container it started is killed. A Slurm command goes
+through the run's Slurm door (:mod:`cratebridge.containers.slurmdoor`).
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import selectors
-import shutil
 import socket
 import socketserver
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 from cratebridge.budget import CappedLog
 from cratebridge.containers.apirun import ContainerProcess, RunSpec, run_spec
-from cratebridge.containers.confine import BROKER_DIR, ROOM_USER, Room
+from cratebridge.containers.confine import Room
 from cratebridge.containers.dockerapi import DockerAPI, local_api
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
+from cratebridge.containers.ledger import now
 from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts
 from cratebridge.containers.reaper import dies_with_us
-from cratebridge.containers.sandbox import STEP_LABEL, Sandbox
-from cratebridge.containers.scheduler import (
-    authorise_query,
-    authorise_sbatch,
-    authorise_scancel,
-    directives,
-)
+from cratebridge.containers.sandbox import STEP_LABEL, Sandbox, client_env
 from cratebridge.containers.shim import (
     CID,
     EXIT,
@@ -57,26 +48,14 @@ from cratebridge.containers.shim import (
     read_frame,
     send_frame,
 )
+from cratebridge.containers.slurmdoor import SlurmDoor
 
-__all__ = ["Broker", "now"]
+__all__ = ["Broker"]
 
-# What the Docker client itself gets from our environment: nothing of the engine's.
-CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
-              "SLURM_CONF")
-MAX_SCRIPT = 1024 * 1024
 MAX_CONNECTIONS = 64  # docker and Slurm calls of one run at once
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to say what it wants
 #: What runs an engine's docker command: the client, or a container through the API.
 Started = subprocess.Popen[bytes] | ContainerProcess
-
-
-def client_env() -> dict[str, str]:
-    """The environment the Docker and Slurm clients get from ours (:data:`CLIENT_ENV`)."""
-    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 class Broker:
@@ -95,11 +74,16 @@ class Broker:
         self.room = room
         self.folder = sandbox.ledger.parent
         self.lock = threading.Lock()
-        self.jobs: set[str] = set()  # Slurm jobs this run submitted
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         # the containers it started (ids, short ids, names) and the image ids it looked up
         self.started: set[str] = set()
         self.state = RunState(sandbox, containers=self.started, images=dict(images or {}))
+        self.slurm = SlurmDoor(sandbox, socket_path, room, uid, gid, self.ledger, self._run)
+
+    @property
+    def jobs(self) -> set[str]:
+        """The Slurm jobs this run submitted."""
+        return self.slurm.jobs
 
     @contextmanager
     def serving(self) -> Iterator[Broker]:
@@ -137,7 +121,7 @@ class Broker:
                 os.close(fd)
             server.server_close()
             self.socket_path.unlink(missing_ok=True)
-            self._cancel_jobs()
+            self.slurm.cancel_jobs()
 
     # -- one connection -------------------------------------------------------
 
@@ -168,7 +152,7 @@ class Broker:
             if tool == "docker":
                 code = self._run(sock, authorise(argv, self.state, env))
             else:
-                code = self._scheduler(sock, tool, argv, cwd, env)
+                code = self.slurm.answer(sock, tool, argv, cwd, env)
         except Refused as refused:
             return self._refuse(sock, [tool, *argv], str(refused))
         except OSError:
@@ -385,103 +369,6 @@ class Broker:
                     proc.stdin.close()
             except OSError:
                 pass
-
-    # -- the Slurm door ---------------------------------------------------------
-
-    def _scheduler(self, sock: socket.socket, tool: str, argv: list[str], cwd: str,
-                   env: dict[str, str]) -> int:
-        """A Slurm command of the engine's (``cwd`` and ``env`` are its own)."""
-        if self.sandbox.scheduler != "slurm":
-            raise Refused(f"'{tool}': this run has no scheduler; the engine runs its steps "
-                          "here")
-        if self.room is None:  # a Slurm job's own broker, on its node
-            raise Refused(f"'{tool}': a Slurm job of this run cannot submit jobs of its own")
-        program = shutil.which(tool)
-        if program is None:
-            raise Refused(f"'{tool}' is not installed on this host")
-        if tool == "sbatch":
-            return self._submit(sock, program, argv, cwd, env)
-        allowed = authorise_scancel(argv, self.jobs) if tool == "scancel" \
-            else authorise_query(tool, argv, ROOM_USER, getpass.getuser())
-        return self._run(sock, Authorised(tuple(allowed[1:]), tool, program=program))
-
-    def _submit(self, sock: socket.socket, program: str, argv: list[str], client_cwd: str,
-                env: dict[str, str]) -> int:
-        """sbatch a job that runs the engine's script in a room of its own (see jobroom)."""
-        assert self.room is not None
-        submission = authorise_sbatch(argv)
-        cwd = self._inside_run(client_cwd or str(self.sandbox.writable[0]), "cwd")
-        script = submission.script or self._script(sock, submission.script_path or "", cwd)
-        if submission.script is None:  # its #SBATCH lines pass the same allow-list
-            submission = replace(authorise_sbatch([*directives(script), *argv]), script=script)
-        job_env = dict(env)
-        job_env.update(v.partition("=")[::2] for v in submission.export)
-        number = f"{time.time_ns()}"
-        scripts = self.socket_path.parent / "jobs"  # seen by the room, read-only
-        scripts.mkdir(exist_ok=True)
-        (scripts / f"{number}.sh").write_text(script)
-        (scripts / f"{number}.sh").chmod(0o755)  # run by its own #! line, as sbatch would
-        jobs = self.folder / "jobs"  # the broker's own: the engine cannot change the spec
-        jobs.mkdir(exist_ok=True)
-        spec = jobs / f"{number}.json"
-        node = {"sandbox": self.sandbox.to_json(), "uid": self.uid, "gid": self.gid} \
-            if self.sandbox.slurm_broker == "node" else None
-        spec.write_text(json.dumps({"room": self.room.to_json(), "env": job_env,
-                                    "cwd": str(cwd), "shebang": script.startswith("#!"),
-                                    "script": str(BROKER_DIR / "jobs" / f"{number}.sh"),
-                                    "node_broker": node}))
-        wrapper = jobs / f"{number}.job"
-        wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m "
-                           f"cratebridge.containers.jobroom {spec}\n")
-        logs = {"--output": submission.output, "--error": submission.error}
-        log_flags = [f"{flag}={self._inside_run(value, flag, writable=True)}"
-                     for flag, value in logs.items() if value]
-        if not submission.output:
-            log_flags.append(f"--output={jobs}/slurm-%j.out")
-        command = [program, *submission.flags, "--export=NONE", f"--chdir={cwd}", *log_flags,
-                   str(wrapper)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              env=client_env())
-        words = done.stdout.strip().split()
-        if done.returncode == 0 and words:
-            self.jobs.add(words[-1].split(";")[0])
-        self.ledger({"slurm_job": words[-1].split(";")[0] if words else None,
-                     "argv": command, "exit_code": done.returncode, "time": now()})
-        send_frame(sock, STDOUT, done.stdout.encode())
-        send_frame(sock, STDERR, done.stderr.encode())
-        return done.returncode
-
-    def _script(self, sock: socket.socket, path: str, cwd: Path) -> str:
-        """The job script: from the client's standard input, or a file in the run."""
-        if path in ("/dev/stdin", "-"):
-            data = b""
-            while (frame := read_frame(sock)) is not None and frame[0] == STDIN \
-                    and frame[1]:
-                data += frame[1]
-                if len(data) > MAX_SCRIPT:
-                    raise Refused("sbatch: the job script is too long")
-            return data.decode(errors="replace")
-        host = self._inside_run(path if path.startswith("/") else str(cwd / path), "script")
-        if not host.is_file() or host.stat().st_size > MAX_SCRIPT:
-            raise Refused(f"sbatch: {path} is not a job script in the run's folder")
-        return host.read_text(errors="replace")
-
-    def _inside_run(self, path: str, what: str, writable: bool = False) -> Path:
-        """A path the engine gave, on the host: inside the run's folder, or refused."""
-        if not path.startswith("/"):
-            raise Refused(f"sbatch: {what} {path!r} is not an absolute path")
-        host = self.sandbox.host_path(Path(path))
-        real = Path(os.path.realpath(host.parent if writable else host))
-        roots = self.sandbox.writable if writable else self.sandbox.mountable
-        if not any(real == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in
-                   real.parents for r in roots):
-            raise Refused(f"sbatch: {what} {path} is outside the run's folder")
-        return real / host.name if writable else real
-
-    def _cancel_jobs(self) -> None:
-        program = shutil.which("scancel")
-        if self.jobs and program:
-            subprocess.run([program, *sorted(self.jobs)], capture_output=True, check=False)
 
     def ledger(self, entry: dict[str, object]) -> None:
         line = (json.dumps(entry) + "\n").encode()

@@ -5,7 +5,9 @@ The broker submits this, never the engine's script itself (see
 room from the broker's spec (written in the broker's folder, which the engine
 cannot see or change), and runs the engine's script inside it with the
 engine's environment plus the job's ``SLURM_*`` variables; its exit status is
-the job's. Slurm's signals stop the room.
+the job's. Slurm's signals stop the room. With ``[slurm] broker = "host"`` (the
+room reaches the run's broker, a unix socket on cratebridge's host) a job that
+Slurm placed on another host is refused, saying why, in the job's ledger.
 
 With ``[slurm] broker = "node"`` the spec carries the run's container policy,
 and the job starts a broker of its own, on its node, for the room to reach
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -30,7 +33,7 @@ from typing import Any
 
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
-from cratebridge.containers.ledger import NODES
+from cratebridge.containers.ledger import NODES, now
 from cratebridge.containers.reaper import guard, remove_owned_containers
 from cratebridge.containers.sandbox import Sandbox, owner_id
 
@@ -49,11 +52,37 @@ def main(argv: list[str] | None = None) -> int:
     # as sbatch would: by the script's own #! line (Nextflow's is bash), else sh
     argv = [script] if spec.get("shebang") else ["/bin/sh", script]
     cwd = Path(spec["cwd"])
-    if not spec.get("node_broker"):
-        return _run(room, argv, env, cwd)
     job = os.environ.get("SLURM_JOB_ID") or Path(args[0]).stem
-    with node_broker(spec["node_broker"], job) as socket:
-        return _run(replace(room, socket=socket), argv, env, cwd)
+    if not spec.get("node_broker"):
+        away = _away_from_broker(spec.get("broker_host"))
+        if away:
+            _refuse(Path(spec["ledger"]), job, away)
+            return 125
+        return _run(room, argv, env, cwd)
+    with node_broker(spec["node_broker"], job) as door:
+        return _run(replace(room, socket=door), argv, env, cwd)
+
+
+def _away_from_broker(broker_host: str | None) -> str | None:
+    """Why a job with ``[slurm] broker = "host"`` cannot run here: the run's broker is a
+    unix socket on the host cratebridge runs on, which no other host can reach."""
+    here = socket.gethostname()
+    if broker_host is None or broker_host == here:
+        return None
+    return (f"Slurm job on {here}: with [slurm] broker = \"host\" every job must run on "
+            f"{broker_host}, where cratebridge and its broker run; set [slurm] broker = "
+            "\"node\" (each job starts a broker on its own node) or keep the jobs on "
+            f"{broker_host} (a partition of that node alone)")
+
+
+def _refuse(ledger: Path, job: str, reason: str) -> None:
+    """Say why on the job's standard error, and as a refusal in the job's own ledger
+    (read with the run's, so the run's error quotes it)."""
+    print(f"cratebridge: refused: {reason}", file=sys.stderr)
+    folder = ledger.parent / NODES / f"job-{job}" / "broker"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "ledger.jsonl").open("a") as out:
+        out.write(json.dumps({"refused": reason, "time": now()}) + "\n")
 
 
 @contextmanager
@@ -70,11 +99,11 @@ def node_broker(node: Mapping[str, Any], job: str) -> Iterator[Path]:
     folder = run.ledger.parent / NODES / f"job-{job}"
     sandbox = replace(run, ledger=folder / "broker" / "ledger.jsonl", owner=owner_id())
     (folder / "broker").mkdir(parents=True, exist_ok=True)
-    socket = folder / "broker" / "docker.sock"
-    broker = Broker(sandbox, socket, int(node["uid"]), int(node["gid"]))
+    door = folder / "broker" / "docker.sock"
+    broker = Broker(sandbox, door, int(node["uid"]), int(node["gid"]))
     try:
         with guard(sandbox, folder), broker.serving():
-            yield socket
+            yield door
     finally:
         remove_owned_containers(sandbox.docker, sandbox.run_id, sandbox.owner)
 

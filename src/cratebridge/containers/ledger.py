@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cratebridge.engines.record import ContainerRecord
 
-__all__ = ["NODES", "LedgerEntry", "ledger_lines", "read_ledger", "refusal_note"]
+__all__ = ["NODES", "LedgerEntry", "ledger_lines", "now", "read_ledger", "refusal_note"]
 
 #: The folder, beside a run's ledger, holding one folder per Slurm job that had a
 #: broker of its own on its node (:mod:`cratebridge.containers.jobroom`), each with
@@ -46,6 +46,11 @@ class Ledger:
 
     def by_token(self) -> dict[str, LedgerEntry]:
         return {e.token: e for e in self.entries}
+
+
+def now() -> str:
+    """The time a ledger line gives: UTC, ISO 8601."""
+    return datetime.now(UTC).isoformat()
 
 
 def refusal_note(refusals: tuple[str, ...]) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "ImagePolicy",
     "Limits",
     "Sandbox",
+    "client_env",
     "find_docker",
     "image_id",
     "labelled_containers",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 RUN_LABEL = "org.cratebridge.run"
+# What the real Docker and Slurm clients get from our environment: nothing of the engine's.
+CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
+              "SLURM_CONF")
 STEP_LABEL = "org.cratebridge.step"
 OWNER_LABEL = "org.cratebridge.owner"
 #: The runs folder a run belongs to: clean-ups touch only their own folder's containers.
@@ -371,6 +375,11 @@ def remove_stale_containers(docker: str, runs_dir: Path, everything: bool = Fals
             continue
         (removed if done.returncode == 0 else left).append(cid)
     return removed, left
+
+
+def client_env() -> dict[str, str]:
+    """The environment the Docker and Slurm clients get from ours (:data:`CLIENT_ENV`)."""
+    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
 
 
 def find_docker() -> str | None:

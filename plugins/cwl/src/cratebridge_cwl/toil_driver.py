@@ -155,7 +155,10 @@ def _toil_report(step: str) -> JobReport:
                                              _mapped(getattr(job, "pathmapper", None))),
         outputs=_with_checksums,
         keep_key=lambda job: str(job.cb_token),
-        extra=lambda toil_name: {"toil_job": toil_name, "host": os.uname().nodename,
+        # the room's own hostname is "cratebridge": a Slurm job's node is the one slurmd
+        # names (the job's room passes the job's SLURM* variables in)
+        extra=lambda toil_name: {"toil_job": toil_name,
+                                 "host": os.environ.get("SLURMD_NODENAME") or os.uname().nodename,
                                  "slurm_job": os.environ.get("SLURM_JOB_ID")},
     )
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cratebridge.containers.ledger import read_ledger
+from cratebridge.containers.ledger import read_ledger, refusal_note
 from cratebridge.containers.shim import BROKER_ENV
 from cratebridge.engines.installed import version as installed_version
 from cratebridge.engines.interface import (
@@ -224,7 +224,8 @@ class ToilEngine(Engine):
                 _cancel_slurm_jobs(context.run_id)
         finished = datetime.now(UTC)
         events = read_events(events_path)
-        steps = toil_step_records(events, read_ledger(context.sandbox.ledger),
+        ledger = read_ledger(context.sandbox.ledger)
+        steps = toil_step_records(events, ledger,
                                   # the plan's job order, not the work folder's copy:
                                   # that one the engine could have changed
                                   dict(plan.parameters), context.logs_dir / "toil-jobs")
@@ -244,7 +245,8 @@ class ToilEngine(Engine):
             engine=self.name, engine_version=self.info().version, status=status,
             start_time=started, end_time=finished, outputs=_outputs(stdout), steps=steps,
             logs=tuple(logs), command=tuple(plan.command),
-            error=_error(ended, stderr, steps) if status is RunStatus.FAILED else None,
+            error=_error(ended, stderr, steps, ledger.refusals)
+            if status is RunStatus.FAILED else None,
         ), events_path, events)
 
 
@@ -357,9 +359,12 @@ def _cancel_slurm_jobs(run_id: str) -> None:
         subprocess.run(["scancel", *mine], capture_output=True, check=False)
 
 
-def _error(ended: EngineExit, stderr: Path, steps: tuple[StepRecord, ...]) -> str:
+def _error(ended: EngineExit, stderr: Path, steps: tuple[StepRecord, ...],
+           refusals: tuple[str, ...] = ()) -> str:
+    """Which steps failed (or Toil's last errors), then what the sandbox refused."""
     if ended.reason:
         return ended.reason
+    refused = "; " + refusal_note(refusals) if refusals else ""
     try:
         lines = stderr.read_text(errors="replace").splitlines()
     except OSError:
@@ -372,6 +377,8 @@ def _error(ended: EngineExit, stderr: Path, steps: tuple[StepRecord, ...]) -> st
         names = ", ".join(f"{s.name} (exit {s.exit_code})" if s.exit_code is not None
                           else s.name for s in failed)
         return f"toil-cwl-runner exited {ended.exit_code}: step(s) failed: {names}" + (
-            "; " + " | ".join(unreadable[:3]) if unreadable else "")
+            "; " + " | ".join(unreadable[:3]) if unreadable else "") + refused
+    if refused:  # Toil's own last lines then say only which jobs failed
+        return f"toil-cwl-runner exited {ended.exit_code}{refused}"
     tail = unreadable[:3] or [line for line in lines if "[E]" in line or "ERROR" in line][-3:]
     return f"toil-cwl-runner exited {ended.exit_code}" + (": " + " | ".join(tail) if tail else "")

@@ -67,10 +67,13 @@ def workflow_env() -> dict[str, str]:
 
 
 def slurm_job() -> dict[str, str]:
-    """The Slurm job this process runs in: its id (a step's ``native_id``) and host; {}
-    outside one."""
+    """The Slurm job this process runs in: its id (a step's ``native_id``) and its node, as
+    slurmd names it (the room's own hostname is "cratebridge"); {} outside one."""
     native = os.environ.get("SLURM_JOB_ID")
-    return {"native_id": native, "host": os.uname().nodename} if native else {}
+    if not native:
+        return {}
+    return {"native_id": native,
+            "host": os.environ.get("SLURMD_NODENAME") or os.uname().nodename}
 
 
 def now() -> str:
