@@ -76,6 +76,8 @@ def test_engine_flags_are_replaced_by_the_hardening(tmp_path: Path) -> None:
     (["run", "--mount=type=volume,source=v,target=/v", IMAGE, "true"], "only bind and tmpfs"),
     (["run", "-v", "named:/v", IMAGE, "true"], "named volumes are not allowed"),
     (["run", "--label=org.cratebridge.run=other", IMAGE, "true"], "set by cratebridge only"),
+    # a job's label: the node's epilog removes the containers that carry it
+    (["run", "--label", "org.cratebridge.slurm_job=1", IMAGE, "true"], "set by cratebridge only"),
     (["-H", "unix:///var/run/docker.sock", "ps"], "option -H is not allowed"),
     (["--context=host", "run", IMAGE, "true"], "option --context is not allowed"),
     (["pull", "alpine"], "'docker pull' is not allowed"),

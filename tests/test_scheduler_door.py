@@ -18,8 +18,13 @@ import pytest
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import BROKER_DIR, Room
 from cratebridge.containers.hardening import Refused
-from cratebridge.containers.ledger import read_ledger
-from cratebridge.containers.sandbox import Sandbox, find_docker
+from cratebridge.containers.ledger import NODES, read_ledger
+from cratebridge.containers.sandbox import (
+    SLURM_JOB_LABEL,
+    Sandbox,
+    find_docker,
+    labelled_containers,
+)
 from cratebridge.containers.scheduler import (
     authorise_query,
     authorise_sbatch,
@@ -287,3 +292,88 @@ def test_a_cancelled_job_removes_the_containers_its_node_broker_started(
     while running() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not running()
+
+
+# -- the node's epilog: what a job killed whole left -----------------------------------
+
+
+def _mount_points(part: str) -> list[str]:
+    """This mount namespace's mount points whose path holds ``part``."""
+    points = (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return [point for point in points if part in point]
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(os.geteuid() != 0, reason="pinned mounts need root, as the epilog has")
+def test_the_epilog_removes_only_its_jobs_containers_and_pinned_mounts(
+        tmp_path: Path, docker_available: bool) -> None:
+    job, other = (str(4_000_000_000 + uuid.uuid4().int % 1_000_000_000) for _ in range(2))
+    docker = find_docker() or "docker"
+    started = {one: subprocess.run(
+        [docker, "run", "-d", "--network=none", f"--label={SLURM_JOB_LABEL}={one}",
+         "cratebridge/busybox:1", "sleep", "300"],
+        capture_output=True, text=True, check=True).stdout.strip() for one in (job, other)}
+    source = tmp_path / "data"
+    source.mkdir()
+    points = [tmp_path / "run" / "broker" / "nodes" / f"job-{one}" / "broker" / "mounts" / "p"
+              for one in (job, other)]
+    try:
+        for point in points:
+            point.mkdir(parents=True)
+            subprocess.run(["mount", "--bind", str(source), str(point)], check=True)
+        done = subprocess.run([sys.executable, "-m", "cratebridge.containers.epilog"],
+                              env={"SLURM_JOB_ID": job, "PATH": os.environ["PATH"]},
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "removed 1 container(s)" in done.stderr and "released 1 pinned" in done.stderr
+        assert not labelled_containers(docker, f"{SLURM_JOB_LABEL}={job}")
+        assert labelled_containers(docker, f"{SLURM_JOB_LABEL}={other}")  # another job's
+        assert _mount_points(f"/job-{job}/") == [] and _mount_points(f"/job-{other}/")
+    finally:
+        subprocess.run([docker, "rm", "-f", *started.values()], capture_output=True,
+                       check=False)
+        for point in points:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+@pytest.mark.skipif(os.geteuid() != 0, reason="the room drops to its uid from root")
+def test_a_job_killed_whole_leaves_no_container_and_no_pinned_mount(
+        node_slurm_run: tuple[Room, Path, Path, Broker]) -> None:
+    """Every process of the job killed at once, its reaper too, as a cluster with
+    ``proctrack/cgroup`` kills a job's cgroup: the node's epilog (slurm.conf
+    ``Epilog``) removes the container the job's broker started and the mount it
+    pinned. This cluster's ``proctrack/linuxproc`` does not follow the reaper into
+    its own session, so the test kills the reaper first, then ``scancel -s KILL
+    --full``; the job's ledger shows the reaper never acted."""
+    room, work, bin_dir, _ = node_slurm_run
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CRATEBRIDGE_BROKER":
+           str(BROKER_DIR / "docker.sock"), "HOME": str(work)}
+    submit = ["sbatch", "--parsable", "-J", "node-kill", "-o", f"{work}/job-%j.out", "--wrap",
+              f"docker run --rm -v {work}:/w cratebridge/busybox:1 sleep 300"]
+    with room.command(submit, env, work) as (argv, fds):
+        done = subprocess.run(argv, pass_fds=fds, env={}, capture_output=True, text=True,
+                              check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().split(";")[0]
+    docker = find_docker() or "docker"
+
+    def left() -> tuple[list[str], list[str]]:
+        return (labelled_containers(docker, f"{SLURM_JOB_LABEL}={job}"),
+                _mount_points(f"/broker/nodes/job-{job}/broker/mounts/"))
+
+    deadline = time.monotonic() + 60
+    while not all(left()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert all(left()), (work / f"job-{job}.out").read_text()
+    folder = f"/{NODES}/job-{job}/"
+    reaper = subprocess.run(["pkill", "-KILL", "-f", f"reaper_watch .*{folder}"], check=False)
+    assert reaper.returncode == 0, "the job's reaper was not found"
+    subprocess.run(["scancel", "-s", "KILL", "--full", job], check=True)
+    deadline = time.monotonic() + 60
+    while any(left()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left() == ([], [])
+    ledger = work.parent / "broker" / NODES / f"job-{job}" / "broker" / "ledger.jsonl"
+    assert '"reaped"' not in ledger.read_text()  # the epilog removed them, not the reaper

@@ -97,7 +97,8 @@ def node_broker(node: Mapping[str, Any], job: str) -> Iterator[Path]:
     """
     run = Sandbox.from_json(node["sandbox"])
     folder = run.ledger.parent / NODES / f"job-{job}"
-    sandbox = replace(run, ledger=folder / "broker" / "ledger.jsonl", owner=owner_id())
+    sandbox = replace(run, ledger=folder / "broker" / "ledger.jsonl", owner=owner_id(),
+                      slurm_job=job)
     (folder / "broker").mkdir(parents=True, exist_ok=True)
     door = folder / "broker" / "docker.sock"
     broker = Broker(sandbox, door, int(node["uid"]), int(node["gid"]))

@@ -18,7 +18,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["OWNER_FILE", "Pinned", "pin_mounts", "release_pins", "release_stale"]
+__all__ = ["OWNER_FILE", "Pinned", "pin_mounts", "release_job_pins", "release_pins",
+           "release_stale"]
 
 #: In a run's broker folder: ``host:pid`` of the process whose broker made its mounts.
 OWNER_FILE = "owner"
@@ -105,6 +106,15 @@ def release_pins(run_dir: Path) -> list[str]:
     pins = os.path.realpath(run_dir / "broker" / "mounts") + os.sep
     return [point for point in _mount_points()
             if point.startswith(pins) and _libc.umount2(point.encode(), MNT_DETACH) == 0]
+
+
+def release_job_pins(job: str) -> list[str]:
+    """Detach the pinned mounts a Slurm job's own broker left on this node
+    (``<run>/broker/nodes/job-<job>/broker/mounts/``, whatever the run), for the
+    node's epilog once the job is over. Returns the mount points released."""
+    marker = f"{os.sep}broker{os.sep}nodes{os.sep}job-{job}{os.sep}broker{os.sep}mounts{os.sep}"
+    return [point for point in _mount_points()
+            if marker in point and _libc.umount2(point.encode(), MNT_DETACH) == 0]
 
 
 def _mount_points() -> list[str]:

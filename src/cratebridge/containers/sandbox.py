@@ -28,6 +28,7 @@ __all__ = [
     "OWNER_LABEL",
     "RUNS_LABEL",
     "RUN_LABEL",
+    "SLURM_JOB_LABEL",
     "STEP_LABEL",
     "ImagePolicy",
     "Limits",
@@ -44,13 +45,15 @@ __all__ = [
 ]
 
 RUN_LABEL = "org.cratebridge.run"
-# What the real Docker and Slurm clients get from our environment: nothing of the engine's.
-CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
-              "SLURM_CONF")
 STEP_LABEL = "org.cratebridge.step"
 OWNER_LABEL = "org.cratebridge.owner"
 #: The runs folder a run belongs to: clean-ups touch only their own folder's containers.
 RUNS_LABEL = "org.cratebridge.runs"
+#: The Slurm job whose own broker started the container, on the job's node.
+SLURM_JOB_LABEL = "org.cratebridge.slurm_job"
+# What the real Docker and Slurm clients get from our environment: nothing of the engine's.
+CLIENT_ENV = ("PATH", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY",
+              "SLURM_CONF")
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -127,7 +130,9 @@ class Sandbox:
     it, no clean-up of a runs folder ever finds this run's containers.
     ``slurm_broker``: where a Slurm job's containers start: ``"host"`` through
     this run's broker, ``"node"`` through a broker the job starts on its node
-    (see :mod:`cratebridge.containers.jobroom`).
+    (see :mod:`cratebridge.containers.jobroom`). ``slurm_job``: that job, for the
+    policy of its own broker; labelled on its containers, so that the node's Slurm
+    epilog finds what a killed job left (:mod:`cratebridge.containers.epilog`).
     """
 
     run_id: str
@@ -143,6 +148,7 @@ class Sandbox:
     scheduler: str | None = None  # "slurm": the broker's Slurm door is open
     runs_dir: Path | None = None
     slurm_broker: str = "host"
+    slurm_job: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The policy as JSON data, for a Slurm job's broker to enforce the same (``"node"``)."""
@@ -231,6 +237,7 @@ class Sandbox:
             f"--label={RUN_LABEL}={self.run_id}",
             f"--label={OWNER_LABEL}={self.owner}",
             *([f"--label={runs_label(self.runs_dir)}"] if self.runs_dir is not None else []),
+            *([f"--label={SLURM_JOB_LABEL}={self.slurm_job}"] if self.slurm_job else []),
         ]
 
     def containers(self) -> list[str]:
