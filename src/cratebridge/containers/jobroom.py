@@ -81,8 +81,12 @@ def _refuse(ledger: Path, job: str, reason: str) -> None:
     print(f"cratebridge: refused: {reason}", file=sys.stderr)
     folder = ledger.parent / NODES / f"job-{job}" / "broker"
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "ledger.jsonl").open("a") as out:
-        out.write(json.dumps({"refused": reason, "time": now()}) + "\n")
+    fd = os.open(folder / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        os.write(fd, (json.dumps({"refused": reason, "time": now()}) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 @contextmanager
