@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -348,3 +349,27 @@ def test_with_the_hosts_broker_a_job_placed_on_another_host_is_refused_saying_wh
     run_id = outcome.run_dir.name
     assert not containers_created(run_id, began, node.docker_host)
     assert not containers_left(run_id, node.docker_host) and not containers_left(run_id)
+
+
+@pytest.mark.slurm
+@pytest.mark.docker
+def test_an_image_missing_on_a_node_is_refused_there_naming_the_node(
+        tmp_path: Path, make_request: Callable[..., Path],
+        two_hosts: tuple[SecondNode, Callable[[str], Config]]) -> None:
+    """An approved image this host's Docker has but the second node's has not (not
+    preloaded there): a job placed on the second node is refused by its own broker,
+    and the run's error names the image, the node and the job."""
+    node, config = two_hosts
+    image = "cratebridge/bash:1"  # made by `make setup`; not copied to the second node
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    assert subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                          env={**env, "DOCKER_HOST": node.docker_host}).returncode != 0
+    began = time.time()
+    outcome = run(make_request(SPREAD.replace("cratebridge/busybox:1", image)),
+                  tmp_path / "result", engine="snakemake",
+                  config=config('[slurm]\nbroker = "node"\n'))
+    assert outcome.status is RunStatus.FAILED
+    error = str(outcome.record.error)
+    assert f"image {image} is not in the Docker of node {node.name} (Slurm job " in error
+    assert "Load the approved image into every node's Docker first" in error
+    assert not containers_created(outcome.run_dir.name, began, node.docker_host)

@@ -13,6 +13,7 @@ and approved; containers named by the engine must belong to this run.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +271,10 @@ def _run(rest: list[str], state: RunState, env: Mapping[str, str]) -> Authorised
         kept.append(flag)
     local_id = state.image_id(image)
     if local_id is None:
+        if state.sandbox.slurm_job:  # a Slurm job's own broker, on its node
+            raise Refused(f"image {image} is not in the Docker of node {socket.gethostname()} "
+                          f"(Slurm job {state.sandbox.slurm_job}); cratebridge never pulls. "
+                          "Load the approved image into every node's Docker first")
         raise Refused(f"image {image} is not present locally; cratebridge never pulls. "
                       "Load the approved image into the TRE's Docker first")
     if not ImagePolicy(state.sandbox.approved_images).allows(image, local_id):
