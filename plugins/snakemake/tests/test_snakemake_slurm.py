@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ from cratebridge.testing.cluster import (
     SecondNode,
     containers_created,
     containers_left,
+    has_image,
     job_nodes,
     second_node,
     shared_folder,
@@ -361,9 +361,7 @@ def test_an_image_missing_on_a_node_is_refused_there_naming_the_node(
     and the run's error names the image, the node and the job."""
     node, config = two_hosts
     image = "cratebridge/bash:1"  # made by `make setup`; not copied to the second node
-    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
-    assert subprocess.run(["docker", "image", "inspect", image], capture_output=True,
-                          env={**env, "DOCKER_HOST": node.docker_host}).returncode != 0
+    assert has_image(image) and not has_image(image, node.docker_host)
     began = time.time()
     outcome = run(make_request(SPREAD.replace("cratebridge/busybox:1", image)),
                   tmp_path / "result", engine="snakemake",

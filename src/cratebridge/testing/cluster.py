@@ -20,6 +20,7 @@ __all__ = [
     "SecondNode",
     "containers_created",
     "containers_left",
+    "has_image",
     "job_nodes",
     "second_node",
     "shared_folder",
@@ -108,6 +109,15 @@ def _docker(docker_host: str | None, *args: str) -> str:
         env["DOCKER_HOST"] = docker_host
     return subprocess.run(["docker", *args], capture_output=True, text=True, env=env,
                           timeout=60, check=True).stdout
+
+
+def has_image(image: str, docker_host: str | None = None) -> bool:
+    """Whether one Docker daemon (the default one, or ``docker_host``'s) has ``image``."""
+    try:
+        _docker(docker_host, "image", "inspect", image)
+    except subprocess.CalledProcessError:
+        return False
+    return True
 
 
 def containers_created(run_id: str, since: float,
