@@ -34,7 +34,7 @@ from cratebridge.containers.apirun import ContainerProcess, RunSpec, run_spec
 from cratebridge.containers.confine import Room
 from cratebridge.containers.dockerapi import DockerAPI, local_api
 from cratebridge.containers.hardening import Authorised, Refused, RunState, authorise
-from cratebridge.containers.ledger import now
+from cratebridge.containers.ledger import append, now
 from cratebridge.containers.mounts import OWNER_FILE, Pinned, pin_mounts
 from cratebridge.containers.reaper import dies_with_us
 from cratebridge.containers.sandbox import STEP_LABEL, Sandbox, client_env
@@ -371,13 +371,8 @@ class Broker:
                 pass
 
     def ledger(self, entry: dict[str, object]) -> None:
-        line = (json.dumps(entry) + "\n").encode()
         with self.lock:
-            fd = os.open(self.sandbox.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            append(self.sandbox.ledger, entry)
 
 
 def _serve_until_woken(server: socketserver.UnixStreamServer, wake: int) -> None:

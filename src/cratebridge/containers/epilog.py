@@ -23,21 +23,16 @@ import subprocess
 import sys
 
 from cratebridge.containers.mounts import release_job_pins
-from cratebridge.containers.sandbox import SLURM_JOB_LABEL, find_docker, labelled_containers
+from cratebridge.containers.reaper import remove_labelled
+from cratebridge.containers.sandbox import SLURM_JOB_LABEL, find_docker
 
 __all__ = ["clear_job", "main"]
-
-COMMAND_TIMEOUT = 60.0  # seconds for each docker call: an epilog must end
 
 
 def clear_job(job: str, docker: str) -> tuple[list[str], list[str]]:
     """Remove job ``job``'s containers on this node and release its pinned mounts:
     the container ids and the mount points."""
-    containers = labelled_containers(docker, f"{SLURM_JOB_LABEL}={job}")
-    if containers:
-        subprocess.run([docker, "rm", "-f", *containers], capture_output=True, check=False,
-                       timeout=COMMAND_TIMEOUT)
-    return containers, release_job_pins(job)
+    return remove_labelled(docker, f"{SLURM_JOB_LABEL}={job}"), release_job_pins(job)
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from typing import Any
 
 from cratebridge.containers.broker import Broker
 from cratebridge.containers.confine import Room
-from cratebridge.containers.ledger import NODES, now
+from cratebridge.containers.ledger import NODES, append, now
 from cratebridge.containers.reaper import guard, remove_owned_containers
 from cratebridge.containers.sandbox import Sandbox, owner_id
 
@@ -81,12 +81,7 @@ def _refuse(ledger: Path, job: str, reason: str) -> None:
     print(f"cratebridge: refused: {reason}", file=sys.stderr)
     folder = ledger.parent / NODES / f"job-{job}" / "broker"
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "ledger.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                 0o600)
-    try:
-        os.write(fd, (json.dumps({"refused": reason, "time": now()}) + "\n").encode())
-    finally:
-        os.close(fd)
+    append(folder / "ledger.jsonl", {"refused": reason, "time": now()})
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 from cratebridge.engines.record import ContainerRecord
 
-__all__ = ["NODES", "LedgerEntry", "ledger_lines", "now", "read_ledger", "refusal_note"]
+__all__ = ["NODES", "LedgerEntry", "append", "ledger_lines", "now", "read_ledger",
+           "refusal_note"]
 
 #: The folder, beside a run's ledger, holding one folder per Slurm job that had a
 #: broker of its own on its node (:mod:`cratebridge.containers.jobroom`), each with
@@ -46,6 +48,16 @@ class Ledger:
 
     def by_token(self) -> dict[str, LedgerEntry]:
         return {e.token: e for e in self.entries}
+
+
+def append(path: Path, entry: Mapping[str, object]) -> None:
+    """Add ``entry`` to the ledger ``path`` as one JSON line (a new ledger is 0600), never
+    through a link. Raises :class:`OSError`; the caller serialises its own writers."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def now() -> str:

@@ -16,6 +16,7 @@ ledger, and exits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -26,9 +27,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from cratebridge.containers.ledger import append, now
 from cratebridge.containers.mounts import release_pins
 from cratebridge.containers.reaper_watch import DONE
 from cratebridge.containers.sandbox import OWNER_LABEL, RUN_LABEL, Sandbox, labelled_containers
@@ -193,12 +194,18 @@ def remove_owned_containers(docker: str, run_id: str, owner: str) -> list[str]:
     Nothing (an empty list) when Docker cannot be asked in time.
     """
     try:
-        found = labelled_containers(docker, f"{RUN_LABEL}={run_id}", f"{OWNER_LABEL}={owner}")
-        if found:
-            subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False,
-                           timeout=COMMAND_TIMEOUT)
+        return remove_labelled(docker, f"{RUN_LABEL}={run_id}", f"{OWNER_LABEL}={owner}")
     except (OSError, subprocess.SubprocessError):
         return []
+
+
+def remove_labelled(docker: str, *labels: str) -> list[str]:
+    """Remove the containers carrying every label given (``key=value``); their ids. The
+    removal is bounded by :data:`COMMAND_TIMEOUT`; raises when Docker cannot be asked."""
+    found = labelled_containers(docker, *labels)
+    if found:
+        subprocess.run([docker, "rm", "-f", *found], capture_output=True, check=False,
+                       timeout=COMMAND_TIMEOUT)
     return found
 
 
@@ -235,15 +242,8 @@ def _cancel_jobs(ledger: Path) -> list[str]:
 
 def _note(ledger: Path, removed: Removed) -> None:
     """A line in the run's ledger saying what the reaper removed (if the folder is still there)."""
-    line = json.dumps({"reaped": removed.to_json(), "time": datetime.now(UTC).isoformat()})
-    try:
-        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError:
-        return
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):
+        append(ledger, {"reaped": removed.to_json(), "time": now()})
 
 
 def reaping(run_id: str) -> bool:
